@@ -1,0 +1,320 @@
+"""Tests for the shared layers: parity with transformers' Mamba/Mamba2 mixers, cached decoding, bidirectional
+reversal within lengths, LoRA visibility, MoE dispatch and load balancing."""
+
+import pytest
+import torch
+from torch import nn
+
+from mamba_zoo.mamba_layers import (
+    DropPath,
+    Mamba2Mixer,
+    MambaBlock,
+    MambaMixer,
+    MambaZooCache,
+    RMSNormGated,
+    SwitchMoE,
+    load_balancing_loss,
+    reversal_index,
+)
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def _randomize(module, seed=0):
+    """Give every parameter fresh random values so that no parity check passes by accident on init constants."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "A_log" in name or "A_b_log" in name:
+                p.copy_(torch.rand(p.shape, generator=g) * 2 - 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+# ---------------------------------------------------------------------------------------------- transformers parity
+
+
+def test_mamba_mixer_matches_transformers_state_dict():
+    from transformers import MambaConfig
+    from transformers.models.mamba.modeling_mamba import MambaMixer as HFMambaMixer
+
+    config = MambaConfig(hidden_size=32, state_size=8, expand=2, conv_kernel=4, num_hidden_layers=1)
+    torch.manual_seed(0)
+    hf = HFMambaMixer(config, layer_idx=0).eval()
+    _randomize(hf, seed=1)
+    ours = MambaMixer(d_model=32, d_state=8, d_conv=4, expand=2, dt_rank=config.time_step_rank, layer_idx=0).eval()
+    missing, unexpected = ours.load_state_dict(hf.state_dict(), strict=True)
+    assert not missing and not unexpected
+
+    x = torch.randn(2, 37, 32)
+    with torch.no_grad():
+        expected = hf(x)
+        for backend in ("reference", "cpu"):
+            ours.backend = backend
+            assert rel_err(ours(x), expected) < 1e-5, backend
+
+
+def test_mamba2_mixer_matches_transformers_state_dict():
+    from transformers import Mamba2Config
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer as HFMamba2Mixer
+
+    config = Mamba2Config(
+        hidden_size=32, state_size=16, expand=2, head_dim=16, num_heads=4, n_groups=2, chunk_size=8,
+        conv_kernel=4, num_hidden_layers=1, use_bias=False, use_conv_bias=True,
+    )
+    torch.manual_seed(0)
+    hf = HFMamba2Mixer(config, layer_idx=0).eval()
+    _randomize(hf, seed=2)
+    with torch.no_grad():
+        hf.A_log.copy_(torch.rand(4))
+    ours = Mamba2Mixer(d_model=32, d_state=16, expand=2, headdim=16, ngroups=2, chunk_size=8, layer_idx=0).eval()
+    ours.load_state_dict(hf.state_dict(), strict=True)
+    x = torch.randn(2, 29, 32)
+    with torch.no_grad():
+        assert rel_err(ours(x), hf(x)) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------- bidirectional
+
+
+def _plain_bidirectional(mixer: MambaMixer, x: torch.Tensor) -> torch.Tensor:
+    """Independent statement of Vim v2: forward branch + flip(branch_b(flip(xz))), computed with the reference scan
+    by running two unidirectional mixers that share in/out projections."""
+    fwd = MambaMixer(mixer.d_model, mixer.d_state, mixer.d_conv, mixer.expand, dt_rank=mixer.dt_rank, backend="reference")
+    bwd = MambaMixer(mixer.d_model, mixer.d_state, mixer.d_conv, mixer.expand, dt_rank=mixer.dt_rank, backend="reference")
+    sd = mixer.state_dict()
+    fwd.load_state_dict({k: v for k, v in sd.items() if "_b" not in k})
+    bwd.load_state_dict({
+        "in_proj.weight": sd["in_proj.weight"], "out_proj.weight": sd["out_proj.weight"],
+        "conv1d.weight": sd["conv1d_b.weight"], "conv1d.bias": sd["conv1d_b.bias"],
+        "x_proj.weight": sd["x_proj_b.weight"], "dt_proj.weight": sd["dt_proj_b.weight"],
+        "dt_proj.bias": sd["dt_proj_b.bias"], "A_log": sd["A_b_log"], "D": sd["D_b"],
+    })
+    # out_proj is linear and bias-free: out_proj(a + b) / 2 == (out_proj(a) + out_proj(b)) / 2
+    y = fwd(x) + bwd(x.flip(1)).flip(1)
+    return y / 2 if mixer.divide_out else y
+
+
+@pytest.mark.parametrize("divide_out", [False, True])
+def test_bidirectional_mixer_matches_two_plain_branches(divide_out):
+    torch.manual_seed(0)
+    mixer = MambaMixer(24, d_state=8, bidirectional=True, divide_out=divide_out).eval()
+    _randomize(mixer, seed=3)
+    x = torch.randn(3, 19, 24)
+    with torch.no_grad():
+        assert rel_err(mixer(x), _plain_bidirectional(mixer, x)) < 1e-5
+
+
+@pytest.mark.parametrize("mixer_cls", [MambaMixer, Mamba2Mixer])
+def test_bidirectional_padding_never_changes_other_positions(mixer_cls):
+    torch.manual_seed(0)
+    kwargs = dict(headdim=8, d_state=8, chunk_size=4) if mixer_cls is Mamba2Mixer else dict(d_state=8)
+    mixer = mixer_cls(16, bidirectional=True, divide_out=True, **kwargs).eval()
+    a, b = torch.randn(1, 11, 16), torch.randn(1, 7, 16)
+    batch = torch.zeros(2, 11, 16)
+    batch[0], batch[1, :7] = a[0], b[0]
+    batch[1, 7:] = torch.randn(4, 16) * 100  # garbage in the padding
+    mask = torch.tensor([[1] * 11, [1] * 7 + [0] * 4])
+    with torch.no_grad():
+        out = mixer(batch, attention_mask=mask)
+        assert rel_err(out[0], mixer(a)[0]) < 1e-5
+        assert rel_err(out[1, :7], mixer(b)[0]) < 1e-5
+
+
+def test_left_padding_is_rejected_by_bidirectional_mixer():
+    mixer = MambaMixer(16, d_state=4, bidirectional=True)
+    with pytest.raises(ValueError, match="right-padded"):
+        mixer(torch.randn(1, 5, 16), attention_mask=torch.tensor([[0, 1, 1, 1, 1]]))
+
+
+def test_reversal_index_is_an_involution_within_lengths():
+    lengths = torch.tensor([5, 2, 0, 7])
+    index = reversal_index(lengths, 7)
+    assert index[0].tolist() == [4, 3, 2, 1, 0, 5, 6]
+    assert index[1].tolist() == [1, 0, 2, 3, 4, 5, 6]
+    assert index[2].tolist() == list(range(7))
+    assert torch.equal(index.gather(1, index), torch.arange(7).expand(4, 7))
+
+
+# ---------------------------------------------------------------------------------------------- cached decoding
+
+
+def _mixers_for_cache_test():
+    return [
+        ("mamba", MambaMixer(16, d_state=8, layer_idx=0)),
+        ("mamba-bi", MambaMixer(16, d_state=8, bidirectional=True, layer_idx=0)),
+        ("mamba2", Mamba2Mixer(16, d_state=8, headdim=8, ngroups=2, chunk_size=4, layer_idx=0)),
+        ("mamba2-bi", Mamba2Mixer(16, d_state=8, headdim=8, chunk_size=4, bidirectional=True, layer_idx=0)),
+    ]
+
+
+@pytest.mark.parametrize("name,mixer", _mixers_for_cache_test())
+def test_cached_stepping_equals_full_forward(name, mixer):
+    """Prefill a prefix (the backward branch reverses only the prefix), then step the rest token by token: every
+    output equals the full-sequence forward whose backward branch reverses the same prefix."""
+    torch.manual_seed(0)
+    _randomize(mixer, seed=4)
+    mixer.eval()
+    if isinstance(mixer, Mamba2Mixer):
+        with torch.no_grad():
+            mixer.A_log.copy_(torch.rand_like(mixer.A_log))
+            if mixer.bidirectional:
+                mixer.A_b_log.copy_(torch.rand_like(mixer.A_b_log))
+    batch, prefix, total = 2, 9, 15
+    x = torch.randn(batch, total, 16)
+    lengths = torch.full((batch,), prefix)
+    kwargs = {"reverse_lengths": lengths} if mixer.bidirectional else {}
+    with torch.no_grad():
+        full = mixer(x, **kwargs)
+        cache = MambaZooCache([2 if mixer.bidirectional else 1])
+        pieces = [mixer(x[:, :prefix], cache=cache, **kwargs)]
+        for t in range(prefix, total):
+            pieces.append(mixer(x[:, t:t + 1], cache=cache))
+        stepped = torch.cat(pieces, dim=1)
+    assert rel_err(stepped, full) < 1e-5
+    assert cache.get_seq_length() == total
+
+
+def test_cache_beam_reorder_and_reset():
+    mixer = MambaMixer(16, d_state=4, layer_idx=0).eval()
+    cache = MambaZooCache([1])
+    with torch.no_grad():
+        mixer(torch.randn(3, 5, 16), cache=cache)
+        state = cache.get_recurrent_state(0).clone()
+        cache.reorder_cache(torch.tensor([2, 2, 0]))
+        assert torch.equal(cache.get_recurrent_state(0), state[[2, 2, 0]])
+        cache.reset()
+        assert cache.get_recurrent_state(0) is None and cache.get_seq_length() == 0
+
+
+def test_old_cache_argument_name_is_accepted():
+    mixer = MambaMixer(16, d_state=4, layer_idx=0).eval()
+    cache = MambaZooCache([1])
+    with torch.no_grad():
+        mixer(torch.randn(1, 4, 16), cache_params=cache)
+    assert cache.has_state(0)
+
+
+# ---------------------------------------------------------------------------------------------- LoRA, blocks, norms
+
+
+def test_lora_on_every_projection_changes_cpu_output():
+    peft = pytest.importorskip("peft")
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mixer = MambaMixer(16, d_state=4, backend="cpu")
+
+        def forward(self, x):
+            return self.mixer(x)
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 10, 16)
+    for target in ("in_proj", "x_proj", "dt_proj", "out_proj"):
+        model = Wrapper().eval()
+        with torch.no_grad():
+            before = model(x)
+        lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=[target], init_lora_weights=False))
+        with torch.no_grad():
+            after = lora(x)
+        assert rel_err(after, before) > 1e-3, f"LoRA on {target} was bypassed"
+        # and the adapter receives gradients through the cpu kernel
+        lora(x).square().mean().backward()
+        grads = [p.grad for n, p in lora.named_parameters() if "lora_" in n]
+        assert grads and all(g is not None and g.abs().sum() > 0 for g in grads), target
+
+
+def test_mamba_block_residual_stream_and_gradient_checkpointing():
+    torch.manual_seed(0)
+    block = MambaBlock(16, MambaMixer(16, d_state=4), norm_type="layernorm", drop_path=0.0)
+    x, r = torch.randn(2, 6, 16), torch.randn(2, 6, 16)
+    h, res = block(x, r)
+    assert torch.allclose(res, x + r)
+    assert torch.allclose(h, block.mixer(block.norm(x + r)), atol=1e-6)
+    h0, res0 = block(x)
+    assert torch.equal(res0, x)
+    # gradient checkpointing gives the same gradients
+    block.train()
+    x.requires_grad_(True)
+    sum(t.sum() for t in block(x, r)).backward()
+    g_plain = x.grad.clone()
+    x.grad = None
+    block.gradient_checkpointing = True
+    from functools import partial
+    import torch.utils.checkpoint as cp
+
+    block._gradient_checkpointing_func = partial(cp.checkpoint, use_reentrant=False)
+    sum(t.sum() for t in block(x, r)).backward()
+    assert torch.allclose(x.grad, g_plain, atol=1e-6)
+
+
+def test_drop_path_drops_whole_samples_and_rescales():
+    torch.manual_seed(0)
+    dp = DropPath(0.5).train()
+    out = dp(torch.ones(200, 3, 4))
+    per_sample = out.flatten(1)
+    assert set(per_sample.unique().tolist()) <= {0.0, 2.0}
+    assert (per_sample == per_sample[:, :1]).all()
+    assert 60 < (per_sample[:, 0] == 0).sum() < 140
+    assert torch.equal(dp.eval()(torch.ones(3, 4)), torch.ones(3, 4))
+
+
+def test_gated_rmsnorm_grouped_matches_manual():
+    norm = RMSNormGated(12, eps=1e-5, group_size=4)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(12))
+    x, z = torch.randn(3, 12), torch.randn(3, 12)
+    g = (x * torch.nn.functional.silu(z)).view(3, 3, 4)
+    expected = (g / torch.sqrt(g.pow(2).mean(-1, keepdim=True) + 1e-5)).view(3, 12) * norm.weight
+    assert torch.allclose(norm(x, z), expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- MoE
+
+
+def test_switch_moe_matches_per_token_loop():
+    torch.manual_seed(0)
+    moe = SwitchMoE(16, 24, num_experts=4).eval()
+    x = torch.randn(3, 7, 16)
+    out, logits = moe(x)
+    tokens = x.reshape(-1, 16)
+    expected = []
+    for tok in tokens:
+        p = torch.sigmoid(moe.router(tok))
+        e = int(p.argmax())
+        h = moe.local_experts[e].linear_fc1(tok)
+        gate, up = h.chunk(2)
+        expected.append(p[e] * moe.local_experts[e].linear_fc2(torch.nn.functional.gelu(gate) * up))
+    assert torch.allclose(out.reshape(-1, 16), torch.stack(expected), atol=1e-5)
+    assert logits.shape == (21, 4)
+    assert int(moe.last_expert_counts.sum()) == 21
+
+
+def test_load_balancing_loss_is_one_when_balanced_and_larger_when_collapsed():
+    balanced = torch.eye(4).repeat(8, 1) * 10
+    collapsed = torch.full((32, 4), -10.0)
+    collapsed[:, 0] = 10
+    assert abs(load_balancing_loss([balanced], 4).item() - 1.0) < 0.05
+    assert load_balancing_loss([collapsed], 4).item() > 3.9
+
+
+def test_sinkhorn_routing_balances_training_assignment():
+    torch.manual_seed(0)
+    moe = SwitchMoE(8, 8, num_experts=4, sinkhorn_in_training=True).train()
+    with torch.no_grad():
+        moe.router.bias.copy_(torch.tensor([5.0, 0.0, 0.0, 0.0]))  # a router that prefers expert 0
+    moe(torch.randn(1, 400, 8))
+    assert moe.last_expert_counts.max() < 200
+    moe.eval()
+    moe(torch.randn(1, 400, 8))
+    assert moe.last_expert_counts[0] > 300
+
+
+def test_bad_input_shapes_raise_clear_errors():
+    with pytest.raises(ValueError, match="d_model=16"):
+        MambaMixer(16, d_state=4)(torch.randn(2, 5, 8))
+    with pytest.raises(ValueError, match="headdim"):
+        Mamba2Mixer(16, headdim=7)
