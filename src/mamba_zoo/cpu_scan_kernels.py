@@ -1,6 +1,385 @@
-"""Fused CPU selective-scan kernels (numba). Work in progress: not available yet."""
+"""Fused CPU selective-scan kernels (numba), forward and backward.
+
+Each (batch, channel) lane runs one pass over time with its N-dimensional state in a small local
+array; no ``(batch, dim, L, N)`` tensor is ever built. The forward pass saves the state every
+``chunk`` steps (``checkpoints``: ``(batch, dim, L / chunk, N)``); the backward pass recomputes the
+states of one chunk at a time from those checkpoints into a ``(chunk + 1, N)`` buffer and sweeps
+the chunk in reverse, so memory stays O(batch * dim * N * L / chunk).
+
+The ``exp`` of ``delta * A`` (batch * dim * L * N of them: the bulk of the work) uses a float32
+polynomial (Cephes ``expf``, about 1 ulp) written so that LLVM vectorises it; numba's own ``exp``
+is a scalar libm call unless llvmlite was built with Intel SVML.
+
+numba is optional: this module imports without it and :func:`is_available` says whether the
+kernels can run. Kernels are compiled on first use and cached on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+
+try:
+    import numba
+    from numba import njit, prange
+except ImportError:  # numba is optional: the "cpu" backend is then unavailable
+    numba = None
+
+__all__ = ["is_available", "selective_scan_cpu", "selective_state_update_cpu", "DEFAULT_CHUNK"]
+
+# Checkpoint interval of the forward pass (time steps between saved states).
+DEFAULT_CHUNK = 64
 
 
 def is_available() -> bool:
-    """True when numba imports and the kernels can run."""
-    return False
+    """True when numba imports, so the kernels can run."""
+    return numba is not None
+
+
+if numba is not None:
+    _f32 = np.float32
+    # Cephes expf constants (float32 so that numba keeps the arithmetic in float32).
+    _EXP_HI = _f32(88.0)  # exp(88) < float32 max and keeps the exponent k <= 127
+    _EXP_LO = _f32(-87.33)  # exp(-87.33) ~ 1.2e-38, the smallest normal float32
+    _LOG2E = _f32(1.44269504088896341)
+    _LN2_HI = _f32(0.693359375)
+    _LN2_LO = _f32(-2.12194440e-4)
+    _P0 = _f32(1.9875691500e-4)
+    _P1 = _f32(1.3981999507e-3)
+    _P2 = _f32(8.3334519073e-3)
+    _P3 = _f32(4.1665795894e-2)
+    _P4 = _f32(1.6666665459e-1)
+    _P5 = _f32(5.0000001201e-1)
+    _HALF = _f32(0.5)
+    _ONE = _f32(1.0)
+    _ZERO = _f32(0.0)
+    _SOFTPLUS_THRESHOLD = _f32(20.0)  # torch.nn.functional.softplus: x > 20 -> x
+
+    @njit(inline="always", cache=True)
+    def _exp_inplace(values, exponent_bits, count):
+        """values[:count] = exp(values[:count]) in float32; exponent_bits is int32 scratch."""
+        for i in range(count):
+            x = min(max(values[i], _EXP_LO), _EXP_HI)
+            k = np.floor(x * _LOG2E + _HALF)
+            r = x - k * _LN2_HI
+            r = r - k * _LN2_LO
+            p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+            values[i] = p * (r * r) + r + _ONE
+            exponent_bits[i] = (np.int32(k) + 127) << 23  # the float32 bits of 2**k
+        scale = exponent_bits.view(np.float32)
+        for i in range(count):
+            values[i] = values[i] * scale[i]
+
+    @njit(inline="always", cache=True)
+    def _softplus(x):
+        if x > _SOFTPLUS_THRESHOLD:
+            return x
+        return np.float32(math.log1p(math.exp(x)))
+
+    @njit(inline="always", cache=True)
+    def _softplus_grad(x):
+        if x > _SOFTPLUS_THRESHOLD:
+            return _ONE
+        e = np.float32(math.exp(x))
+        return e / (e + _ONE)
+
+    @njit(inline="always", cache=True)
+    def _chunk_decay(delta, b, d, t0, n_steps, bias, softplus, A, dt_buf, dt_grad_buf, decay,
+                     exponent_bits):
+        """Fill dt_buf[:n_steps] (softplus(delta + bias)), its derivative and decay = exp(dt * A)."""
+        N = A.shape[1]
+        for k in range(n_steps):
+            x = delta[b, d, t0 + k] + bias
+            if softplus:
+                dt_buf[k] = _softplus(x)
+                dt_grad_buf[k] = _softplus_grad(x)
+            else:
+                dt_buf[k] = x
+                dt_grad_buf[k] = _ONE
+        for k in range(n_steps):
+            dt = dt_buf[k]
+            for n in range(N):
+                decay[k * N + n] = dt * A[d, n]
+        _exp_inplace(decay, exponent_bits, n_steps * N)
+
+    @njit(parallel=True, cache=True)
+    def _scan_forward_kernel(u, delta, A, Bm, Cm, D, z, delta_bias, has_D, has_z, has_bias,
+                             softplus, chunk, out, last_state, checkpoints):
+        """Forward scan.
+
+        u, delta, z, out: (batch, dim, L); A: (dim, N); Bm, Cm: (batch, G, L, N) (time-major);
+        D, delta_bias: (dim,) (ignored unless has_*); last_state: (batch, dim, N);
+        checkpoints: (batch, dim, ceil(L / chunk), N), the state before each chunk's first step.
+        """
+        batch, dim, L = u.shape
+        N = A.shape[1]
+        groups = Bm.shape[1]
+        channels_per_group = dim // groups
+        n_chunks = checkpoints.shape[2]
+        for lane in prange(batch * dim):
+            b = lane // dim
+            d = lane % dim
+            g = d // channels_per_group
+            bias = delta_bias[d] if has_bias else _ZERO
+            skip = D[d] if has_D else _ZERO
+            h = np.zeros(N, dtype=np.float32)
+            dt_buf = np.empty(chunk, dtype=np.float32)
+            dt_grad_buf = np.empty(chunk, dtype=np.float32)
+            decay = np.empty(chunk * N, dtype=np.float32)
+            exponent_bits = np.empty(chunk * N, dtype=np.int32)
+            for c in range(n_chunks):
+                t0 = c * chunk
+                n_steps = min(chunk, L - t0)
+                for n in range(N):
+                    checkpoints[b, d, c, n] = h[n]
+                _chunk_decay(delta, b, d, t0, n_steps, bias, softplus, A, dt_buf, dt_grad_buf,
+                             decay, exponent_bits)
+                for k in range(n_steps):
+                    t = t0 + k
+                    x = u[b, d, t]
+                    dt_x = dt_buf[k] * x
+                    for n in range(N):
+                        h[n] = decay[k * N + n] * h[n] + dt_x * Bm[b, g, t, n]
+                    y = _ZERO
+                    for n in range(N):
+                        y += h[n] * Cm[b, g, t, n]
+                    y += skip * x
+                    if has_z:
+                        zt = z[b, d, t]
+                        y = y * (zt / (_ONE + np.float32(math.exp(-zt))))
+                    out[b, d, t] = y
+            for n in range(N):
+                last_state[b, d, n] = h[n]
+
+    @njit(parallel=True, cache=True)
+    def _scan_backward_kernel(u, delta, A, Bm, Cm, D, z, delta_bias, has_D, has_z, has_bias,
+                              softplus, chunk, checkpoints, dout, dlast, has_dlast, n_blocks,
+                              du, ddelta, dz, dA_lane, dD_lane, dbias_lane, dB_part, dC_part):
+        """Backward scan: recompute each chunk's states from its checkpoint, then sweep in reverse.
+
+        Work is split into tasks (b, g, block): each task handles one block of the channels of
+        group g, one after another, and owns dB_part[b, g, block] / dC_part[b, g, block]
+        ((L, N) each), so no two threads write the same memory. Per-channel gradients of
+        parameters are written per lane (dA_lane (batch, dim, N), dD_lane / dbias_lane
+        (batch, dim)) and summed over batch (and blocks) by the caller.
+        """
+        batch, dim, L = u.shape
+        N = A.shape[1]
+        groups = Bm.shape[1]
+        channels_per_group = dim // groups
+        block_size = (channels_per_group + n_blocks - 1) // n_blocks
+        n_chunks = checkpoints.shape[2]
+        for task in prange(batch * groups * n_blocks):
+            b = task // (groups * n_blocks)
+            g = (task // n_blocks) % groups
+            block = task % n_blocks
+            first = g * channels_per_group + block * block_size
+            last = min(first + block_size, (g + 1) * channels_per_group)
+            states = np.empty((chunk + 1) * N, dtype=np.float32)
+            dt_buf = np.empty(chunk, dtype=np.float32)
+            dt_grad_buf = np.empty(chunk, dtype=np.float32)
+            decay = np.empty(chunk * N, dtype=np.float32)
+            exponent_bits = np.empty(chunk * N, dtype=np.int32)
+            adjoint = np.empty(N, dtype=np.float32)
+            dA_acc = np.empty(N, dtype=np.float32)
+            for d in range(first, last):
+                bias = delta_bias[d] if has_bias else _ZERO
+                skip = D[d] if has_D else _ZERO
+                for n in range(N):
+                    adjoint[n] = dlast[b, d, n] if has_dlast else _ZERO
+                    dA_acc[n] = _ZERO
+                dD_acc = _ZERO
+                dbias_acc = _ZERO
+                for c in range(n_chunks - 1, -1, -1):
+                    t0 = c * chunk
+                    n_steps = min(chunk, L - t0)
+                    _chunk_decay(delta, b, d, t0, n_steps, bias, softplus, A, dt_buf,
+                                 dt_grad_buf, decay, exponent_bits)
+                    # Recompute the chunk's states: states[k + 1] = h after step t0 + k.
+                    for n in range(N):
+                        states[n] = checkpoints[b, d, c, n]
+                    for k in range(n_steps):
+                        t = t0 + k
+                        dt_x = dt_buf[k] * u[b, d, t]
+                        for n in range(N):
+                            states[(k + 1) * N + n] = (decay[k * N + n] * states[k * N + n]
+                                                       + dt_x * Bm[b, g, t, n])
+                    # Reverse sweep. adjoint = dLoss/dh_t carried back through the decay.
+                    for k in range(n_steps - 1, -1, -1):
+                        t = t0 + k
+                        x = u[b, d, t]
+                        dt = dt_buf[k]
+                        grad_out = dout[b, d, t]
+                        if has_z:
+                            y = _ZERO
+                            for n in range(N):
+                                y += states[(k + 1) * N + n] * Cm[b, g, t, n]
+                            y += skip * x
+                            zt = z[b, d, t]
+                            sig = _ONE / (_ONE + np.float32(math.exp(-zt)))
+                            dz[b, d, t] = grad_out * y * sig * (_ONE + zt * (_ONE - sig))
+                            dy = grad_out * zt * sig
+                        else:
+                            dy = grad_out
+                        dD_acc += dy * x
+                        dx = dy * skip
+                        ddt = _ZERO
+                        for n in range(N):
+                            h_prev = states[k * N + n]
+                            a_n = decay[k * N + n]
+                            b_n = Bm[b, g, t, n]
+                            adj = adjoint[n] + dy * Cm[b, g, t, n]
+                            dC_part[b, g, block, t, n] += dy * states[(k + 1) * N + n]
+                            dB_part[b, g, block, t, n] += adj * dt * x
+                            dx += adj * dt * b_n
+                            ddt += adj * (A[d, n] * a_n * h_prev + b_n * x)
+                            dA_acc[n] += adj * dt * a_n * h_prev
+                            adjoint[n] = adj * a_n
+                        du[b, d, t] = dx
+                        ddelta_t = ddt * dt_grad_buf[k]
+                        ddelta[b, d, t] = ddelta_t
+                        dbias_acc += ddelta_t
+                for n in range(N):
+                    dA_lane[b, d, n] = dA_acc[n]
+                dD_lane[b, d] = dD_acc
+                dbias_lane[b, d] = dbias_acc
+
+
+# ----------------------------------------------------------------------------------------------
+# torch glue
+# ----------------------------------------------------------------------------------------------
+
+
+def _set_threads() -> None:
+    """Use as many numba threads as torch does (never more than numba was started with)."""
+    wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != wanted:
+        numba.set_num_threads(wanted)
+
+
+def _f32_numpy(t: Optional[torch.Tensor]) -> np.ndarray:
+    return t.detach().to(torch.float32).contiguous().numpy()
+
+
+_EMPTY1 = np.zeros(0, dtype=np.float32)
+_EMPTY3 = np.zeros((0, 0, 0), dtype=np.float32)
+
+
+def _time_major_groups(M: torch.Tensor) -> np.ndarray:
+    """(batch, N, L) or (batch, G, N, L) -> contiguous float32 numpy (batch, G, L, N)."""
+    if M.dim() == 3:
+        M = M.unsqueeze(1)
+    return M.detach().to(torch.float32).transpose(2, 3).contiguous().numpy()
+
+
+def _n_blocks(batch: int, groups: int, channels_per_group: int) -> int:
+    """Channel blocks per (batch, group) so that the backward has ~4 tasks per thread."""
+    tasks_wanted = 4 * numba.get_num_threads()
+    per_pair = -(-tasks_wanted // (batch * groups))
+    return max(1, min(channels_per_group, per_pair))
+
+
+class _SelectiveScanCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk):
+        _set_threads()
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
+        batch, dim, length = u.shape
+        n_state = A.shape[1]
+        n_chunks = -(-length // chunk)
+        u_np, delta_np, A_np = _f32_numpy(u), _f32_numpy(delta), _f32_numpy(A)
+        B_np, C_np = _time_major_groups(B), _time_major_groups(C)
+        D_np = _f32_numpy(D) if D is not None else _EMPTY1
+        z_np = _f32_numpy(z) if z is not None else _EMPTY3
+        bias_np = _f32_numpy(delta_bias) if delta_bias is not None else _EMPTY1
+
+        out = np.empty((batch, dim, length), dtype=np.float32)
+        last_state = np.empty((batch, dim, n_state), dtype=np.float32)
+        checkpoints = np.empty((batch, dim, n_chunks, n_state), dtype=np.float32)
+        _scan_forward_kernel(u_np, delta_np, A_np, B_np, C_np, D_np, z_np, bias_np,
+                             D is not None, z is not None, delta_bias is not None,
+                             bool(delta_softplus), chunk, out, last_state, checkpoints)
+
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        ctx.numpy_inputs = (u_np, delta_np, A_np, B_np, C_np, D_np, z_np, bias_np)
+        ctx.checkpoints = checkpoints
+        ctx.delta_softplus = bool(delta_softplus)
+        ctx.chunk = chunk
+        out_t = torch.from_numpy(out).to(u.dtype)
+        last_t = torch.from_numpy(last_state)
+        return out_t, last_t
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        _set_threads()
+        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+        u_np, delta_np, A_np, B_np, C_np, D_np, z_np, bias_np = ctx.numpy_inputs
+        batch, dim, length = u.shape
+        n_state = A.shape[1]
+        groups = B_np.shape[1]
+        n_blocks = _n_blocks(batch, groups, dim // groups)
+
+        dout_np = _f32_numpy(dout) if dout is not None else np.zeros((batch, dim, length),
+                                                                       dtype=np.float32)
+        has_dlast = dlast is not None
+        dlast_np = _f32_numpy(dlast) if has_dlast else _EMPTY3
+
+        du = np.empty((batch, dim, length), dtype=np.float32)
+        ddelta = np.empty((batch, dim, length), dtype=np.float32)
+        dz = np.empty((batch, dim, length), dtype=np.float32) if z is not None else _EMPTY3
+        dA_lane = np.empty((batch, dim, n_state), dtype=np.float32)
+        dD_lane = np.empty((batch, dim), dtype=np.float32)
+        dbias_lane = np.empty((batch, dim), dtype=np.float32)
+        dB_part = np.zeros((batch, groups, n_blocks, length, n_state), dtype=np.float32)
+        dC_part = np.zeros((batch, groups, n_blocks, length, n_state), dtype=np.float32)
+        _scan_backward_kernel(u_np, delta_np, A_np, B_np, C_np, D_np, z_np, bias_np,
+                              D is not None, z is not None, delta_bias is not None,
+                              ctx.delta_softplus, ctx.chunk, ctx.checkpoints, dout_np, dlast_np,
+                              has_dlast, n_blocks, du, ddelta, dz, dA_lane, dD_lane, dbias_lane,
+                              dB_part, dC_part)
+
+        def grouped_grad(part: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+            grad = torch.from_numpy(part).sum(dim=2).transpose(2, 3)  # (batch, G, N, L)
+            if like.dim() == 3:
+                grad = grad.squeeze(1)
+            return grad.to(like.dtype)
+
+        grads = [
+            torch.from_numpy(du).to(u.dtype),
+            torch.from_numpy(ddelta).to(delta.dtype),
+            torch.from_numpy(dA_lane).sum(0).to(A.dtype),
+            grouped_grad(dB_part, B),
+            grouped_grad(dC_part, C),
+            torch.from_numpy(dD_lane).sum(0).to(D.dtype) if D is not None else None,
+            torch.from_numpy(dz).to(z.dtype) if z is not None else None,
+            torch.from_numpy(dbias_lane).sum(0).to(delta_bias.dtype)
+            if delta_bias is not None else None,
+        ]
+        needs = ctx.needs_input_grad
+        return tuple(g if (i < len(needs) and needs[i]) else None for i, g in enumerate(grads)) + (
+            None, None)
+
+
+def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False, chunk: int = DEFAULT_CHUNK):
+    """The fused CPU scan; same arguments and results as ``selective_scan.selective_scan_fn``.
+
+    Inputs are validated by the caller. ``chunk`` is the checkpoint interval of the backward pass.
+    """
+    if numba is None:
+        raise RuntimeError("the CPU scan kernel needs numba: `pip install numba`.")
+    out, last_state = _SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias,
+                                              delta_softplus, int(chunk))
+    return (out, last_state) if return_last_state else out
+
+
+def selective_state_update_cpu(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                               dt_softplus=False):
+    """One decoding step on CPU; see ``selective_scan.selective_state_update``."""
+    from .selective_scan import selective_state_update_reference
+
+    return selective_state_update_reference(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
+                                            dt_softplus=dt_softplus)
