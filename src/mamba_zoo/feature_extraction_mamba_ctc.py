@@ -1,0 +1,209 @@
+# Copyright 2026 The mamba-zoo authors. Apache-2.0.
+"""Log-mel filter-bank features with utterance mean/variance normalisation for MambaForCTC."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from transformers.audio_utils import mel_filter_bank
+from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.utils import PaddingStrategy, TensorType, logging
+
+
+logger = logging.get_logger(__name__)
+
+
+def validate_and_convert_waveform(waveform, index: int = 0) -> np.ndarray:
+    """Check one mono waveform and return it as float32 numpy.
+
+    Conversions (documented and tested): torch tensors and lists become numpy; float64 becomes float32; integer PCM
+    is scaled to [-1, 1) (int16 / 32768, int32 / 2**31, uint8 (x - 128) / 128, other integers by their type's range).
+    Errors (`ValueError`): empty audio, NaN or infinite samples, more than one channel (downmix first, e.g.
+    `audio.mean(axis=0)` for `(channels, samples)`).
+    """
+    if isinstance(waveform, torch.Tensor):
+        waveform = waveform.detach().cpu().numpy()
+    waveform = np.asarray(waveform)
+    if waveform.ndim != 1:
+        raise ValueError(
+            f"Audio {index} has shape {waveform.shape}; only mono audio of shape (num_samples,) is supported. "
+            "Downmix multi-channel audio first, e.g. `audio.mean(axis=0)` for (channels, samples)."
+        )
+    if waveform.size == 0:
+        raise ValueError(f"Audio {index} is empty (0 samples).")
+    if np.issubdtype(waveform.dtype, np.integer):
+        info = np.iinfo(waveform.dtype)
+        if info.min == 0:  # unsigned PCM is offset binary
+            midpoint = (int(info.max) + 1) / 2
+            waveform = (waveform.astype(np.float64) - midpoint) / midpoint
+        else:
+            waveform = waveform.astype(np.float64) / (int(info.max) + 1)
+    elif waveform.dtype == np.bool_ or not np.issubdtype(waveform.dtype, np.floating):
+        raise ValueError(f"Audio {index} has dtype {waveform.dtype}; pass float or integer PCM samples.")
+    waveform = waveform.astype(np.float32)
+    if not np.isfinite(waveform).all():
+        raise ValueError(f"Audio {index} contains NaN or infinite samples.")
+    return waveform
+
+
+class MambaCTCFeatureExtractor(SequenceFeatureExtractor):
+    r"""
+    Log-mel filter-bank features for [`MambaForCTC`], normalised per utterance (zero mean, unit variance per mel bin
+    over the utterance's own frames), right-padded with zeros, with a frame-level `attention_mask`.
+
+    Frames: a `win_length`-sample Hann window every `hop_length` samples, *centred* on sample `t * hop_length` (zero
+    padding at both ends), so an utterance of `n` samples gives exactly `ceil(n / hop_length)` frames. With the
+    model's 4x subsampling that is `ceil(n / 640)` logit frames, which keeps the ASR pipeline's chunk/stride arithmetic
+    (`inputs_to_logits_ratio = 640`) exact. The features are independent of the input gain.
+
+    Args:
+        feature_size (`int`, defaults to 80): mel bins.
+        sampling_rate (`int`, defaults to 16000): expected sampling rate; others raise (resample first).
+        hop_length (`int`, defaults to 160), win_length (`int`, defaults to 400), n_fft (`int`, defaults to 512).
+        f_min (`float`, defaults to 20.0), f_max (`float`, defaults to `sampling_rate / 2`).
+        padding_value (`float`, defaults to 0.0): value of padded frames (the normalised mean).
+        do_normalize (`bool`, defaults to `True`): utterance mean/variance normalisation.
+
+    Returns from `__call__`: `input_features` `(batch, frames, feature_size)` and `attention_mask` `(batch, frames)`.
+    """
+
+    model_input_names = ["input_features", "attention_mask"]
+
+    def __init__(
+        self,
+        feature_size: int = 80,
+        sampling_rate: int = 16000,
+        hop_length: int = 160,
+        win_length: int = 400,
+        n_fft: int = 512,
+        f_min: float = 20.0,
+        f_max: Optional[float] = None,
+        padding_value: float = 0.0,
+        do_normalize: bool = True,
+        return_attention_mask: bool = True,
+        **kwargs,
+    ):
+        super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value,
+                         return_attention_mask=return_attention_mask, **kwargs)
+        if win_length > n_fft:
+            raise ValueError(f"win_length ({win_length}) must not exceed n_fft ({n_fft}).")
+        self.hop_length = hop_length
+        self.win_length = win_length
+        self.n_fft = n_fft
+        self.f_min = f_min
+        self.f_max = f_max if f_max is not None else sampling_rate / 2
+        self.do_normalize = do_normalize
+        # (n_fft // 2 + 1, feature_size); not serialised (to_dict drops `mel_filters`)
+        self.mel_filters = mel_filter_bank(
+            num_frequency_bins=n_fft // 2 + 1, num_mel_filters=feature_size, min_frequency=f_min,
+            max_frequency=self.f_max, sampling_rate=sampling_rate, norm=None, mel_scale="kaldi",
+            triangularize_in_mel_space=True,
+        ).astype(np.float32)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Feature frames of an utterance of `num_samples` samples: `ceil(num_samples / hop_length)`."""
+        return math.ceil(num_samples / self.hop_length)
+
+    def _extract_fbank_features(self, waveform: np.ndarray) -> np.ndarray:
+        """`(num_samples,)` float32 -> log-mel `(ceil(num_samples / hop_length), feature_size)` float32."""
+        signal = torch.from_numpy(waveform)
+        pad = self.n_fft // 2
+        signal = torch.nn.functional.pad(signal, (pad, pad))
+        window = torch.hann_window(self.win_length, periodic=False)
+        spectrum = torch.stft(
+            signal, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length, window=window,
+            center=False, return_complex=True,
+        )  # (n_fft // 2 + 1, frames) with frame t centred on sample t * hop_length
+        power = spectrum[:, : self.num_frames(waveform.shape[0])].abs().pow(2).T
+        mel = power @ torch.from_numpy(self.mel_filters)
+        return torch.log(mel.clamp_min(1e-10)).numpy()
+
+    def _normalize(self, features: np.ndarray) -> np.ndarray:
+        mean = features.mean(axis=0, keepdims=True)
+        std = features.std(axis=0, keepdims=True)
+        return ((features - mean) / np.maximum(std, 1e-5)).astype(np.float32)
+
+    def __call__(
+        self,
+        raw_speech: Union[np.ndarray, list, torch.Tensor],
+        padding: Union[bool, str, PaddingStrategy] = True,
+        max_length: Optional[int] = None,
+        truncation: bool = False,
+        pad_to_multiple_of: Optional[int] = None,
+        return_tensors: Optional[Union[str, TensorType]] = None,
+        sampling_rate: Optional[int] = None,
+        return_attention_mask: Optional[bool] = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Featurize one waveform `(num_samples,)` or a batch (a list of 1-D arrays, or a 2-D array `(batch, samples)`).
+
+        Args:
+            raw_speech: mono audio at `self.sampling_rate`; float in [-1, 1] or integer PCM (scaled, see
+                `validate_and_convert_waveform`). Empty, NaN/inf or multi-channel audio raises `ValueError`.
+            padding, max_length, truncation, pad_to_multiple_of: as `SequenceFeatureExtractor.pad`, in frames; pads
+                to the longest utterance by default (right padding).
+            return_tensors: `"pt"`, `"np"` or `None` (lists).
+            sampling_rate: the audio's rate; a different rate raises `ValueError` (resample first). Strongly
+                recommended, a warning is logged when it is missing.
+            return_attention_mask: defaults to `True`.
+
+        Returns:
+            `BatchFeature` with `input_features` `(batch, frames, feature_size)` and `attention_mask`
+            `(batch, frames)` (1 = frame, 0 = padding).
+        """
+        if sampling_rate is not None:
+            if sampling_rate != self.sampling_rate:
+                raise ValueError(
+                    f"{self.__class__.__name__} expects audio sampled at {self.sampling_rate} Hz, got {sampling_rate} "
+                    f"Hz. Resample first (e.g. scipy.signal.resample_poly or the ASR pipeline's dict input)."
+                )
+        else:
+            logger.warning_once(
+                f"Pass `sampling_rate` to {self.__class__.__name__}() to avoid silent errors from audio at the wrong rate."
+            )
+
+        if isinstance(raw_speech, torch.Tensor):
+            raw_speech = raw_speech.detach().cpu().numpy()
+        if isinstance(raw_speech, np.ndarray):
+            if raw_speech.ndim > 2:
+                raise ValueError(
+                    f"Got an array of shape {raw_speech.shape}: pass one mono waveform (num_samples,) or a batch "
+                    "(batch, num_samples); downmix multi-channel audio first."
+                )
+            batch = list(raw_speech) if raw_speech.ndim == 2 else [raw_speech]
+        elif isinstance(raw_speech, (list, tuple)):
+            if len(raw_speech) == 0:
+                raise ValueError("Got an empty list of audio.")
+            is_batched = isinstance(raw_speech[0], (np.ndarray, torch.Tensor, list, tuple))
+            batch = list(raw_speech) if is_batched else [np.asarray(raw_speech)]
+        else:
+            raise TypeError(f"Expected a numpy array, a torch tensor or a list of them, got {type(raw_speech)}.")
+
+        features = []
+        for index, waveform in enumerate(batch):
+            waveform = validate_and_convert_waveform(waveform, index)
+            fbank = self._extract_fbank_features(waveform)
+            features.append(self._normalize(fbank) if self.do_normalize else fbank)
+
+        padded = self.pad(
+            BatchFeature({"input_features": features}),
+            padding=padding,
+            max_length=max_length,
+            truncation=truncation,
+            pad_to_multiple_of=pad_to_multiple_of,
+            return_attention_mask=True if return_attention_mask is None else return_attention_mask,
+        )
+        padded["input_features"] = [np.asarray(f, dtype=np.float32) for f in padded["input_features"]]
+        if "attention_mask" in padded:
+            padded["attention_mask"] = [np.asarray(m, dtype=np.int32) for m in padded["attention_mask"]]
+        if return_tensors is not None:
+            padded = padded.convert_to_tensors(return_tensors)
+        return padded
+
+
+__all__ = ["MambaCTCFeatureExtractor", "validate_and_convert_waveform"]
