@@ -1,0 +1,165 @@
+# Copyright 2026 The mamba-zoo authors. Apache-2.0.
+"""Configuration of MambaDecoderOnlyASR (MADEON, Masuyama et al., SLT 2024, arXiv 2411.06968)."""
+
+import math
+
+from huggingface_hub.dataclasses import strict
+from transformers import PretrainedConfig
+
+
+@strict(accept_kwargs=True)
+class MambaASRConfig(PretrainedConfig):
+    r"""
+    Configuration of [`MambaASRModel`] / [`MambaDecoderOnlyASR`]: one Mamba (or Mamba-2) stack reads
+    `<sos> <speech> o_1 .. o_Ls <generatetext> w_1 .. w_Lt <eos>` and is trained on the text tokens only.
+
+    The speech prefix `o_1 .. o_Ls` is either discrete speech units in the joint vocabulary (`speech_input="units"`,
+    MADEON exactly) or log-mel frames through a small convolutional subsampler (`speech_input="features"`).
+
+    Speech prefixing (SP) makes the prefix `<sos> <speech> o_1 .. o_Ls` bidirectional while the text stays causal:
+    - `"parallel"`: every mixer gets a second branch (its own conv/SSM parameters) that reads the prefix reversed
+      position by position and then the text in order; the two branch outputs are summed (Vim "v2" mixer with
+      `reverse_lengths` = prefix length).
+    - `"serial"`: every second block (1, 3, 5, ...) reads its input with the prefix reversed and writes its output back
+      in the original order.
+    - `"none"`: a plain causal decoder-only model.
+    Reversal is per sample, inside that sample's prefix, never across padding.
+
+    Args:
+        vocab_size (`int`, defaults to 64): joint vocabulary (special tokens, characters and, for units, speech units).
+        speech_input (`str`, defaults to `"units"`): `"units"` (discrete units, ids inside the vocabulary) or
+            `"features"` (log-mel frames `(batch, frames, num_mel_bins)` through the subsampler).
+        unit_token_offset (`int`, defaults to 0): id of the first speech unit `<unit_0>` (units only).
+        num_units (`int`, defaults to 0): number of speech units (units only; ids
+            `[unit_token_offset, unit_token_offset + num_units)`).
+        num_mel_bins (`int`, defaults to 80): mel bins of the input features (features only).
+        num_subsampling_layers (`int`, defaults to 2): Conv2d(kernel 3, stride 2, no padding) + SiLU blocks; time
+            subsampling `2 ** num_subsampling_layers`. No padding, so a frame never sees another sample's padding.
+        subsampling_conv_channels (`int`, defaults to 32).
+        hidden_size (`int`, defaults to 384): `d_model` (paper: 384).
+        num_hidden_layers (`int`, defaults to 16): Mamba blocks (paper: 16).
+        mixer_type (`str`, defaults to `"mamba"`): `"mamba"` or `"mamba2"`.
+        speech_prefix (`str`, defaults to `"parallel"`): `"none"`, `"parallel"` or `"serial"` (see above).
+        state_size (`int`, defaults to 16): SSM state size `d_state`.
+        expand (`int`, defaults to 4): mixer inner width factor (paper: 4).
+        conv_kernel (`int`, defaults to 4): the mixer's causal conv width `d_conv`.
+        time_step_rank (`int` or `"auto"`): rank of the time step projection (`ceil(hidden_size / 16)`).
+        time_step_min / time_step_max (`float`): range of the initial time steps.
+        mamba2_head_dim, mamba2_n_groups, mamba2_chunk_size (`int`): Mamba-2 mixer shape.
+        use_bias (`bool`): biases in the mixer's `in_proj`/`out_proj` (must stay `False`: a bias-free `in_proj`
+            keeps padded positions exactly zero).
+        norm_type (`str`, defaults to `"rmsnorm"`), layer_norm_eps (`float`), residual_in_fp32 (`bool`).
+        drop_path_rate (`float`): stochastic depth, linearly increasing over the blocks.
+        speech_mask_prob (`float`, defaults to 0.0): input-embedding masking (training only): the probability that a
+            speech position starts a masked span; masked speech embeddings are set to zero.
+        speech_mask_length (`int`, defaults to 5): length of each masked span.
+        initializer_range (`float`): std of the normal init of linear and embedding layers.
+        kernel_backend (`str`, defaults to `"auto"`): scan backend (`auto`, `cuda`, `cpu`, `reference`).
+        pad_token_id / bos_token_id (`<sos>`) / eos_token_id / speech_token_id (`<speech>`) /
+            generate_text_token_id (`<generatetext>`): special token ids.
+
+    Example:
+
+    ```python
+    >>> from mamba_zoo import MambaASRConfig, MambaDecoderOnlyASR
+    >>> config = MambaASRConfig(vocab_size=48, hidden_size=64, num_hidden_layers=2, speech_input="features")
+    >>> model = MambaDecoderOnlyASR(config)
+    ```
+    """
+
+    model_type = "mamba_decoder_asr"
+
+    vocab_size: int = 64
+    speech_input: str = "units"
+    unit_token_offset: int = 0
+    num_units: int = 0
+    num_mel_bins: int = 80
+    num_subsampling_layers: int = 2
+    subsampling_conv_channels: int = 32
+    hidden_size: int = 384
+    num_hidden_layers: int = 16
+    mixer_type: str = "mamba"
+    speech_prefix: str = "parallel"
+    state_size: int = 16
+    expand: int = 4
+    conv_kernel: int = 4
+    time_step_rank: int | str = "auto"
+    time_step_min: float = 0.001
+    time_step_max: float = 0.1
+    mamba2_head_dim: int = 32
+    mamba2_n_groups: int = 1
+    mamba2_chunk_size: int = 64
+    use_bias: bool = False
+    norm_type: str = "rmsnorm"
+    layer_norm_eps: float = 1e-5
+    residual_in_fp32: bool = True
+    drop_path_rate: float | int = 0.0
+    speech_mask_prob: float | int = 0.0
+    speech_mask_length: int = 5
+    initializer_range: float = 0.02
+    kernel_backend: str = "auto"
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    speech_token_id: int = 4
+    generate_text_token_id: int = 5
+    use_cache: bool = True
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        if self.time_step_rank == "auto":
+            self.time_step_rank = math.ceil(self.hidden_size / 16)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Part of `@strict` validation: reject inconsistent sizes and unknown options with a clear message."""
+        positive = ("vocab_size", "num_mel_bins", "num_subsampling_layers", "subsampling_conv_channels", "hidden_size",
+                    "num_hidden_layers", "state_size", "expand", "conv_kernel", "time_step_rank", "mamba2_head_dim",
+                    "mamba2_n_groups", "mamba2_chunk_size", "speech_mask_length")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"MambaASRConfig.{name} must be a positive integer, got {value!r}.")
+        if self.speech_input not in ("units", "features"):
+            raise ValueError(f"speech_input must be 'units' or 'features', got {self.speech_input!r}.")
+        if self.mixer_type not in ("mamba", "mamba2"):
+            raise ValueError(f"mixer_type must be 'mamba' or 'mamba2', got {self.mixer_type!r}.")
+        if self.speech_prefix not in ("none", "parallel", "serial"):
+            raise ValueError(f"speech_prefix must be 'none', 'parallel' or 'serial', got {self.speech_prefix!r}.")
+        if self.mixer_type == "mamba2" and (self.expand * self.hidden_size) % self.mamba2_head_dim != 0:
+            raise ValueError(
+                f"mixer_type='mamba2' needs expand * hidden_size ({self.expand * self.hidden_size}) divisible by "
+                f"mamba2_head_dim ({self.mamba2_head_dim})."
+            )
+        if self.use_bias:
+            raise ValueError("use_bias=True would let padded positions leak through in_proj; keep it False.")
+        if self.norm_type not in ("layernorm", "rmsnorm"):
+            raise ValueError(f"norm_type must be 'layernorm' or 'rmsnorm', got {self.norm_type!r}.")
+        for name in ("drop_path_rate", "speech_mask_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"MambaASRConfig.{name} must be in [0, 1), got {value}.")
+        if self.kernel_backend not in ("auto", "cuda", "cpu", "reference"):
+            raise ValueError(f"kernel_backend must be auto, cuda, cpu or reference, got {self.kernel_backend!r}.")
+        special = {"pad_token_id": self.pad_token_id, "bos_token_id": self.bos_token_id,
+                   "eos_token_id": self.eos_token_id, "speech_token_id": self.speech_token_id,
+                   "generate_text_token_id": self.generate_text_token_id}
+        for name, value in special.items():
+            if not isinstance(value, int) or not 0 <= value < self.vocab_size:
+                raise ValueError(f"MambaASRConfig.{name} must be an id in [0, vocab_size={self.vocab_size}), got {value!r}.")
+        if self.speech_input == "units":
+            if self.num_units <= 0:
+                raise ValueError("speech_input='units' needs num_units > 0 (the size of the unit tokenizer).")
+            if self.unit_token_offset < 0 or self.unit_token_offset + self.num_units > self.vocab_size:
+                raise ValueError(
+                    f"speech units [{self.unit_token_offset}, {self.unit_token_offset + self.num_units}) must lie "
+                    f"inside the vocabulary (vocab_size={self.vocab_size})."
+                )
+
+    @property
+    def speech_subsampling(self) -> int:
+        """Time subsampling of the feature frontend (1 for units)."""
+        return 2 ** self.num_subsampling_layers if self.speech_input == "features" else 1
+
+
+__all__ = ["MambaASRConfig"]

@@ -1,0 +1,494 @@
+# Copyright 2026 The mamba-zoo authors. Apache-2.0.
+"""MambaDecoderOnlyASR: MADEON (Masuyama et al., SLT 2024, arXiv 2411.06968) as a transformers model.
+
+One Mamba (or Mamba-2) stack reads `<sos> <speech> o_1 .. o_Ls <generatetext> w_1 .. w_Lt <eos>` and predicts the
+text tokens; the speech prefix `<sos> <speech> o_1 .. o_Ls` can be read bidirectionally (speech prefixing, SP) while
+the text stays causal, so decoding keeps a fixed-size state per layer (and branch) and steps one token at a time.
+
+Layout with padding: each sample is packed contiguously, `[prefix_b | text_b | padding]`, so padding only ever sits at
+the end of a row (after everything that sample reads), and the prefix reversal of SP covers `[0, prefix_length_b)`.
+Cached prefill runs samples of different lengths in groups of equal length, so a state never passes over padding.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_mamba_asr import MambaASRConfig
+from .mamba_layers import (
+    Mamba2Mixer,
+    MambaBlock,
+    MambaMixer,
+    MambaZooCache,
+    _resolve_cache_kwarg,
+    build_norm,
+    reversal_index,
+    reverse_within_lengths,
+)
+
+
+@dataclass
+class MambaASRModelOutput(ModelOutput):
+    """
+    Args:
+        last_hidden_state: `(batch, text_len, hidden_size)`, final-norm hidden states at the text positions (aligned
+            with `input_ids`).
+        cache: the `MambaZooCache` after this call (with `use_cache=True`).
+        hidden_states: with `output_hidden_states`, the embeddings and every block's output over the packed sequence,
+            each `(batch, packed_len, hidden_size)` (the last one after the final norm).
+        prefix_lengths: `(batch,)` length of each sample's prefix `<sos> <speech> o_1 .. o_Ls` (None when stepping).
+    """
+
+    last_hidden_state: Optional[torch.Tensor] = None
+    cache: Optional[MambaZooCache] = None
+    hidden_states: Optional[tuple[torch.Tensor, ...]] = None
+    prefix_lengths: Optional[torch.Tensor] = None
+
+
+@dataclass
+class MambaASROutput(ModelOutput):
+    """
+    Args:
+        loss: cross-entropy of the next text token, averaged over the text tokens with a label (`labels != -100`).
+        logits: `(batch, text_len, vocab_size)` (or the last `logits_to_keep` positions).
+        cache, hidden_states, prefix_lengths: as in `MambaASRModelOutput`.
+    """
+
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    cache: Optional[MambaZooCache] = None
+    hidden_states: Optional[tuple[torch.Tensor, ...]] = None
+    prefix_lengths: Optional[torch.Tensor] = None
+
+
+class MambaASRSubsampler(nn.Module):
+    """Log-mel frames `(batch, frames, num_mel_bins)` -> `(batch, frames', hidden_size)` with Conv2d(k3, s2, no padding)
+    + SiLU blocks and a linear projection. Without padding, output frame `j < frames'` only sees valid input frames,
+    so right-padding never changes a sample's output."""
+
+    def __init__(self, config: MambaASRConfig):
+        super().__init__()
+        channels = config.subsampling_conv_channels
+        layers = []
+        freq = config.num_mel_bins
+        for i in range(config.num_subsampling_layers):
+            layers += [nn.Conv2d(1 if i == 0 else channels, channels, kernel_size=3, stride=2), nn.SiLU()]
+            freq = (freq - 3) // 2 + 1
+        if freq <= 0:
+            raise ValueError(f"num_mel_bins={config.num_mel_bins} is too small for {config.num_subsampling_layers} subsampling layers.")
+        self.conv = nn.Sequential(*layers)
+        self.out = nn.Linear(channels * freq, config.hidden_size)
+        self.num_layers = config.num_subsampling_layers
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.num_layers):
+            lengths = torch.div(lengths - 3, 2, rounding_mode="floor") + 1
+        return lengths.clamp(min=0)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        min_frames = 2 ** (self.num_layers + 1) - 1
+        if features.shape[1] < min_frames:
+            raise ValueError(f"input_features need at least {min_frames} frames, got {features.shape[1]}.")
+        hidden = self.conv(features.unsqueeze(1))  # (batch, channels, frames', freq')
+        hidden = self.out(hidden.permute(0, 2, 1, 3).flatten(2))
+        return hidden, self.output_lengths(lengths)
+
+
+class MambaASRPreTrainedModel(PreTrainedModel):
+    config_class = MambaASRConfig
+    config: MambaASRConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MambaBlock"]
+    _is_stateful = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, (MambaMixer, Mamba2Mixer)):
+            module.init_ssm_parameters()
+        elif isinstance(module, nn.Conv2d):
+            init.kaiming_uniform_(module.weight, a=5**0.5)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+
+def _build_mixer(config: MambaASRConfig, layer_idx: int, bidirectional: bool) -> nn.Module:
+    if config.mixer_type == "mamba":
+        return MambaMixer(
+            config.hidden_size, d_state=config.state_size, d_conv=config.conv_kernel, expand=config.expand,
+            dt_rank=config.time_step_rank, dt_min=config.time_step_min, dt_max=config.time_step_max,
+            bias=config.use_bias, bidirectional=bidirectional, divide_out=False, layer_idx=layer_idx,
+            backend=config.kernel_backend,
+        )
+    return Mamba2Mixer(
+        config.hidden_size, d_state=config.state_size, d_conv=config.conv_kernel, expand=config.expand,
+        headdim=config.mamba2_head_dim, ngroups=config.mamba2_n_groups, chunk_size=config.mamba2_chunk_size,
+        dt_min=config.time_step_min, dt_max=config.time_step_max, norm_eps=config.layer_norm_eps, bias=config.use_bias,
+        bidirectional=bidirectional, divide_out=False, layer_idx=layer_idx, backend=config.kernel_backend,
+    )
+
+
+class MambaASRModel(MambaASRPreTrainedModel):
+    """The MADEON stack without the LM head: packs `[<sos> <speech> speech | text]` per sample, runs the blocks (with
+    speech prefixing) and returns the hidden states at the text positions."""
+
+    def __init__(self, config: MambaASRConfig):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.subsampler = MambaASRSubsampler(config) if config.speech_input == "features" else None
+        bidirectional = config.speech_prefix == "parallel"
+        drop_path = [config.drop_path_rate * i / max(config.num_hidden_layers - 1, 1) for i in range(config.num_hidden_layers)]
+        self.layers = nn.ModuleList([
+            MambaBlock(config.hidden_size, _build_mixer(config, i, bidirectional), norm_type=config.norm_type,
+                       norm_eps=config.layer_norm_eps, drop_path=drop_path[i], residual_in_fp32=config.residual_in_fp32)
+            for i in range(config.num_hidden_layers)
+        ])
+        self.norm_f = build_norm(config.norm_type, config.hidden_size, config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings = value
+
+    @property
+    def states_per_layer(self) -> list[int]:
+        return [2 if self.config.speech_prefix == "parallel" else 1] * self.config.num_hidden_layers
+
+    def make_cache(self) -> MambaZooCache:
+        """An empty inference cache for this model (both branches per layer with parallel speech prefixing)."""
+        return MambaZooCache(self.states_per_layer)
+
+    # ------------------------------------------------------------------------------------------------ speech prefix
+
+    def embed_speech(self, speech_ids=None, input_features=None, speech_attention_mask=None):
+        """Speech embeddings `(batch, Ls, hidden)` and valid lengths `(batch,)` from units or log-mel frames."""
+        if (speech_ids is None) == (input_features is None):
+            raise ValueError(
+                "Pass exactly one speech prefix: `speech_ids` (discrete units, speech_input='units') or "
+                "`input_features` (log-mel frames, speech_input='features')."
+            )
+        if speech_ids is not None:
+            if self.config.speech_input != "units":
+                raise ValueError("This model reads log-mel `input_features` (speech_input='features'), not `speech_ids`.")
+            if speech_ids.ndim != 2:
+                raise ValueError(f"speech_ids must be (batch, Ls), got shape {tuple(speech_ids.shape)}.")
+            lengths = (speech_attention_mask.sum(-1) if speech_attention_mask is not None
+                       else torch.full((speech_ids.shape[0],), speech_ids.shape[1], device=speech_ids.device))
+            return self.embeddings(speech_ids), lengths.long()
+        if self.config.speech_input != "features":
+            raise ValueError("This model reads discrete `speech_ids` (speech_input='units'), not `input_features`.")
+        if input_features.ndim != 3 or input_features.shape[-1] != self.config.num_mel_bins:
+            raise ValueError(
+                f"input_features must be (batch, frames, num_mel_bins={self.config.num_mel_bins}), got "
+                f"{tuple(input_features.shape)}."
+            )
+        lengths = (speech_attention_mask.sum(-1) if speech_attention_mask is not None
+                   else torch.full((input_features.shape[0],), input_features.shape[1], device=input_features.device))
+        hidden = input_features.to(self.embeddings.weight.dtype)
+        return self.subsampler(hidden, lengths.long())
+
+    def _mask_speech_embeddings(self, speech_embeds: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Input-embedding masking (training only): zero random spans of `speech_mask_length` speech positions."""
+        prob, span = self.config.speech_mask_prob, self.config.speech_mask_length
+        if not self.training or prob <= 0:
+            return speech_embeds
+        batch, length, _ = speech_embeds.shape
+        starts = torch.rand(batch, length, device=speech_embeds.device) < prob
+        masked = F.max_pool1d(starts.float()[:, None], kernel_size=span, stride=1, padding=span - 1)[:, 0, span - 1:]
+        masked = masked[:, :length].bool() & (torch.arange(length, device=lengths.device)[None] < lengths[:, None])
+        return speech_embeds.masked_fill(masked[:, :, None], 0.0)
+
+    def _pack(self, speech_embeds, speech_lengths, text_embeds, text_lengths):
+        """Per sample `[<sos> <speech> speech[:Ls] | text[:Lt]]`, right-padded.
+
+        Returns packed `(batch, L, hidden)`, mask `(batch, L)`, prefix lengths `(batch,)` and the packed position of
+        every text token `(batch, text_len)`.
+        """
+        batch, max_speech, _ = speech_embeds.shape
+        device = speech_embeds.device
+        specials = self.embeddings(torch.tensor([self.config.bos_token_id, self.config.speech_token_id], device=device))
+        source = torch.cat([specials[None].expand(batch, -1, -1), speech_embeds.to(specials.dtype), text_embeds], dim=1)
+        prefix_lengths = speech_lengths + 2
+        total = prefix_lengths + text_lengths
+        length = int(total.max())
+        positions = torch.arange(length, device=device)[None, :]
+        in_text = positions >= prefix_lengths[:, None]
+        index = torch.where(in_text, positions - prefix_lengths[:, None] + 2 + max_speech, positions)
+        mask = positions < total[:, None]
+        index = torch.where(mask, index, torch.zeros_like(index))
+        packed = source.gather(1, index[:, :, None].expand(-1, -1, source.shape[-1]))
+        packed = packed * mask[:, :, None].to(packed.dtype)
+        text_positions = prefix_lengths[:, None] + torch.arange(text_embeds.shape[1], device=device)[None, :]
+        return packed, mask.long(), prefix_lengths, text_positions.clamp(max=length - 1)
+
+    # ------------------------------------------------------------------------------------------------ blocks
+
+    def _run_blocks(self, hidden, attention_mask, prefix_lengths, cache, output_hidden_states):
+        """hidden `(batch, L, hidden)` -> final-norm hidden `(batch, L, hidden)` (+ all hidden states)."""
+        serial_index = None
+        if prefix_lengths is not None and self.config.speech_prefix == "serial":
+            serial_index = reversal_index(prefix_lengths, hidden.shape[1])
+        reverse_lengths = prefix_lengths if self.config.speech_prefix == "parallel" else None
+        all_hidden = (hidden,) if output_hidden_states else None
+        residual = None
+        for i, block in enumerate(self.layers):
+            reverse = serial_index is not None and i % 2 == 1
+            if reverse:
+                hidden = reverse_within_lengths(hidden, serial_index, 1)
+                residual = reverse_within_lengths(residual, serial_index, 1)
+            hidden, residual = block(hidden, residual, attention_mask=attention_mask, cache=cache,
+                                     reverse_lengths=reverse_lengths)
+            if reverse:
+                hidden = reverse_within_lengths(hidden, serial_index, 1)
+                residual = reverse_within_lengths(residual, serial_index, 1)
+            if output_hidden_states and i < len(self.layers) - 1:
+                all_hidden += (residual + hidden,)
+        hidden = self.norm_f((residual + hidden).to(self.norm_f.weight.dtype))
+        if output_hidden_states:
+            all_hidden += (hidden,)
+        return hidden, all_hidden
+
+    def _prefill_in_groups(self, packed, mask, prefix_lengths, cache, output_hidden_states):
+        """Cached prefill without padding in any state: samples of equal length run together, each group with its
+        own cache, whose states are then gathered into `cache`."""
+        total = mask.sum(-1)
+        outputs = torch.zeros_like(packed)
+        group_caches = []
+        for length in torch.unique(total).tolist():
+            rows = (total == length).nonzero()[:, 0]
+            group_cache = self.make_cache()
+            hidden, _ = self._run_blocks(packed[rows, :length], None, prefix_lengths[rows], group_cache, False)
+            outputs[rows, :length] = hidden
+            group_caches.append((rows, group_cache))
+        for layer_idx, num_states in enumerate(self.states_per_layer):
+            for state_idx in range(num_states):
+                for getter, setter in ((MambaZooCache.get_conv_state, cache.update_conv_state),
+                                       (MambaZooCache.get_recurrent_state, cache.update_recurrent_state)):
+                    first = getter(group_caches[0][1], layer_idx, state_idx)
+                    merged = first.new_zeros((packed.shape[0], *first.shape[1:]))
+                    for rows, group_cache in group_caches:
+                        merged[rows] = getter(group_cache, layer_idx, state_idx)
+                    setter(merged, layer_idx, state_idx=state_idx)
+        cache.advance(int(total.max()))
+        return outputs, None
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.LongTensor] = None,
+        speech_ids: Optional[torch.LongTensor] = None,
+        input_features: Optional[torch.FloatTensor] = None,
+        speech_attention_mask: Optional[torch.LongTensor] = None,
+        cache: Optional[MambaZooCache] = None,
+        use_cache: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            input_ids: `(batch, text_len)` text tokens starting with `<generatetext>` (right-padded).
+            attention_mask: `(batch, text_len)` 1 for text tokens, 0 for padding (right padding only).
+            speech_ids: `(batch, Ls)` discrete speech units (vocabulary ids), right-padded (speech_input="units").
+            input_features: `(batch, frames, num_mel_bins)` log-mel frames, right-padded (speech_input="features").
+            speech_attention_mask: `(batch, Ls)` or `(batch, frames)`: 1 for speech, 0 for padding.
+            cache: a `MambaZooCache`. Empty: the prefix and text are prefilled and the states stored. Filled: only
+                `input_ids` (new text tokens) are read, stepping each layer's states one token at a time.
+        Returns:
+            `MambaASRModelOutput` (or a tuple with `return_dict=False`).
+        """
+        cache = _resolve_cache_kwarg(cache, kwargs)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        use_cache = use_cache if use_cache is not None else (cache is not None)
+        if use_cache and cache is None and not self.training:
+            cache = self.make_cache()
+        if not use_cache:
+            cache = None
+        if input_ids is None:
+            raise ValueError("input_ids (the text part, starting with <generatetext>) are required.")
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be (batch, text_len), got shape {tuple(input_ids.shape)}.")
+
+        if cache is not None and cache.has_state(0):
+            if speech_ids is not None or input_features is not None:
+                raise ValueError("The cache already holds a speech prefix; pass only the new text tokens.")
+            hidden, all_hidden = self._run_blocks(self.embeddings(input_ids), None, None, cache, output_hidden_states)
+            output = MambaASRModelOutput(last_hidden_state=hidden, cache=cache, hidden_states=all_hidden)
+            return output if return_dict else output.to_tuple()
+
+        speech_embeds, speech_lengths = self.embed_speech(speech_ids, input_features, speech_attention_mask)
+        speech_embeds = self._mask_speech_embeddings(speech_embeds, speech_lengths)
+        text_lengths = (attention_mask.sum(-1).long() if attention_mask is not None
+                        else torch.full((input_ids.shape[0],), input_ids.shape[1], device=input_ids.device))
+        packed, mask, prefix_lengths, text_positions = self._pack(
+            speech_embeds, speech_lengths, self.embeddings(input_ids), text_lengths
+        )
+        if cache is not None:
+            hidden, all_hidden = self._prefill_in_groups(packed, mask, prefix_lengths, cache, output_hidden_states)
+        else:
+            hidden, all_hidden = self._run_blocks(packed, mask, prefix_lengths, None, output_hidden_states)
+        hidden = hidden.gather(1, text_positions[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        output = MambaASRModelOutput(last_hidden_state=hidden, cache=cache, hidden_states=all_hidden,
+                                     prefix_lengths=prefix_lengths)
+        return output if return_dict else output.to_tuple()
+
+
+class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
+    """MADEON: a decoder-only Mamba ASR model (`MambaASRModel` + tied LM head), with cached `generate()` that keeps the
+    SSM states of both branches after the speech prefix and steps text tokens one at a time (O(1) memory per step).
+
+    Generation: `model.generate(speech_ids=... | input_features=..., speech_attention_mask=...)` starts the text with
+    `<generatetext>` and returns `<generatetext> w_1 .. <eos>`; decode with the processor's `batch_decode`.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: MambaASRConfig):
+        super().__init__(config)
+        self.model = MambaASRModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embeddings
+
+    def set_input_embeddings(self, value):
+        self.model.embeddings = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def make_cache(self) -> MambaZooCache:
+        return self.model.make_cache()
+
+    def loss_function(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Next-token cross-entropy on the text part: logits `(batch, T, V)` at position t predict `labels[:, t+1]`;
+        positions with label -100 (padding, and `<generatetext>` itself) are ignored."""
+        shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+        shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+        return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.LongTensor] = None,
+        speech_ids: Optional[torch.LongTensor] = None,
+        input_features: Optional[torch.FloatTensor] = None,
+        speech_attention_mask: Optional[torch.LongTensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        cache: Optional[MambaZooCache] = None,
+        use_cache: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ):
+        """
+        Args: as `MambaASRModel.forward`, plus
+            labels: `(batch, text_len)`, usually `input_ids` with padding set to -100; the loss is the next-token
+                cross-entropy over the text (token `t` predicts `labels[:, t + 1]`).
+            logits_to_keep: compute logits only for the last `logits_to_keep` text positions (0 = all).
+        Returns:
+            `MambaASROutput`: loss, logits `(batch, text_len, vocab_size)`, cache, hidden_states, prefix_lengths.
+        """
+        kwargs.pop("num_items_in_batch", None)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, speech_ids=speech_ids, input_features=input_features,
+            speech_attention_mask=speech_attention_mask, cache=cache, use_cache=use_cache,
+            output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
+        loss = self.loss_function(logits, labels) if labels is not None else None
+        output = MambaASROutput(loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+                                prefix_lengths=outputs.prefix_lengths)
+        return output if return_dict else output.to_tuple()
+
+    # ------------------------------------------------------------------------------------------------ generation
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """Always a `MambaZooCache` (never transformers' DynamicCache), unless the user passed one or use_cache=False."""
+        if model_kwargs.get("cache") is not None or generation_config.use_cache is False:
+            return
+        model_kwargs["cache"] = self.make_cache()
+
+    def _maybe_initialize_input_ids_for_generation(self, inputs=None, bos_token_id=None, model_kwargs=None):
+        """Without `input_ids`, the text starts with `<generatetext>` for every sample of the speech batch."""
+        if inputs is not None:
+            return inputs
+        model_kwargs = model_kwargs or {}
+        speech = model_kwargs.get("speech_ids")
+        speech = speech if speech is not None else model_kwargs.get("input_features")
+        if speech is None:
+            raise ValueError("generate() needs a speech prefix: pass `speech_ids` or `input_features`.")
+        return torch.full((speech.shape[0], 1), self.config.generate_text_token_id, dtype=torch.long,
+                          device=speech.device)
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        cache: Optional[MambaZooCache] = None,
+        attention_mask: Optional[torch.LongTensor] = None,
+        speech_ids: Optional[torch.LongTensor] = None,
+        input_features: Optional[torch.FloatTensor] = None,
+        speech_attention_mask: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        logits_to_keep: Optional[int] = None,
+        **kwargs,
+    ):
+        """Prefill (empty cache, or no cache): speech prefix + all text so far. Afterwards: only the newest token."""
+        cache = _resolve_cache_kwarg(cache, kwargs)
+        model_inputs = {"cache": cache, "use_cache": use_cache}
+        if logits_to_keep is not None:
+            model_inputs["logits_to_keep"] = logits_to_keep
+        if cache is not None and cache.has_state(0):
+            model_inputs["input_ids"] = input_ids[:, -1:]
+            return model_inputs
+        model_inputs.update(input_ids=input_ids, attention_mask=attention_mask, speech_ids=speech_ids,
+                            input_features=input_features, speech_attention_mask=speech_attention_mask)
+        return model_inputs
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also save the ASR pipeline class with the checkpoint (`config.custom_pipelines` + `pipeline_mamba_asr.py`),
+        so `pipeline("automatic-speech-recognition", model=path, trust_remote_code=True)` finds it without mamba-zoo."""
+        self.config.custom_pipelines = {
+            "automatic-speech-recognition": {
+                "impl": "pipeline_mamba_asr.MambaASRPipeline",
+                "pt": ["AutoModelForSpeechSeq2Seq"],
+                "type": "multimodal",
+            }
+        }
+        try:
+            result = super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            del self.config.custom_pipelines
+        if getattr(self, "_auto_class", None) is not None and os.path.isdir(save_directory):
+            here = os.path.dirname(os.path.abspath(__file__))
+            for name in ("pipeline_mamba_asr.py",):
+                shutil.copy(os.path.join(here, name), os.path.join(save_directory, name))
+        return result
+
+
+__all__ = ["MambaASRPreTrainedModel", "MambaASRModel", "MambaDecoderOnlyASR", "MambaASROutput", "MambaASRModelOutput"]
