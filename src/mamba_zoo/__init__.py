@@ -23,13 +23,92 @@ from .ssd import mamba2_state_update, mamba_chunk_scan_combined  # noqa: F401
 # Each model family registers itself in its own section below (imports + Auto* registration).
 
 # --- ssamba ---
+from transformers import (  # noqa: E402
+    AutoConfig as _AutoConfig,
+    AutoFeatureExtractor as _AutoFeatureExtractor,
+    AutoModel as _AutoModel,
+    AutoModelForAudioClassification as _AutoModelForAudioClassification,
+    AutoModelForPreTraining as _AutoModelForPreTraining,
+)
+
+from .configuration_ssamba import SSAMBA_PRESETS, SSAMBAConfig  # noqa: E402,F401
+from .feature_extraction_ssamba import (  # noqa: E402,F401
+    SSAMBA_FEATURE_PRESETS,
+    SoundfileAudioClassificationPipeline,
+    SSAMBAFeatureExtractor,
+)
+from .modeling_ssamba import (  # noqa: E402,F401
+    SSAMBAForAudioClassification,
+    SSAMBAForPreTraining,
+    SSAMBAModel,
+    SSAMBAPreTrainedModel,
+)
+
+_AutoConfig.register("ssamba", SSAMBAConfig, exist_ok=True)
+_AutoModel.register(SSAMBAConfig, SSAMBAModel, exist_ok=True)
+_AutoModelForAudioClassification.register(SSAMBAConfig, SSAMBAForAudioClassification, exist_ok=True)
+_AutoModelForPreTraining.register(SSAMBAConfig, SSAMBAForPreTraining, exist_ok=True)
+_AutoFeatureExtractor.register(SSAMBAConfig, SSAMBAFeatureExtractor, exist_ok=True)
+SSAMBAConfig.register_for_auto_class()
+SSAMBAModel.register_for_auto_class("AutoModel")
+SSAMBAForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
+SSAMBAForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+SSAMBAFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+
+
+def _use_soundfile_audio_classification_pipeline() -> None:
+    """Let pipeline("audio-classification") decode files with soundfile (no ffmpeg) and resample with scipy; any input
+    soundfile cannot decode still goes through transformers' own path."""
+    from transformers.pipelines import SUPPORTED_TASKS
+
+    SUPPORTED_TASKS["audio-classification"]["impl"] = SoundfileAudioClassificationPipeline
+
+
+_use_soundfile_audio_classification_pipeline()
 # --- end ssamba ---
 
 # --- mamba_ctc ---
+from transformers import (  # noqa: E402
+    AutoConfig as _AutoConfig,
+    AutoFeatureExtractor as _AutoFeatureExtractor,
+    AutoModel as _AutoModel,
+    AutoModelForCTC as _AutoModelForCTC,
+    AutoProcessor as _AutoProcessor,
+    AutoTokenizer as _AutoTokenizer,
+    Wav2Vec2CTCTokenizer as _Wav2Vec2CTCTokenizer,
+)
+
+from .configuration_mamba_ctc import MambaCTCConfig  # noqa: E402
+from .feature_extraction_mamba_ctc import MambaCTCFeatureExtractor  # noqa: E402
+from .modeling_mamba_ctc import MambaCTCModel, MambaCTCPreTrainedModel, MambaForCTC  # noqa: E402, F401
+from .processing_mamba_ctc import MambaCTCProcessor, build_ctc_vocabulary, normalize_transcript  # noqa: E402, F401
+
+_AutoConfig.register("mamba_ctc", MambaCTCConfig, exist_ok=True)
+_AutoModel.register(MambaCTCConfig, MambaCTCModel, exist_ok=True)
+_AutoModelForCTC.register(MambaCTCConfig, MambaForCTC, exist_ok=True)
+_AutoFeatureExtractor.register(MambaCTCConfig, MambaCTCFeatureExtractor, exist_ok=True)
+_AutoProcessor.register(MambaCTCConfig, MambaCTCProcessor, exist_ok=True)
+_AutoTokenizer.register(MambaCTCConfig, tokenizer_class=_Wav2Vec2CTCTokenizer, exist_ok=True)
+MambaCTCConfig.register_for_auto_class()
+MambaCTCModel.register_for_auto_class("AutoModel")
+MambaForCTC.register_for_auto_class("AutoModelForCTC")
+MambaCTCFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+MambaCTCProcessor.register_for_auto_class("AutoProcessor")
 # --- end mamba_ctc ---
 
 # --- mamba_asr ---
 # --- end mamba_asr ---
 
 # --- blackmamba ---
+from transformers import AutoConfig as _AutoConfig, AutoModel as _AutoModel, AutoModelForCausalLM as _AutoModelForCausalLM
+
+from .configuration_blackmamba import BLACKMAMBA_PRESETS, BlackMambaConfig  # noqa: F401
+from .modeling_blackmamba import BlackMambaForCausalLM, BlackMambaModel, BlackMambaPreTrainedModel  # noqa: F401
+
+_AutoConfig.register("blackmamba", BlackMambaConfig, exist_ok=True)
+_AutoModel.register(BlackMambaConfig, BlackMambaModel, exist_ok=True)
+_AutoModelForCausalLM.register(BlackMambaConfig, BlackMambaForCausalLM, exist_ok=True)
+BlackMambaConfig.register_for_auto_class("AutoConfig")
+BlackMambaModel.register_for_auto_class("AutoModel")
+BlackMambaForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 # --- end blackmamba ---
