@@ -1,0 +1,146 @@
+"""SSAMBAFeatureExtractor: kaldi fbank semantics (against an independent re-implementation of kaldi's algorithm),
+normalisation presets, padding/attention mask, and clear errors or documented conversions for bad input."""
+
+import math
+
+import numpy as np
+import pytest
+
+from mamba_zoo import SSAMBAFeatureExtractor
+from mamba_zoo.feature_extraction_ssamba import SSAMBA_FEATURE_PRESETS
+
+
+def kaldi_fbank(waveform, sample_rate=16000, num_mel_bins=128, frame_length_ms=25.0, frame_shift_ms=10.0,
+                low_freq=20.0, preemph=0.97):
+    """Kaldi `compute-fbank-feats` defaults as used by SSAST (hanning window, snip_edges, no dither, no energy),
+    written from kaldi's feature-window.cc / mel-computations.cc, loops for clarity."""
+    window_size = int(sample_rate * frame_length_ms / 1000)
+    shift = int(sample_rate * frame_shift_ms / 1000)
+    fft_size = 1 << (window_size - 1).bit_length()
+    num_frames = 1 + (len(waveform) - window_size) // shift
+    window = np.array([0.5 - 0.5 * math.cos(2 * math.pi * n / (window_size - 1)) for n in range(window_size)])
+
+    def mel(f):
+        return 1127.0 * np.log(1.0 + f / 700.0)
+
+    nyquist = sample_rate / 2
+    mel_low, mel_high = mel(low_freq), mel(nyquist)
+    delta = (mel_high - mel_low) / (num_mel_bins + 1)
+    fft_freqs = np.arange(fft_size // 2) * sample_rate / fft_size
+    banks = np.zeros((num_mel_bins, fft_size // 2 + 1))
+    for b in range(num_mel_bins):
+        left, center, right = mel_low + b * delta, mel_low + (b + 1) * delta, mel_low + (b + 2) * delta
+        for k, f in enumerate(fft_freqs):
+            m = mel(f)
+            if left < m < right:
+                banks[b, k] = (m - left) / (center - left) if m <= center else (right - m) / (right - center)
+
+    features = np.zeros((num_frames, num_mel_bins))
+    for t in range(num_frames):
+        frame = waveform[t * shift: t * shift + window_size].astype(np.float64).copy()
+        frame -= frame.mean()
+        for i in range(window_size - 1, 0, -1):
+            frame[i] -= preemph * frame[i - 1]
+        frame[0] -= preemph * frame[0]
+        frame *= window
+        spectrum = np.abs(np.fft.rfft(frame, n=fft_size)) ** 2
+        energies = banks @ spectrum
+        features[t] = np.log(np.maximum(energies, np.finfo(np.float32).eps))
+    return features
+
+
+@pytest.fixture(scope="module")
+def clip():
+    rng = np.random.default_rng(0)
+    t = np.arange(12000) / 16000
+    return (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def test_fbank_matches_kaldi_reference(clip):
+    fe = SSAMBAFeatureExtractor(num_mel_bins=128, max_length=100, do_normalize=False)
+    ours = fe(clip, sampling_rate=16000)["input_values"][0]
+    reference = kaldi_fbank(clip)
+    frames = reference.shape[0]
+    assert frames == 1 + (12000 - 400) // 160
+    # the fbank itself
+    assert np.abs(ours[:frames] - reference).max() < 1e-4
+    # zero padding up to max_length, before normalisation
+    assert np.all(ours[frames:] == 0)
+
+
+def test_normalisation_presets_and_dc_invariance(clip):
+    fe = SSAMBAFeatureExtractor.from_preset("speechcommands")
+    preset = SSAMBA_FEATURE_PRESETS["speechcommands"]
+    assert (fe.max_length, fe.mean, fe.std) == (128, preset["mean"], preset["std"])
+    raw = SSAMBAFeatureExtractor(max_length=128, do_normalize=False)(clip, sampling_rate=16000)["input_values"][0]
+    normed = fe(clip, sampling_rate=16000)["input_values"][0]
+    np.testing.assert_allclose(normed, (raw - preset["mean"]) / (2 * preset["std"]), rtol=1e-5, atol=1e-5)
+    # SSAST subtracts the waveform mean first; per-frame DC removal makes that a no-op
+    shifted = fe(clip + 0.2, sampling_rate=16000)["input_values"][0]
+    assert np.abs(shifted - normed).max() < 1e-3
+    assert SSAMBAFeatureExtractor.from_preset("audioset").max_length == 1024
+    assert SSAMBAFeatureExtractor.from_preset("esc50").max_length == 512
+    with pytest.raises(ValueError, match="Unknown preset"):
+        SSAMBAFeatureExtractor.from_preset("librispeech")
+
+
+def test_batch_shapes_truncation_and_attention_mask(clip):
+    fe = SSAMBAFeatureExtractor.from_preset("speechcommands")
+    long_clip = np.tile(clip, 3)  # 36000 samples -> 223 frames, truncated to 128
+    out = fe([clip, long_clip], sampling_rate=16000, return_tensors="np", return_attention_mask=True)
+    assert out["input_values"].shape == (2, 128, 128) and out["input_values"].dtype == np.float32
+    assert out["attention_mask"][0].sum() == 73 and out["attention_mask"][1].sum() == 128
+    single = fe(clip, sampling_rate=16000, return_tensors="np")["input_values"][0]
+    np.testing.assert_array_equal(out["input_values"][0], single)
+    # a (batch, samples) array is a batch
+    arr = np.stack([clip, clip * 0.5])
+    assert fe(arr, sampling_rate=16000)["input_values"].shape == (2, 128, 128)
+
+
+def test_integer_pcm_is_scaled_like_audio_readers(clip):
+    fe = SSAMBAFeatureExtractor.from_preset("speechcommands")
+    as_int16 = np.round(clip * 32767).astype(np.int16)
+    from_int = fe(as_int16, sampling_rate=16000)["input_values"]
+    from_float = fe(as_int16.astype(np.float32) / 32768, sampling_rate=16000)["input_values"]
+    np.testing.assert_allclose(from_int, from_float, atol=1e-5)
+    as_int32 = as_int16.astype(np.int32) << 16
+    np.testing.assert_allclose(fe(as_int32, sampling_rate=16000)["input_values"], from_float, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros(0, dtype=np.float32), "empty"),
+        (np.array([0.1, np.nan] * 400, dtype=np.float32), "NaN or infinite"),
+        (np.array([0.1, np.inf] * 400, dtype=np.float32), "NaN or infinite"),
+        (np.zeros((16000, 2), dtype=np.float32), "multi-channel"),
+        (np.zeros((2, 2, 16000), dtype=np.float32), "mono"),
+        (np.zeros(100, dtype=np.float32), "shorter than one 25 ms"),
+        (np.array(["a"] * 500), "numeric"),
+    ],
+)
+def test_bad_input_raises_clear_errors(bad, match):
+    fe = SSAMBAFeatureExtractor.from_preset("speechcommands")
+    with pytest.raises(ValueError, match=match):
+        fe(bad, sampling_rate=16000)
+
+
+def test_wrong_sampling_rate_and_multichannel_in_list():
+    fe = SSAMBAFeatureExtractor.from_preset("speechcommands")
+    with pytest.raises(ValueError, match="16000 Hz, got sampling_rate=44100"):
+        fe(np.zeros(44100, dtype=np.float32), sampling_rate=44100)
+    with pytest.raises(ValueError, match="mono"):
+        fe([np.zeros((2, 16000), dtype=np.float32)], sampling_rate=16000)
+
+
+def test_save_load_round_trip(tmp_path, clip):
+    from transformers import AutoFeatureExtractor
+
+    fe = SSAMBAFeatureExtractor.from_preset("esc50")
+    fe.save_pretrained(tmp_path)
+    text = (tmp_path / "preprocessor_config.json").read_text()
+    assert "mel_filters" not in text and len(text) < 2000
+    loaded = AutoFeatureExtractor.from_pretrained(tmp_path)
+    assert isinstance(loaded, SSAMBAFeatureExtractor)
+    np.testing.assert_array_equal(loaded(clip, sampling_rate=16000)["input_values"],
+                                  fe(clip, sampling_rate=16000)["input_values"])
