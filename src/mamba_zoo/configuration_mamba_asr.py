@@ -107,6 +107,10 @@ class MambaASRConfig(PretrainedConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
+        if __name__.startswith("mamba_zoo."):
+            # Installed mamba-zoo registers MambaASRPipeline for the task itself; a checkpoint's `custom_pipelines`
+            # entry (for remote-code users) would otherwise demand trust_remote_code=True here.
+            kwargs.pop("custom_pipelines", None)
         if self.time_step_rank == "auto":
             self.time_step_rank = math.ceil(self.hidden_size / 16)
         super().__post_init__(**kwargs)
