@@ -97,6 +97,43 @@ MambaCTCProcessor.register_for_auto_class("AutoProcessor")
 # --- end mamba_ctc ---
 
 # --- mamba_asr ---
+from .configuration_mamba_asr import MambaASRConfig  # noqa: F401, E402
+from .modeling_mamba_asr import MambaASRModel, MambaDecoderOnlyASR  # noqa: F401, E402
+from .pipeline_mamba_asr import MambaASRPipeline  # noqa: F401, E402
+from .processing_mamba_asr import MambaASRProcessor, build_tokenizer  # noqa: F401, E402
+
+
+def _register_mamba_asr():
+    """Auto* classes, remote-code auto_map, and the ASR pipeline (MambaASRPipeline takes the generate route for
+    decoder-only ASR models and behaves exactly like transformers' pipeline for every other model)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq, AutoProcessor
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    AutoConfig.register(MambaASRConfig.model_type, MambaASRConfig, exist_ok=True)
+    AutoModel.register(MambaASRConfig, MambaASRModel, exist_ok=True)
+    AutoModelForSpeechSeq2Seq.register(MambaASRConfig, MambaDecoderOnlyASR, exist_ok=True)
+    AutoProcessor.register(MambaASRConfig, MambaASRProcessor, exist_ok=True)
+    MambaASRConfig.register_for_auto_class()
+    MambaASRModel.register_for_auto_class("AutoModel")
+    MambaDecoderOnlyASR.register_for_auto_class("AutoModelForSpeechSeq2Seq")
+    MambaASRProcessor.register_for_auto_class("AutoProcessor")
+    task = PIPELINE_REGISTRY.supported_tasks["automatic-speech-recognition"]
+    if task["impl"] is not MambaASRPipeline:
+        import logging
+
+        pipeline_logger = logging.getLogger("transformers.pipelines.base")
+        level = pipeline_logger.level
+        pipeline_logger.setLevel(logging.ERROR)  # the "already registered, overwriting" notice is expected here
+        try:
+            PIPELINE_REGISTRY.register_pipeline(
+                "automatic-speech-recognition", pipeline_class=MambaASRPipeline, pt_model=task["pt"],
+                default=task.get("default"), type=task.get("type"),
+            )
+        finally:
+            pipeline_logger.setLevel(level)
+
+
+_register_mamba_asr()
 # --- end mamba_asr ---
 
 # --- blackmamba ---
