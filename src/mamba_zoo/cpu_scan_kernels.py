@@ -16,7 +16,6 @@ kernels can run. Kernels are compiled on first use and cached on disk (``cache=T
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import numpy as np
@@ -58,7 +57,7 @@ if numba is not None:
     _ZERO = _f32(0.0)
     _SOFTPLUS_THRESHOLD = _f32(20.0)  # torch.nn.functional.softplus: x > 20 -> x
 
-    @njit(inline="always", cache=True)
+    @njit(cache=True)
     def _exp_inplace(values, exponent_bits, count):
         """values[:count] = exp(values[:count]) in float32; exponent_bits is int32 scratch."""
         for i in range(count):
@@ -73,31 +72,80 @@ if numba is not None:
         for i in range(count):
             values[i] = values[i] * scale[i]
 
-    @njit(inline="always", cache=True)
-    def _softplus(x):
-        if x > _SOFTPLUS_THRESHOLD:
-            return x
-        return np.float32(math.log1p(math.exp(x)))
+    # Cephes logf polynomial, for log(w) with w reduced to [sqrt(1/2), sqrt(2)).
+    _SQRT2 = _f32(1.41421356237)
+    _L0 = _f32(7.0376836292e-2)
+    _L1 = _f32(-1.1514610310e-1)
+    _L2 = _f32(1.1676998740e-1)
+    _L3 = _f32(-1.2420140846e-1)
+    _L4 = _f32(1.4249322787e-1)
+    _L5 = _f32(-1.6668057665e-1)
+    _L6 = _f32(2.0000714765e-1)
+    _L7 = _f32(-2.4999993993e-1)
+    _L8 = _f32(3.3333331174e-1)
 
-    @njit(inline="always", cache=True)
-    def _softplus_grad(x):
-        if x > _SOFTPLUS_THRESHOLD:
-            return _ONE
-        e = np.float32(math.exp(x))
-        return e / (e + _ONE)
+    @njit(cache=True)
+    def _log1p_unit_inplace(values, count):
+        """values[:count] = log1p(values[:count]) for values in [0, 1] (float32, vectorisable)."""
+        for i in range(count):
+            e = values[i]
+            w = _ONE + e
+            big = w > _SQRT2
+            m = w * _HALF if big else w
+            k = _ONE if big else _ZERO
+            x = m - _ONE
+            z = x * x
+            p = (((((((_L0 * x + _L1) * x + _L2) * x + _L3) * x + _L4) * x + _L5) * x + _L6) * x
+                 + _L7) * x + _L8
+            y = p * x * z + k * _LN2_LO - _HALF * z
+            log_w = x + y + k * _LN2_HI
+            # Kahan's trick: log1p(e) = log(w) * e / (w - 1) recovers the bits lost in 1 + e.
+            denom = w - _ONE
+            values[i] = e if denom == _ZERO else log_w * (e / denom)
 
-    @njit(inline="always", cache=True)
-    def _chunk_decay(delta, b, d, t0, n_steps, bias, softplus, A, dt_buf, dt_grad_buf, decay,
-                     exponent_bits):
-        """Fill dt_buf[:n_steps] (softplus(delta + bias)), its derivative and decay = exp(dt * A)."""
+    @njit(cache=True)
+    def _softplus_inplace(values, scratch, exponent_bits, grad, count, want_grad):
+        """values[:count] = softplus(values[:count]) (torch semantics: x > 20 -> x).
+
+        If want_grad, grad[:count] = sigmoid(x), the derivative (1 where x > 20).
+        Uses softplus(x) = max(x, 0) + log1p(exp(-|x|)), which never overflows.
+        """
+        for i in range(count):
+            scratch[i] = -abs(values[i])
+        _exp_inplace(scratch, exponent_bits, count)  # exp(-|x|) in (0, 1]
+        if want_grad:
+            for i in range(count):
+                x = values[i]
+                e = scratch[i]
+                numerator = _ONE if x >= _ZERO else e
+                grad[i] = _ONE if x > _SOFTPLUS_THRESHOLD else numerator / (_ONE + e)
+        _log1p_unit_inplace(scratch, count)
+        for i in range(count):
+            x = values[i]
+            values[i] = x if x > _SOFTPLUS_THRESHOLD else max(x, _ZERO) + scratch[i]
+
+    @njit(cache=True)
+    def _sigmoid_inplace(values, exponent_bits, count):
+        """values[:count] = sigmoid(values[:count])."""
+        for i in range(count):
+            values[i] = -values[i]
+        _exp_inplace(values, exponent_bits, count)
+        for i in range(count):
+            values[i] = _ONE / (_ONE + values[i])
+
+    @njit(cache=True)
+    def _chunk_decay(delta, b, d, t0, n_steps, bias, softplus, want_grad, A, dt_buf,
+                     dt_grad_buf, decay, exponent_bits):
+        """For steps t0 .. t0 + n_steps of lane (b, d): dt_buf = softplus(delta + bias) (or
+        delta + bias), dt_grad_buf = d dt / d delta (if want_grad), decay = exp(dt * A) as a
+        flat (n_steps, N) buffer. ``decay`` doubles as scratch space for the softplus."""
         N = A.shape[1]
         for k in range(n_steps):
-            x = delta[b, d, t0 + k] + bias
-            if softplus:
-                dt_buf[k] = _softplus(x)
-                dt_grad_buf[k] = _softplus_grad(x)
-            else:
-                dt_buf[k] = x
+            dt_buf[k] = delta[b, d, t0 + k] + bias
+        if softplus:
+            _softplus_inplace(dt_buf, decay, exponent_bits, dt_grad_buf, n_steps, want_grad)
+        elif want_grad:
+            for k in range(n_steps):
                 dt_grad_buf[k] = _ONE
         for k in range(n_steps):
             dt = dt_buf[k]
@@ -105,7 +153,13 @@ if numba is not None:
                 decay[k * N + n] = dt * A[d, n]
         _exp_inplace(decay, exponent_bits, n_steps * N)
 
-    @njit(parallel=True, cache=True)
+    # The kernels below are compiled with reassociation and FMA contraction (and nothing else:
+    # no nnan/ninf/approximate functions), which lets LLVM vectorise their length-N reductions
+    # over the state. The precision-sensitive helpers above (exp, log1p, softplus) are separate
+    # functions compiled strictly, so their Cody-Waite and Kahan tricks are not reassociated away.
+    _KERNEL_MATH = {"reassoc", "contract"}
+
+    @njit(parallel=True, cache=True, fastmath=_KERNEL_MATH)
     def _scan_forward_kernel(u, delta, A, Bm, Cm, D, z, delta_bias, has_D, has_z, has_bias,
                              softplus, chunk, out, last_state, checkpoints):
         """Forward scan.
@@ -128,6 +182,7 @@ if numba is not None:
             h = np.zeros(N, dtype=np.float32)
             dt_buf = np.empty(chunk, dtype=np.float32)
             dt_grad_buf = np.empty(chunk, dtype=np.float32)
+            gate = np.empty(chunk, dtype=np.float32)
             decay = np.empty(chunk * N, dtype=np.float32)
             exponent_bits = np.empty(chunk * N, dtype=np.int32)
             for c in range(n_chunks):
@@ -135,26 +190,29 @@ if numba is not None:
                 n_steps = min(chunk, L - t0)
                 for n in range(N):
                     checkpoints[b, d, c, n] = h[n]
-                _chunk_decay(delta, b, d, t0, n_steps, bias, softplus, A, dt_buf, dt_grad_buf,
-                             decay, exponent_bits)
+                _chunk_decay(delta, b, d, t0, n_steps, bias, softplus, False, A, dt_buf,
+                             dt_grad_buf, decay, exponent_bits)
+                if has_z:
+                    for k in range(n_steps):
+                        gate[k] = z[b, d, t0 + k]
+                    _sigmoid_inplace(gate, exponent_bits, n_steps)
                 for k in range(n_steps):
                     t = t0 + k
                     x = u[b, d, t]
                     dt_x = dt_buf[k] * x
-                    for n in range(N):
-                        h[n] = decay[k * N + n] * h[n] + dt_x * Bm[b, g, t, n]
                     y = _ZERO
                     for n in range(N):
-                        y += h[n] * Cm[b, g, t, n]
+                        h_n = decay[k * N + n] * h[n] + dt_x * Bm[b, g, t, n]
+                        h[n] = h_n
+                        y += h_n * Cm[b, g, t, n]
                     y += skip * x
                     if has_z:
-                        zt = z[b, d, t]
-                        y = y * (zt / (_ONE + np.float32(math.exp(-zt))))
+                        y = y * (gate[k] * z[b, d, t])  # y * silu(z)
                     out[b, d, t] = y
             for n in range(N):
                 last_state[b, d, n] = h[n]
 
-    @njit(parallel=True, cache=True)
+    @njit(parallel=True, cache=True, fastmath=_KERNEL_MATH)
     def _scan_backward_kernel(u, delta, A, Bm, Cm, D, z, delta_bias, has_D, has_z, has_bias,
                               softplus, chunk, checkpoints, dout, dlast, has_dlast, n_blocks,
                               du, ddelta, dz, dA_lane, dD_lane, dbias_lane, dB_part, dC_part):
@@ -165,6 +223,11 @@ if numba is not None:
         ((L, N) each), so no two threads write the same memory. Per-channel gradients of
         parameters are written per lane (dA_lane (batch, dim, N), dD_lane / dbias_lane
         (batch, dim)) and summed over batch (and blocks) by the caller.
+
+        With adj = dLoss/dh_t (from y_t and, through the decay, from h_{t+1}):
+        dC_t += dy_t h_t, dB_t += adj dt_t u_t, du_t = dy_t D + dt_t <adj, B_t>,
+        d dt_t = <adj, A decay_t h_{t-1}> + u_t <adj, B_t>, dA += dt_t adj decay_t h_{t-1},
+        and dLoss/dh_{t-1} = adj decay_t.
         """
         batch, dim, L = u.shape
         N = A.shape[1]
@@ -179,8 +242,10 @@ if numba is not None:
             first = g * channels_per_group + block * block_size
             last = min(first + block_size, (g + 1) * channels_per_group)
             states = np.empty((chunk + 1) * N, dtype=np.float32)
+            h = np.empty(N, dtype=np.float32)
             dt_buf = np.empty(chunk, dtype=np.float32)
             dt_grad_buf = np.empty(chunk, dtype=np.float32)
+            gate = np.empty(chunk, dtype=np.float32)
             decay = np.empty(chunk * N, dtype=np.float32)
             exponent_bits = np.empty(chunk * N, dtype=np.int32)
             adjoint = np.empty(N, dtype=np.float32)
@@ -196,50 +261,61 @@ if numba is not None:
                 for c in range(n_chunks - 1, -1, -1):
                     t0 = c * chunk
                     n_steps = min(chunk, L - t0)
-                    _chunk_decay(delta, b, d, t0, n_steps, bias, softplus, A, dt_buf,
+                    _chunk_decay(delta, b, d, t0, n_steps, bias, softplus, True, A, dt_buf,
                                  dt_grad_buf, decay, exponent_bits)
+                    if has_z:
+                        for k in range(n_steps):
+                            gate[k] = z[b, d, t0 + k]
+                        _sigmoid_inplace(gate, exponent_bits, n_steps)  # sigmoid(z)
                     # Recompute the chunk's states: states[k + 1] = h after step t0 + k.
                     for n in range(N):
-                        states[n] = checkpoints[b, d, c, n]
+                        h[n] = checkpoints[b, d, c, n]
+                        states[n] = h[n]
                     for k in range(n_steps):
                         t = t0 + k
                         dt_x = dt_buf[k] * u[b, d, t]
                         for n in range(N):
-                            states[(k + 1) * N + n] = (decay[k * N + n] * states[k * N + n]
-                                                       + dt_x * Bm[b, g, t, n])
-                    # Reverse sweep. adjoint = dLoss/dh_t carried back through the decay.
+                            h_n = decay[k * N + n] * h[n] + dt_x * Bm[b, g, t, n]
+                            h[n] = h_n
+                            states[(k + 1) * N + n] = h_n
+                    # Reverse sweep; adjoint holds dLoss/dh_t coming from step t + 1.
                     for k in range(n_steps - 1, -1, -1):
                         t = t0 + k
                         x = u[b, d, t]
                         dt = dt_buf[k]
+                        dt_x = dt * x
                         grad_out = dout[b, d, t]
                         if has_z:
-                            y = _ZERO
+                            y = skip * x
                             for n in range(N):
                                 y += states[(k + 1) * N + n] * Cm[b, g, t, n]
-                            y += skip * x
                             zt = z[b, d, t]
-                            sig = _ONE / (_ONE + np.float32(math.exp(-zt)))
+                            sig = gate[k]
                             dz[b, d, t] = grad_out * y * sig * (_ONE + zt * (_ONE - sig))
                             dy = grad_out * zt * sig
                         else:
                             dy = grad_out
-                        dD_acc += dy * x
-                        dx = dy * skip
-                        ddt = _ZERO
+                        # (Several short loops over n rather than one: each touches few
+                        # arrays, so LLVM vectorises them without a pile of alias checks.)
+                        for n in range(N):  # adjoint := dLoss/dh_t, all paths
+                            adjoint[n] += dy * Cm[b, g, t, n]
                         for n in range(N):
-                            h_prev = states[k * N + n]
-                            a_n = decay[k * N + n]
-                            b_n = Bm[b, g, t, n]
-                            adj = adjoint[n] + dy * Cm[b, g, t, n]
                             dC_part[b, g, block, t, n] += dy * states[(k + 1) * N + n]
-                            dB_part[b, g, block, t, n] += adj * dt * x
-                            dx += adj * dt * b_n
-                            ddt += adj * (A[d, n] * a_n * h_prev + b_n * x)
-                            dA_acc[n] += adj * dt * a_n * h_prev
-                            adjoint[n] = adj * a_n
-                        du[b, d, t] = dx
-                        ddelta_t = ddt * dt_grad_buf[k]
+                        for n in range(N):
+                            dB_part[b, g, block, t, n] += adjoint[n] * dt_x
+                        adj_B = _ZERO
+                        A_adj_decay_h = _ZERO
+                        for n in range(N):
+                            adj = adjoint[n]
+                            decay_n = decay[k * N + n]
+                            adj_B += adj * Bm[b, g, t, n]
+                            through_decay = adj * decay_n * states[k * N + n]
+                            A_adj_decay_h += A[d, n] * through_decay
+                            dA_acc[n] += dt * through_decay
+                            adjoint[n] = adj * decay_n  # dLoss/dh_{t-1} through the decay
+                        dD_acc += dy * x
+                        du[b, d, t] = dy * skip + dt * adj_B
+                        ddelta_t = (A_adj_decay_h + x * adj_B) * dt_grad_buf[k]
                         ddelta[b, d, t] = ddelta_t
                         dbias_acc += ddelta_t
                 for n in range(N):
