@@ -113,10 +113,15 @@ class MambaASRConfig(PretrainedConfig):
             kwargs.pop("custom_pipelines", None)
         if self.time_step_rank == "auto":
             self.time_step_rank = math.ceil(self.hidden_size / 16)
+        self.check_fields()  # a plain ValueError at construction (strict validation wraps it in its own error type)
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
-        """Part of `@strict` validation: reject inconsistent sizes and unknown options with a clear message."""
+        """Part of `@strict` validation (also run by `config.validate()`)."""
+        self.check_fields()
+
+    def check_fields(self):
+        """Reject inconsistent sizes and unknown options with a clear ValueError."""
         positive = ("vocab_size", "num_mel_bins", "num_subsampling_layers", "subsampling_conv_channels", "hidden_size",
                     "num_hidden_layers", "state_size", "expand", "conv_kernel", "time_step_rank", "mamba2_head_dim",
                     "mamba2_n_groups", "mamba2_chunk_size", "speech_mask_length")

@@ -208,8 +208,9 @@ class MambaASRModel(MambaASRPreTrainedModel):
             return speech_embeds
         batch, length, _ = speech_embeds.shape
         starts = torch.rand(batch, length, device=speech_embeds.device) < prob
-        masked = F.max_pool1d(starts.float()[:, None], kernel_size=span, stride=1, padding=span - 1)[:, 0, span - 1:]
-        masked = masked[:, :length].bool() & (torch.arange(length, device=lengths.device)[None] < lengths[:, None])
+        # position t is masked when a span started in [t - span + 1, t]
+        masked = F.max_pool1d(F.pad(starts.float()[:, None], (span - 1, 0)), kernel_size=span, stride=1)[:, 0]
+        masked = masked.bool() & (torch.arange(length, device=lengths.device)[None] < lengths[:, None])
         return speech_embeds.masked_fill(masked[:, :, None], 0.0)
 
     def _pack(self, speech_embeds, speech_lengths, text_embeds, text_lengths):
