@@ -232,6 +232,13 @@ def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
         raise ValueError(f"delta_bias must have shape (dim,) = ({dim},), got {_shape(delta_bias)}.")
 
 
+def _compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half precision is always upcast)."""
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
 def _expand_groups(M: torch.Tensor, dim: int) -> torch.Tensor:
     """(batch, N, L) or (batch, G, N, L) -> (batch, dim, N, L): channel d reads group d // (dim // G)."""
     if M.dim() == 3:
@@ -261,18 +268,20 @@ def selective_scan_reference(
 
     Shapes as :func:`selective_scan_fn`. Memory is O(batch * dim * N) per step (autograd keeps one
     state per step for the backward pass). Slow, obviously correct, works on any device.
+    Float64 inputs are computed (and the last state returned) in float64, for gradcheck.
     """
     dtype_in = u.dtype
     batch, dim, length = u.shape
-    u = u.float()
-    delta = delta.float()
+    compute = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    u = u.to(compute)
+    delta = delta.to(compute)
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
+        delta = delta + delta_bias.to(compute)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    A = A.float()
-    B = _expand_groups(B.float(), dim)  # (batch, dim, N, L)
-    C = _expand_groups(C.float(), dim)  # (batch, dim, N, L)
+    A = A.to(compute)
+    B = _expand_groups(B.to(compute), dim)  # (batch, dim, N, L)
+    C = _expand_groups(C.to(compute), dim)  # (batch, dim, N, L)
 
     state = u.new_zeros(batch, dim, A.shape[1])
     ys = []
@@ -283,9 +292,9 @@ def selective_scan_reference(
         ys.append((state * C[..., t]).sum(-1))  # (batch, dim)
     y = torch.stack(ys, dim=-1)  # (batch, dim, L)
     if D is not None:
-        y = y + D.float()[:, None] * u
+        y = y + D.to(compute)[:, None] * u
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(compute))
     out = y.to(dtype_in)
     return (out, state) if return_last_state else out
 
@@ -396,10 +405,10 @@ def _check_update_inputs(state, x, dt, A, B, C, D, z, dt_bias) -> None:
 
 
 def _expand_step_groups(M: torch.Tensor, heads: int) -> torch.Tensor:
-    """(batch, N) or (batch, G, N) -> float32 (batch, heads, N); head h reads group h // (heads // G)."""
+    """(batch, N) or (batch, G, N) -> (batch, heads, N); head h reads group h // (heads // G)."""
     if M.dim() == 2:
         M = M.unsqueeze(1)
-    return M.float().repeat_interleave(heads // M.shape[1], dim=1)
+    return M.repeat_interleave(heads // M.shape[1], dim=1)
 
 
 def selective_state_update_reference(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
@@ -415,23 +424,24 @@ def selective_state_update_reference(state, x, dt, A, B, C, D=None, z=None, dt_b
     else:
         state_4d = state
     heads = state_4d.shape[1]
-    B = _expand_step_groups(B, heads)  # (batch, nheads, N)
-    C = _expand_step_groups(C, heads)
+    compute = _compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)
+    B = _expand_step_groups(B, heads).to(compute)  # (batch, nheads, N)
+    C = _expand_step_groups(C, heads).to(compute)
 
-    dt = dt.float()
+    dt = dt.to(compute)
     if dt_bias is not None:
-        dt = dt + dt_bias.float()
+        dt = dt + dt_bias.to(compute)
     if dt_softplus:
         dt = F.softplus(dt)
-    decay = torch.exp(dt.unsqueeze(-1) * A.float())  # (batch, nheads, headdim, N)
-    x_f = x.float()
-    new_state = decay * state_4d.float() + (dt * x_f).unsqueeze(-1) * B.unsqueeze(2)
+    decay = torch.exp(dt.unsqueeze(-1) * A.to(compute))  # (batch, nheads, headdim, N)
+    x_f = x.to(compute)
+    new_state = decay * state_4d.to(compute) + (dt * x_f).unsqueeze(-1) * B.unsqueeze(2)
     state_4d.copy_(new_state)
     out = (new_state * C.unsqueeze(2)).sum(-1)  # (batch, nheads, headdim)
     if D is not None:
-        out = out + D.float() * x_f
+        out = out + D.to(compute) * x_f
     if z is not None:
-        out = out * F.silu(z.float())
+        out = out * F.silu(z.to(compute))
     out = out.to(x.dtype)
     return out.squeeze(-1) if squeeze else out
 

@@ -1,0 +1,387 @@
+"""Tests for the selective scan: the fused CPU kernel against the PyTorch reference, the reference
+against finite differences, single-step decoding against the full scan, dtypes and input errors."""
+
+import logging
+
+import pytest
+import torch
+
+from mamba_zoo import selective_scan as ss
+from mamba_zoo.selective_scan import (
+    available_backends,
+    resolve_backend,
+    selective_scan_fn,
+    selective_state_update,
+)
+
+needs_cpu_kernel = pytest.mark.skipif(
+    "cpu" not in available_backends("cpu"), reason="the fused CPU kernel needs numba"
+)
+CUDA_READY = torch.cuda.is_available() and "cuda" in available_backends("cuda")
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected| (a scale-aware error for whole tensors)."""
+    scale = expected.detach().abs().max().clamp_min(1e-30)
+    return ((actual.detach().double() - expected.detach().double()).abs().max() / scale).item()
+
+
+def make_inputs(batch, dim, n_state, length, groups=None, with_D=True, with_z=True,
+                with_bias=True, seed=0, dtype=torch.float32):
+    """Random scan inputs. groups=None -> B, C (batch, N, L); else (batch, groups, N, L)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(dtype)
+
+    u = randn(batch, dim, length)
+    delta = (torch.rand(batch, dim, length, generator=gen) * 1.5 - 0.5).to(dtype)
+    A = (-torch.rand(dim, n_state, generator=gen) * 2.0 - 0.05).to(dtype)
+    bc_shape = (batch, n_state, length) if groups is None else (batch, groups, n_state, length)
+    B = randn(*bc_shape)
+    C = randn(*bc_shape)
+    D = randn(dim) if with_D else None
+    z = randn(batch, dim, length) if with_z else None
+    delta_bias = (randn(dim) * 0.5) if with_bias else None
+    return dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+
+
+TENSOR_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def run_with_grads(inputs, backend, delta_softplus, use_out=True, use_state=True, seed=1, **kw):
+    """Run the scan and back-propagate a random linear function of (out, last_state).
+
+    Returns (out, last_state, {name: grad})."""
+    leaves = {k: (v.detach().clone().requires_grad_(True) if v is not None else None)
+              for k, v in inputs.items()}
+    if "chunk" in kw:
+        from mamba_zoo.cpu_scan_kernels import selective_scan_cpu
+
+        out, last = selective_scan_cpu(**leaves, delta_softplus=delta_softplus,
+                                       return_last_state=True, chunk=kw["chunk"])
+    else:
+        out, last = selective_scan_fn(**leaves, delta_softplus=delta_softplus,
+                                      return_last_state=True, backend=backend)
+    gen = torch.Generator().manual_seed(seed)
+    loss = 0.0
+    if use_out:
+        loss = loss + (out.float() * torch.randn(out.shape, generator=gen)).sum()
+    if use_state:
+        loss = loss + (last.float() * torch.randn(last.shape, generator=gen)).sum()
+    loss.backward()
+    grads = {k: v.grad for k, v in leaves.items() if v is not None}  # None: no path to the loss
+    return out, last, grads
+
+
+# (batch, dim, N, L, groups, D, z, delta_bias, softplus)
+CASES = [
+    pytest.param(2, 4, 3, 37, None, True, True, True, True, id="all-options-odd-L"),
+    pytest.param(2, 6, 5, 130, 2, True, True, True, True, id="grouped-G2-L-not-multiple-of-chunk"),
+    pytest.param(1, 4, 3, 1, 1, False, False, False, False, id="L1-G1-as-4d-bare"),
+    pytest.param(2, 8, 16, 128, None, False, True, True, False, id="N16-bias-no-softplus"),
+    pytest.param(3, 4, 4, 65, None, True, False, False, True, id="no-z-softplus-L65"),
+    pytest.param(1, 6, 2, 20, 3, True, True, False, True, id="grouped-G3"),
+]
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("batch,dim,n_state,length,groups,with_D,with_z,with_bias,softplus", CASES)
+def test_cpu_matches_reference_outputs_and_all_gradients(batch, dim, n_state, length, groups,
+                                                         with_D, with_z, with_bias, softplus):
+    inputs = make_inputs(batch, dim, n_state, length, groups, with_D, with_z, with_bias)
+    out_c, last_c, grads_c = run_with_grads(inputs, "cpu", softplus)
+    out_r, last_r, grads_r = run_with_grads(inputs, "reference", softplus)
+    assert out_c.shape == (batch, dim, length) and out_c.dtype == torch.float32
+    assert last_c.shape == (batch, dim, n_state) and last_c.dtype == torch.float32
+    assert relative_error(out_c, out_r) < 1e-5
+    assert relative_error(last_c, last_r) < 1e-5
+    expected_names = {k for k, v in inputs.items() if v is not None}
+    assert set(grads_c) == expected_names
+    for name in expected_names:
+        assert grads_c[name] is not None, name
+        assert grads_c[name].shape == inputs[name].shape, name
+        if length == 1 and name == "A":  # h_0 = 0, so dLoss/dA is exactly zero
+            assert grads_c[name].abs().max() < 1e-6 and grads_r[name].abs().max() < 1e-6
+            continue
+        assert relative_error(grads_c[name], grads_r[name]) < 1e-5, name
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("chunk", [1, 5, 16])
+def test_cpu_checkpoint_interval_does_not_change_results(chunk):
+    """Small checkpoint intervals exercise many chunk boundaries (and a partial last chunk)."""
+    inputs = make_inputs(2, 4, 3, 23, groups=2, seed=3)
+    out_c, last_c, grads_c = run_with_grads(inputs, None, True, chunk=chunk)
+    out_r, last_r, grads_r = run_with_grads(inputs, "reference", True)
+    assert relative_error(out_c, out_r) < 1e-5
+    assert relative_error(last_c, last_r) < 1e-5
+    for name in grads_r:
+        assert relative_error(grads_c[name], grads_r[name]) < 1e-5, name
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("use_out,use_state", [(True, False), (False, True)])
+def test_cpu_gradients_when_only_one_output_is_used(use_out, use_state):
+    inputs = make_inputs(2, 4, 3, 40, seed=4)
+    _, _, grads_c = run_with_grads(inputs, "cpu", True, use_out=use_out, use_state=use_state)
+    _, _, grads_r = run_with_grads(inputs, "reference", True, use_out=use_out, use_state=use_state)
+    for name in grads_c:
+        if grads_r[name] is None:  # C, D, z do not reach the last state: reference has no grad
+            assert name in ("C", "D", "z") and not use_out and grads_c[name].abs().max() == 0
+            continue
+        assert relative_error(grads_c[name], grads_r[name]) < 1e-5, name
+
+
+@needs_cpu_kernel
+def test_cpu_large_delta_and_softplus_threshold():
+    """delta + bias above softplus' threshold (20) and strongly negative values."""
+    inputs = make_inputs(1, 4, 4, 30, seed=5)
+    inputs["delta"] = torch.randn(1, 4, 30, generator=torch.Generator().manual_seed(6)) * 15
+    inputs["A"] = inputs["A"] * 0.01  # keep exp(delta * A) away from underflow
+    out_c, last_c, grads_c = run_with_grads(inputs, "cpu", True)
+    out_r, last_r, grads_r = run_with_grads(inputs, "reference", True)
+    assert relative_error(out_c, out_r) < 1e-5
+    for name in grads_r:
+        assert relative_error(grads_c[name], grads_r[name]) < 1e-5, name
+
+
+@needs_cpu_kernel
+def test_cpu_return_last_state_flag_and_no_grad():
+    inputs = make_inputs(2, 4, 3, 10, seed=7)
+    with torch.no_grad():
+        out = selective_scan_fn(**inputs, delta_softplus=True, backend="cpu")
+        out2, last = selective_scan_fn(**inputs, delta_softplus=True, return_last_state=True,
+                                       backend="cpu")
+        ref = selective_scan_fn(**inputs, delta_softplus=True, backend="reference")
+    assert isinstance(out, torch.Tensor) and not out.requires_grad
+    assert torch.equal(out, out2)
+    assert relative_error(out, ref) < 1e-5
+    assert last.shape == (2, 4, 3)
+
+
+def test_reference_gradcheck_float64():
+    """The oracle itself against float64 finite differences (tiny shapes)."""
+    inputs = make_inputs(1, 4, 2, 5, groups=2, dtype=torch.float64, seed=8)
+    names = [k for k in TENSOR_ARGS if inputs[k] is not None]
+
+    def fn(*tensors):
+        kwargs = dict(zip(names, tensors))
+        out, last = ss.selective_scan_reference(**kwargs, delta_softplus=True,
+                                                return_last_state=True)
+        return out, last
+
+    tensors = tuple(inputs[k].clone().requires_grad_(True) for k in names)
+    assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_reference_gradcheck_float64_ungrouped_no_softplus():
+    inputs = make_inputs(2, 3, 2, 4, with_z=False, dtype=torch.float64, seed=9)
+    names = [k for k in TENSOR_ARGS if inputs[k] is not None]
+
+    def fn(*tensors):
+        return ss.selective_scan_reference(**dict(zip(names, tensors)), delta_softplus=False)
+
+    tensors = tuple(inputs[k].clone().requires_grad_(True) for k in names)
+    assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_reference_matches_materialised_formula():
+    """The reference loop against a closed form: h_t = sum_s prod_{s<r<=t} dA_r * dB_s u_s."""
+    inputs = make_inputs(1, 3, 2, 6, with_D=False, with_z=False, with_bias=False,
+                         dtype=torch.float64, seed=10)
+    u, delta, A, B, C = (inputs[k][0] if k not in ("A",) else inputs[k]
+                         for k in ("u", "delta", "A", "B", "C"))
+    out = ss.selective_scan_reference(**{k: inputs[k] for k in ("u", "delta", "A", "B", "C")})
+    length = u.shape[-1]
+    expected = torch.zeros(3, length, dtype=torch.float64)
+    for t in range(length):
+        for s in range(t + 1):
+            decay_sum = (delta[:, s + 1:t + 1].sum(-1, keepdim=True)) * A  # (dim, N)
+            h_contrib = torch.exp(decay_sum) * delta[:, s, None] * B[None, :, s] * u[:, s, None]
+            expected[:, t] += (h_contrib * C[None, :, t]).sum(-1)
+    assert relative_error(out[0], expected) < 1e-12
+
+
+def _step_through(inputs, backend, softplus):
+    """Run selective_state_update for every time step of a (batch, dim, L) problem."""
+    u, delta, A, B, C = (inputs[k] for k in ("u", "delta", "A", "B", "C"))
+    batch, dim, length = u.shape
+    state = torch.zeros(batch, dim, A.shape[1])
+    outs = []
+    for t in range(length):
+        z_t = inputs["z"][..., t] if inputs["z"] is not None else None
+        outs.append(selective_state_update(state, u[..., t], delta[..., t], A, B[..., t],
+                                           C[..., t], D=inputs["D"], z=z_t,
+                                           dt_bias=inputs["delta_bias"], dt_softplus=softplus,
+                                           backend=backend))
+    return torch.stack(outs, dim=-1), state
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=needs_cpu_kernel)])
+@pytest.mark.parametrize("groups", [None, 2])
+def test_state_update_steps_match_full_scan(backend, groups):
+    inputs = make_inputs(2, 6, 4, 9, groups=groups, seed=11)
+    out_full, last_full = selective_scan_fn(**inputs, delta_softplus=True,
+                                            return_last_state=True, backend="reference")
+    out_steps, state = _step_through(inputs, backend, True)
+    assert relative_error(out_steps, out_full) < 1e-5
+    assert relative_error(state, last_full) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=needs_cpu_kernel)])
+def test_state_update_multihead_layout_matches_full_scan(backend):
+    """Mamba-2 decoding layout: state (batch, nheads, headdim, N), B/C (batch, ngroups, N)."""
+    batch, nheads, headdim, n_state, ngroups, length = 2, 4, 3, 5, 2, 7
+    dim = nheads * headdim
+    inputs = make_inputs(batch, dim, n_state, length, groups=ngroups, seed=12)
+    out_full, last_full = selective_scan_fn(**inputs, delta_softplus=True,
+                                            return_last_state=True, backend="reference")
+    state = torch.zeros(batch, nheads, headdim, n_state)
+    A = inputs["A"].reshape(nheads, headdim, n_state)
+    D = inputs["D"].reshape(nheads, headdim)
+    dt_bias = inputs["delta_bias"].reshape(nheads, headdim)
+    outs = []
+    for t in range(length):
+        def heads(x):
+            return x[..., t].reshape(batch, nheads, headdim)
+
+        y = selective_state_update(state, heads(inputs["u"]), heads(inputs["delta"]), A,
+                                   inputs["B"][..., t], inputs["C"][..., t], D=D,
+                                   z=heads(inputs["z"]), dt_bias=dt_bias, dt_softplus=True,
+                                   backend=backend)
+        assert y.shape == (batch, nheads, headdim)
+        outs.append(y.reshape(batch, dim))
+    assert relative_error(torch.stack(outs, -1), out_full) < 1e-5
+    assert relative_error(state.reshape(batch, dim, n_state), last_full) < 1e-5
+
+
+def test_state_update_is_in_place_and_keeps_state_dtype():
+    inputs = make_inputs(1, 4, 3, 1, seed=13)
+    state = torch.randn(1, 4, 3)
+    before = state.clone()
+    ptr = state.data_ptr()
+    selective_state_update(state, inputs["u"][..., 0], inputs["delta"][..., 0], inputs["A"],
+                           inputs["B"][..., 0], inputs["C"][..., 0])
+    assert state.data_ptr() == ptr and not torch.equal(state, before)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=needs_cpu_kernel)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_are_upcast(backend, dtype):
+    """Half inputs give half outputs equal to the float32 computation on the same values."""
+    inputs = make_inputs(2, 4, 3, 17, seed=14, dtype=dtype)
+    out, last = selective_scan_fn(**inputs, delta_softplus=True, return_last_state=True,
+                                  backend=backend)
+    assert out.dtype == dtype and last.dtype == torch.float32
+    as_f32 = {k: (v.float() if v is not None else None) for k, v in inputs.items()}
+    out32, last32 = selective_scan_fn(**as_f32, delta_softplus=True, return_last_state=True,
+                                      backend="reference")
+    assert relative_error(last, last32) < 1e-5  # the state is float32 throughout
+    assert relative_error(out, out32) < 1e-2  # only the final rounding to half differs
+    # gradients flow back in the input dtype
+    leaves = {k: (v.clone().requires_grad_(True) if v is not None else None)
+              for k, v in inputs.items()}
+    selective_scan_fn(**leaves, delta_softplus=True, backend=backend).float().sum().backward()
+    for k, v in leaves.items():
+        if v is not None:
+            assert v.grad is not None and v.grad.dtype == dtype, k
+
+
+@pytest.mark.parametrize(
+    "name,bad,pattern",
+    [
+        ("delta", torch.randn(2, 4, 9), r"delta must have the shape of u"),
+        ("A", torch.randn(5, 3), r"A must have shape \(dim, N\)"),
+        ("B", torch.randn(2, 3, 9), r"B must have shape \(batch, N, L\)"),
+        ("C", torch.randn(2, 3, 3, 8), r"grouped C must have shape \(batch, G, N, L\)"),
+        ("D", torch.randn(3), r"D must have shape \(dim,\)"),
+        ("z", torch.randn(2, 4), r"z must have the shape of u"),
+        ("delta_bias", torch.randn(4, 1), r"delta_bias must have shape \(dim,\)"),
+        ("u", torch.randint(0, 3, (2, 4, 8)), r"u must be a floating-point tensor"),
+        ("A", torch.randn(4, 3, dtype=torch.complex64), r"A must be real"),
+    ],
+)
+def test_bad_inputs_raise_value_error_naming_the_argument(name, bad, pattern):
+    inputs = make_inputs(2, 4, 3, 8, seed=15)
+    inputs[name] = bad
+    with pytest.raises(ValueError, match=pattern):
+        selective_scan_fn(**inputs)
+
+
+def test_bad_state_update_inputs_raise_value_error():
+    state = torch.zeros(2, 4, 3)
+    x, dt, A = torch.randn(2, 4), torch.rand(2, 4), -torch.rand(4, 3)
+    B = C = torch.randn(2, 3)
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, dim\)"):
+        selective_state_update(state, torch.randn(2, 5), dt, A, B, C)
+    with pytest.raises(ValueError, match=r"B must have shape \(batch, N\)"):
+        selective_state_update(state, x, dt, A, torch.randn(2, 4), C)
+    with pytest.raises(ValueError, match=r"state must have shape"):
+        selective_state_update(torch.zeros(4, 3), x, dt, A, B, C)
+    with pytest.raises(ValueError, match=r"A must have shape \(nheads, headdim, N\)"):
+        selective_state_update(torch.zeros(2, 2, 2, 3), torch.randn(2, 2, 2),
+                               torch.rand(2, 2, 2), A, B.unsqueeze(1), C.unsqueeze(1))
+
+
+def test_cuda_backend_on_cpu_tensors_raises_a_clear_error():
+    inputs = make_inputs(1, 2, 2, 3)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        selective_scan_fn(**inputs, backend="cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        selective_scan_fn(**inputs, backend="triton")
+
+
+@needs_cpu_kernel
+def test_auto_resolves_to_cpu_kernel_on_cpu_tensors():
+    inputs = make_inputs(1, 2, 2, 3)
+    assert resolve_backend(inputs["u"], inputs["A"]) == "cpu"
+    assert resolve_backend(inputs["u"], backend="reference") == "reference"
+    assert available_backends("cpu") == ("cpu", "reference")
+
+
+def test_auto_falls_back_to_reference_and_logs_once(monkeypatch, caplog):
+    monkeypatch.setattr(ss, "_cpu_kernels", lambda: None)
+    monkeypatch.setattr(ss, "_fallback_logged", set())
+    inputs = make_inputs(1, 2, 2, 3)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert resolve_backend(inputs["u"]) == "reference"
+        out = selective_scan_fn(**inputs)
+    assert sum("falls back" in r.getMessage() for r in caplog.records) == 1
+    assert relative_error(out, ss.selective_scan_reference(**inputs)) == 0.0
+    with pytest.raises(RuntimeError, match="pip install numba"):
+        resolve_backend(inputs["u"], backend="cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_READY, reason="needs a CUDA GPU and mamba-ssm")
+@pytest.mark.parametrize("groups", [None, 2])
+def test_cuda_backend_matches_reference(groups):
+    inputs = make_inputs(2, 8, 16, 100, groups=groups, seed=16)
+    cuda_inputs = {k: (v.cuda() if v is not None else None) for k, v in inputs.items()}
+    out_g, last_g, grads_g = run_with_grads(cuda_inputs, "cuda", True)
+    out_r, last_r, grads_r = run_with_grads(inputs, "reference", True)
+    assert relative_error(out_g.cpu(), out_r) < 1e-4
+    assert relative_error(last_g.cpu(), last_r) < 1e-4
+    for name in grads_r:
+        assert relative_error(grads_g[name].cpu(), grads_r[name]) < 1e-3, name
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_READY, reason="needs a CUDA GPU and mamba-ssm")
+def test_cuda_state_update_matches_full_scan():
+    inputs = make_inputs(2, 8, 16, 6, seed=17)
+    out_full, last_full = selective_scan_fn(**inputs, delta_softplus=True,
+                                            return_last_state=True, backend="reference")
+    cuda_inputs = {k: (v.cuda() if v is not None else None) for k, v in inputs.items()}
+    cuda_inputs["u"] = cuda_inputs["u"]
+    outs, state = [], torch.zeros(2, 8, 16, device="cuda")
+    for t in range(6):
+        outs.append(selective_state_update(
+            state, cuda_inputs["u"][..., t], cuda_inputs["delta"][..., t], cuda_inputs["A"],
+            cuda_inputs["B"][..., t], cuda_inputs["C"][..., t], D=cuda_inputs["D"],
+            z=cuda_inputs["z"][..., t], dt_bias=cuda_inputs["delta_bias"], dt_softplus=True,
+            backend="cuda"))
+    assert relative_error(torch.stack(outs, -1).cpu(), out_full) < 1e-4
+    assert relative_error(state.cpu(), last_full) < 1e-4
