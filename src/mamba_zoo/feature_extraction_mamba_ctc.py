@@ -123,9 +123,11 @@ class MambaCTCFeatureExtractor(SequenceFeatureExtractor):
         return torch.log(mel.clamp_min(1e-10)).numpy()
 
     def _normalize(self, features: np.ndarray) -> np.ndarray:
+        features = features.astype(np.float64)
         mean = features.mean(axis=0, keepdims=True)
         std = features.std(axis=0, keepdims=True)
-        return ((features - mean) / np.maximum(std, 1e-5)).astype(np.float32)
+        # the floor keeps constant bins (digital silence) at exactly zero instead of amplifying rounding noise
+        return ((features - mean) / np.maximum(std, 1e-3)).astype(np.float32)
 
     def __call__(
         self,

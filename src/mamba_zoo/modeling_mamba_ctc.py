@@ -215,18 +215,19 @@ class MambaCTCModel(MambaCTCPreTrainedModel):
         self.post_init()
 
     def _mask_input_features(self, input_features: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """SpecAugment (training only): zero random time spans and mel bands, as Wav2Vec2's `_mask_hidden_states`."""
+        """SpecAugment (training only): zero random time spans and mel bands, as Wav2Vec2's `_mask_hidden_states`;
+        inputs shorter than a span are left unmasked."""
         if not self.config.apply_spec_augment or not self.training:
             return input_features
         batch, frames, bins = input_features.shape
-        if self.config.mask_time_prob > 0:
+        if self.config.mask_time_prob > 0 and frames > self.config.mask_time_length:
             time_mask = _compute_mask_indices(
                 (batch, frames), mask_prob=self.config.mask_time_prob, mask_length=self.config.mask_time_length,
                 attention_mask=attention_mask, min_masks=self.config.mask_time_min_masks,
             )
             time_mask = torch.tensor(time_mask, device=input_features.device, dtype=torch.bool)
             input_features = input_features.masked_fill(time_mask[:, :, None], 0.0)
-        if self.config.mask_feature_prob > 0:
+        if self.config.mask_feature_prob > 0 and bins > self.config.mask_feature_length:
             feature_mask = _compute_mask_indices(
                 (batch, bins), mask_prob=self.config.mask_feature_prob, mask_length=self.config.mask_feature_length,
                 min_masks=self.config.mask_feature_min_masks,

@@ -1,0 +1,385 @@
+#!/usr/bin/env python
+# Copyright 2026 The mamba-zoo authors. Apache-2.0.
+"""Train MambaForCTC with `Trainer` on transcribed speech and save a pipeline-ready checkpoint.
+
+Defaults: the embedded digit-string corpus (`mamba_zoo.corpora.load_transcribed("digits")`: espeak-ng voices, split by
+voice so test voices are never heard in training), a 1.2M-parameter bidirectional Mamba encoder, greedy CTC, and
+`outputs/mamba-ctc-digits/` with model, processor and a model card holding the measured WER/CER:
+
+    python training/train_ctc.py
+    python training/train_ctc.py --kind sentences --output_dir outputs/mamba-ctc-sentences --num_train_epochs 30
+    python training/train_ctc.py --lora --init_from outputs/mamba-ctc-digits --output_dir outputs/mamba-ctc-lora
+
+Then: `pipeline("automatic-speech-recognition", model="outputs/mamba-ctc-digits")`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import mamba_zoo  # noqa: E402  (registers the Auto* classes)
+from mamba_zoo import MambaCTCConfig, MambaCTCProcessor, MambaForCTC, normalize_transcript  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+
+
+class AudioTextDataset(torch.utils.data.Dataset):
+    """In-memory list of `{"audio": float32 array at 16 kHz, "text": str}`."""
+
+    def __init__(self, audio: list[np.ndarray], text: list[str]):
+        self.audio, self.text = audio, text
+
+    def __len__(self):
+        return len(self.audio)
+
+    def __getitem__(self, index):
+        return {"audio": self.audio[index], "text": self.text[index]}
+
+
+def dataset_to_memory(split) -> AudioTextDataset:
+    """A `datasets.Dataset` with `audio` ({array, sampling_rate}) and `text` -> `AudioTextDataset` (arrays decoded
+    once; no torchcodec needed)."""
+    split = split.with_format("numpy", columns=["audio", "text"])
+    audio, text = [], []
+    for row in split:
+        if int(row["audio"]["sampling_rate"]) != 16000:
+            raise ValueError(f"Expected 16 kHz audio, got {row['audio']['sampling_rate']} Hz; resample first.")
+        audio.append(np.asarray(row["audio"]["array"], dtype=np.float32))
+        text.append(str(row["text"]))
+    return AudioTextDataset(audio, text)
+
+
+@dataclass
+class DataCollatorCTCWithPadding:
+    """Featurize raw audio and tokenize transcripts per batch, padding both to the batch's longest (dynamic
+    padding): `input_features` `(batch, frames, 80)`, `attention_mask` `(batch, frames)`, `labels` `(batch, chars)`
+    padded with -100."""
+
+    processor: MambaCTCProcessor
+    sampling_rate: int = 16000
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.processor(
+            audio=[e["audio"] for e in examples], text=[e["text"] for e in examples],
+            sampling_rate=self.sampling_rate, return_tensors="pt",
+        )
+        return dict(batch)
+
+
+# ---------------------------------------------------------------------------------------------------------- metrics
+
+
+def word_and_char_error_rates(predictions: list[str], references: list[str]) -> dict[str, float]:
+    import jiwer
+
+    references = [normalize_transcript(r) for r in references]
+    predictions = [normalize_transcript(p) for p in predictions]
+    return {"wer": float(jiwer.wer(references, predictions)), "cer": float(jiwer.cer(references, predictions))}
+
+
+def make_compute_metrics(processor: MambaCTCProcessor):
+    def compute_metrics(prediction):
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        predicted_ids = np.argmax(logits, axis=-1)
+        labels = prediction.label_ids.copy()
+        labels[labels == -100] = processor.tokenizer.pad_token_id
+        predictions = processor.batch_decode(predicted_ids)
+        references = processor.batch_decode(labels, group_tokens=False)
+        return word_and_char_error_rates(predictions, references)
+
+    return compute_metrics
+
+
+@torch.no_grad()
+def transcribe(model, processor, dataset: AudioTextDataset, batch_size: int = 32, beam_decoder=None) -> list[str]:
+    """Greedy (or beam, with `beam_decoder`) transcription of every utterance of `dataset`."""
+    model.eval()
+    texts = []
+    order = np.argsort([len(a) for a in dataset.audio])  # length-sorted batches: little padding
+    by_index = {}
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        inputs = processor(audio=[dataset.audio[i] for i in indices], sampling_rate=16000, return_tensors="pt")
+        logits = model(**inputs).logits
+        if beam_decoder is None:
+            decoded = processor.batch_decode(logits.argmax(-1))
+        else:
+            lengths = model._get_feat_extract_output_lengths(inputs["attention_mask"].sum(-1))
+            decoded = processor.decode_beams(logits, lengths, decoder=beam_decoder)
+        by_index.update(zip(indices.tolist(), decoded))
+    texts = [by_index[i] for i in range(len(dataset))]
+    return texts
+
+
+def long_form_check(output_dir: str, dataset: AudioTextDataset, seconds: float = 60.0, chunk_length_s: float = 10.0,
+                    stride_length_s: float = 2.0) -> dict:
+    """Concatenate held-out utterances (0.3 s silence between them) to ~`seconds`, transcribe with the ASR pipeline
+    unchunked and chunked, and report the WER of each against the reference and between the two."""
+    from transformers import pipeline
+
+    asr = pipeline("automatic-speech-recognition", model=output_dir)
+    gap = np.zeros(int(0.3 * 16000), dtype=np.float32)
+    pieces, words, total = [], [], 0
+    for audio, text in zip(dataset.audio, dataset.text):
+        if total >= seconds * 16000:
+            break
+        pieces += [audio / max(np.abs(audio).max(), 1e-6) * 0.5, gap]
+        words.append(normalize_transcript(text))
+        total += len(audio) + len(gap)
+    long_audio = np.concatenate(pieces)
+    reference = " ".join(words)
+    start = time.perf_counter()
+    unchunked = asr({"raw": long_audio, "sampling_rate": 16000})["text"]
+    unchunked_s = time.perf_counter() - start
+    start = time.perf_counter()
+    chunked = asr({"raw": long_audio, "sampling_rate": 16000}, chunk_length_s=chunk_length_s,
+                  stride_length_s=stride_length_s, return_timestamps="word")
+    chunked_s = time.perf_counter() - start
+    import jiwer
+
+    return {
+        "audio_seconds": round(len(long_audio) / 16000, 1),
+        "chunk_length_s": chunk_length_s,
+        "stride_length_s": stride_length_s,
+        "wer_unchunked_vs_reference": float(jiwer.wer(reference, normalize_transcript(unchunked))),
+        "wer_chunked_vs_reference": float(jiwer.wer(reference, normalize_transcript(chunked["text"]))),
+        "wer_chunked_vs_unchunked": float(jiwer.wer(normalize_transcript(unchunked) or "<empty>",
+                                                    normalize_transcript(chunked["text"]))),
+        "identical": unchunked == chunked["text"],
+        "word_timestamps_first": chunked.get("chunks", [])[:3],
+        "unchunked_seconds": round(unchunked_s, 2),
+        "chunked_seconds": round(chunked_s, 2),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------- card
+
+
+def write_model_card(output_dir: str, args, results: dict) -> None:
+    test = results["test"]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: automatic-speech-recognition",
+        "tags: [mamba, ctc, speech, mamba-zoo]",
+        "license: apache-2.0",
+        "model-index:",
+        f"- name: {Path(output_dir).name}",
+        "  results:",
+        "  - task: {type: automatic-speech-recognition}",
+        f"    dataset: {{name: mamba-zoo transcribed-{args.kind} (espeak-ng, held-out voices), type: synthetic}}",
+        "    metrics:",
+        f"    - {{type: wer, value: {100 * test['wer']:.2f}}}",
+        f"    - {{type: cer, value: {100 * test['cer']:.2f}}}",
+        "---",
+        "",
+        f"# {Path(output_dir).name}",
+        "",
+        f"MambaForCTC (bidirectional Mamba encoder, CTC) trained with `training/train_ctc.py` on the embedded "
+        f"`{args.kind}` corpus of mamba-zoo ({results['num_train']} training utterances, espeak-ng voices). Test voices "
+        f"are never heard in training.",
+        "",
+        "| split | WER | CER |",
+        "|---|---|---|",
+    ]
+    for split in ("validation", "test"):
+        if split in results:
+            lines.append(f"| {split} (held-out voices) | {100 * results[split]['wer']:.2f}% | {100 * results[split]['cer']:.2f}% |")
+    lines += [
+        "",
+        f"Parameters: {results['parameters'] / 1e6:.2f}M. Training wall time: {results['train_seconds'] / 60:.1f} min "
+        f"({results['device']}); total script time {results['total_seconds'] / 60:.1f} min.",
+        "",
+        "```python",
+        "import mamba_zoo  # or trust_remote_code=True without mamba-zoo installed",
+        "from transformers import pipeline",
+        f"asr = pipeline('automatic-speech-recognition', model='{output_dir}')",
+        "asr('audio.wav', chunk_length_s=10, stride_length_s=2, return_timestamps='word')",
+        "```",
+    ]
+    if "long_form" in results:
+        lf = results["long_form"]
+        lines += ["", f"Long-form ({lf['audio_seconds']} s concatenation): WER unchunked {100 * lf['wer_unchunked_vs_reference']:.2f}%, "
+                  f"chunked ({lf['chunk_length_s']} s / {lf['stride_length_s']} s stride) "
+                  f"{100 * lf['wer_chunked_vs_reference']:.2f}%, chunked vs unchunked {100 * lf['wer_chunked_vs_unchunked']:.2f}%."]
+    Path(output_dir, "README.md").write_text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kind", default="digits", choices=["digits", "sentences"], help="embedded corpus")
+    parser.add_argument("--num_train", type=int, default=2000)
+    parser.add_argument("--num_eval", type=int, default=200)
+    parser.add_argument("--output_dir", default="outputs/mamba-ctc-digits")
+    parser.add_argument("--hidden_size", type=int, default=144)
+    parser.add_argument("--num_hidden_layers", type=int, default=6)
+    parser.add_argument("--subsampling_conv_channels", type=int, default=32)
+    parser.add_argument("--block_type", default="mamba", choices=["mamba", "conmamba"])
+    parser.add_argument("--num_train_epochs", type=float, default=12)
+    parser.add_argument("--max_train_minutes", type=float, default=14.0,
+                        help="stop training after this wall time (the learning-rate schedule is planned for it)")
+    parser.add_argument("--per_device_train_batch_size", type=int, default=16)
+    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--warmup_steps", type=int, default=100)
+    parser.add_argument("--weight_decay", type=float, default=0.01)
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) on the mixers' projections")
+    parser.add_argument("--lora_r", type=int, default=8)
+    parser.add_argument("--init_from", default=None, help="start from this checkpoint (model + processor)")
+    parser.add_argument("--beam_width", type=int, default=0, help="also evaluate pyctcdecode beam search (if installed)")
+    parser.add_argument("--skip_long_form", action="store_true", help="skip the 60 s chunked-vs-unchunked check")
+    parser.add_argument("--num_threads", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+class TimeLimitCallback:
+    """Stop training once `max_seconds` of wall time have passed (checked after every step)."""
+
+    def __init__(self, max_seconds: float):
+        from transformers import TrainerCallback
+
+        self.max_seconds, self.start = max_seconds, None
+        outer = self
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                outer.start = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if time.perf_counter() - outer.start > outer.max_seconds:
+                    control.should_training_stop = True
+                return control
+
+        self.callback = _Callback()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    script_start = time.perf_counter()
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    from mamba_zoo.corpora.builders import load_transcribed
+
+    set_seed(args.seed)
+    corpus = load_transcribed(args.kind, num_train=args.num_train, num_eval=args.num_eval, seed=args.seed)
+    train, validation, test = (dataset_to_memory(corpus[s]) for s in ("train", "validation", "test"))
+    print(f"corpus: {len(train)} train / {len(validation)} validation / {len(test)} test utterances "
+          f"({sum(len(a) for a in train.audio) / 16000 / 3600:.2f} h train audio), "
+          f"{time.perf_counter() - script_start:.0f} s to load", flush=True)
+
+    if args.init_from:
+        processor = MambaCTCProcessor.from_pretrained(args.init_from)
+        model = MambaForCTC.from_pretrained(args.init_from)
+    else:
+        processor = MambaCTCProcessor.from_transcripts(train.text)
+        config = MambaCTCConfig(
+            vocab_size=len(processor.tokenizer), pad_token_id=processor.tokenizer.pad_token_id,
+            hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
+            subsampling_conv_channels=args.subsampling_conv_channels, block_type=args.block_type,
+            intermediate_size=4 * args.hidden_size, hidden_dropout=0.1, final_dropout=0.1,
+            mask_time_prob=0.05, mask_time_length=5, mask_feature_prob=0.05, mask_feature_length=8,
+        )
+        model = MambaForCTC(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"model: {parameters / 1e6:.2f}M parameters, vocabulary {len(processor.tokenizer)}", flush=True)
+
+    if args.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora_config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
+                                 target_modules=["in_proj", "out_proj", "x_proj"], modules_to_save=["lm_head"])
+        model = get_peft_model(model, lora_config)
+        model.print_trainable_parameters()
+
+    steps_per_epoch = math.ceil(len(train) / (args.per_device_train_batch_size * args.gradient_accumulation_steps))
+    training_args = TrainingArguments(
+        output_dir=os.path.join(args.output_dir, "trainer"),
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=32,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        num_train_epochs=args.num_train_epochs,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        max_grad_norm=1.0,
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_steps=max(1, steps_per_epoch // 4),
+        report_to=[],
+        remove_unused_columns=False,  # the collator needs the raw `audio` and `text`
+        dataloader_num_workers=0,
+        seed=args.seed,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+    )
+    time_limit = TimeLimitCallback(args.max_train_minutes * 60)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=validation,
+        data_collator=DataCollatorCTCWithPadding(processor),
+        compute_metrics=make_compute_metrics(processor),
+        callbacks=[time_limit.callback],
+    )
+    train_start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - train_start
+
+    if args.lora:
+        model = model.merge_and_unload()
+    model.eval()
+    model.save_pretrained(args.output_dir)
+    processor.save_pretrained(args.output_dir)
+
+    results = {"num_train": len(train), "parameters": parameters, "train_seconds": train_seconds,
+               "device": "cuda" if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads",
+               "epochs_completed": trainer.state.epoch, "steps": trainer.state.global_step}
+    for name, split in (("validation", validation), ("test", test)):
+        predictions = transcribe(model, processor, split)
+        results[name] = word_and_char_error_rates(predictions, split.text)
+        results[name]["examples"] = [
+            {"reference": r, "prediction": p} for r, p in list(zip(split.text, predictions))[:5]
+        ]
+        print(f"{name}: WER {100 * results[name]['wer']:.2f}%  CER {100 * results[name]['cer']:.2f}%", flush=True)
+    if args.beam_width:
+        try:
+            decoder = processor.build_beam_decoder()
+            predictions = transcribe(model, processor, test, beam_decoder=decoder)
+            results["test_beam"] = word_and_char_error_rates(predictions, test.text)
+            print(f"test (beam {args.beam_width}): WER {100 * results['test_beam']['wer']:.2f}%", flush=True)
+        except ImportError as error:
+            print(f"beam search skipped: {error}")
+    if not args.skip_long_form:
+        results["long_form"] = long_form_check(args.output_dir, test)
+        print("long form:", json.dumps({k: v for k, v in results["long_form"].items() if k != "word_timestamps_first"}),
+              flush=True)
+    results["total_seconds"] = time.perf_counter() - script_start
+    write_model_card(args.output_dir, args, results)
+    Path(args.output_dir, "eval_results.json").write_text(json.dumps(results, indent=2, default=str))
+    print(f"saved to {args.output_dir}; train {train_seconds / 60:.1f} min, total {results['total_seconds'] / 60:.1f} min")
+    return results
+
+
+if __name__ == "__main__":
+    main()
