@@ -1,0 +1,449 @@
+#!/usr/bin/env python
+"""Selective-scan and Mamba-mixer benchmarks on CPU, measured side by side in one run.
+
+Scan table (batch 4, dim 384, N 16, fp32 by default), forward and forward+backward, for:
+
+- ``cpu``: mamba-zoo's fused numba kernel (``selective_scan_fn(..., backend="cpu")``);
+- ``reference``: mamba-zoo's PyTorch reference (a loop over time, autograd for the backward);
+- ``ref_algo``: mamba-ssm's ``selective_scan_ref`` algorithm, re-implemented below: it
+  materialises ``deltaA`` and ``deltaB_u`` as ``(batch, dim, L, N)`` and loops over L in Python.
+
+Mixer table (``--mixer``; batch 4, d_model 192): mamba-zoo's ``MambaMixer`` against transformers'
+``MambaMixer`` on its default CPU path and with ``use_mambapy=True`` (needs ``pip install mambapy``).
+
+How things are measured:
+- time: each measurement runs in a fresh subprocess (same thread count as this process unless
+  ``--threads``); after one small warm-up call (numba JIT / cache load) the operation runs
+  ``--repeats`` times and the table shows the best (minimum) wall time, which is the least
+  sensitive to other load on the machine.
+- peak memory: the growth of the subprocess' resident set during the first full-size call:
+  the kernel's high-water mark (``VmHWM``) is reset through ``/proc/self/clear_refs`` just before
+  the call and read after it, minus ``VmRSS`` before it. That counts everything the call
+  allocates (torch, numpy, numba) and nothing allocated before (inputs, parameters). Where
+  ``/proc/self/clear_refs`` is not writable the column falls back to ``ru_maxrss`` growth and is
+  marked with ``*``.
+
+Usage::
+
+    python benchmarks/bench_scan.py                      # scan table at L = 512 2048 8192
+    python benchmarks/bench_scan.py --quick              # L = 512 only, fewer repeats
+    python benchmarks/bench_scan.py --mixer              # also the MambaMixer table
+    python benchmarks/bench_scan.py --lengths 2048 --slow-max-length 8192
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+_REPO_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+if os.path.isdir(_REPO_SRC) and _REPO_SRC not in sys.path:
+    sys.path.insert(0, _REPO_SRC)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------
+# mamba-ssm's selective_scan_ref algorithm (re-implemented here as the anchor; not library code)
+# ----------------------------------------------------------------------------------------------
+
+
+def selective_scan_ref_algorithm(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                                 delta_softplus=False, return_last_state=False):
+    """mamba-ssm's ``selective_scan_ref`` algorithm for real A and 3-D or grouped 4-D B/C.
+
+    Builds ``deltaA = exp(delta * A)`` and ``deltaB_u = delta * B * u`` as ``(batch, dim, L, N)``
+    tensors up front, then steps the state with a Python loop over L.
+    """
+    dtype_in = u.dtype
+    u = u.float()
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None].float()
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, dim, dstate = u.shape[0], A.shape[0], A.shape[1]
+    B = B.float()
+    C = C.float()
+    x = A.new_zeros((batch, dim, dstate))
+    ys = []
+    deltaA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    if B.dim() == 3:
+        deltaB_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    else:
+        B = B.repeat_interleave(dim // B.shape[1], dim=1)  # "B G N L -> B (G H) N L"
+        deltaB_u = torch.einsum("bdl,bdnl,bdl->bdln", delta, B, u)
+    if C.dim() == 4:
+        C = C.repeat_interleave(dim // C.shape[1], dim=1)
+    last_state = None
+    for i in range(u.shape[2]):
+        x = deltaA[:, :, i] * x + deltaB_u[:, :, i]
+        if C.dim() == 3:
+            y = torch.einsum("bdn,bn->bd", x, C[:, :, i])
+        else:
+            y = torch.einsum("bdn,bdn->bd", x, C[:, :, :, i])
+        if i == u.shape[2] - 1:
+            last_state = x
+        ys.append(y)
+    y = torch.stack(ys, dim=2)  # (batch, dim, L)
+    out = y if D is None else y + u * D[:, None]
+    if z is not None:
+        out = out * F.silu(z)
+    out = out.to(dtype=dtype_in)
+    return out if not return_last_state else (out, last_state)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurement helpers (run inside the worker subprocess)
+# ----------------------------------------------------------------------------------------------
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0). False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure(fn, repeats: int) -> dict:
+    """Peak RSS growth (MiB) of the first call and the best wall time (s) over ``repeats`` calls."""
+    gc.collect()
+    exact = _reset_peak_rss()
+    if exact:
+        before = _proc_status_kib("VmRSS")
+    else:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    fn()
+    times = [time.perf_counter() - start]
+    if exact:
+        peak = _proc_status_kib("VmHWM") - before
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    for _ in range(repeats - 1):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"time_s": min(times), "times_s": times, "peak_mib": peak / 1024.0, "peak_exact": exact}
+
+
+def make_scan_inputs(batch, dim, n_state, length, seed=0, requires_grad=False):
+    """Realistic Mamba-like scan inputs: S4D-real A, softplus time steps around 0.001..0.1."""
+    gen = torch.Generator().manual_seed(seed)
+    A = -torch.arange(1, n_state + 1, dtype=torch.float32).repeat(dim, 1)
+    A = A * torch.exp(0.1 * torch.randn(dim, n_state, generator=gen))
+    inputs = dict(
+        u=torch.randn(batch, dim, length, generator=gen),
+        delta=0.1 * torch.randn(batch, dim, length, generator=gen),
+        A=A,
+        B=torch.randn(batch, n_state, length, generator=gen),
+        C=torch.randn(batch, n_state, length, generator=gen),
+        D=torch.ones(dim),
+        z=torch.randn(batch, dim, length, generator=gen),
+        delta_bias=torch.log(torch.expm1(torch.rand(dim, generator=gen) * 0.099 + 0.001)),
+    )
+    if requires_grad:
+        for t in inputs.values():
+            t.requires_grad_(True)
+    return inputs
+
+
+def _scan_callable(method: str):
+    from mamba_zoo.selective_scan import selective_scan_fn
+
+    if method == "cpu":
+        return lambda **kw: selective_scan_fn(**kw, delta_softplus=True, backend="cpu")
+    if method == "reference":
+        return lambda **kw: selective_scan_fn(**kw, delta_softplus=True, backend="reference")
+    if method == "ref_algo":
+        return lambda **kw: selective_scan_ref_algorithm(**kw, delta_softplus=True)
+    raise ValueError(f"unknown scan method {method!r}")
+
+
+def scan_worker(spec: dict) -> dict:
+    fn = _scan_callable(spec["method"])
+    backward = spec["mode"] == "fwd+bwd"
+    shape = (spec["batch"], spec["dim"], spec["n_state"])
+    warm = make_scan_inputs(*shape, 8, requires_grad=backward)
+    inputs = make_scan_inputs(*shape, spec["length"], requires_grad=backward)
+
+    def run(kw):
+        if backward:
+            for t in kw.values():
+                t.grad = None
+            fn(**kw).sum().backward()
+        else:
+            with torch.no_grad():
+                fn(**kw)
+
+    run(warm)
+    return measure(lambda: run(inputs), spec["repeats"])
+
+
+# ----------------------------------------------------------------------------------------------
+# MambaMixer: mamba-zoo vs transformers
+# ----------------------------------------------------------------------------------------------
+
+
+def _build_mixer(impl: str, d_model: int):
+    """``ours`` or ``hf`` / ``hf_mambapy`` (transformers' MambaMixer); identical weights."""
+    torch.manual_seed(0)
+    from mamba_zoo.mamba_layers import MambaMixer as ZooMixer
+
+    ours = ZooMixer(d_model, d_state=16, d_conv=4, expand=2, layer_idx=0)
+    if impl == "ours":
+        return ours
+    from transformers import MambaConfig
+    from transformers.models.mamba.modeling_mamba import MambaMixer as HFMixer
+
+    config = MambaConfig(hidden_size=d_model, state_size=16, conv_kernel=4, expand=2,
+                         use_mambapy=(impl == "hf_mambapy"), num_hidden_layers=1)
+    theirs = HFMixer(config, layer_idx=0)
+    theirs.load_state_dict(ours.state_dict(), strict=True)  # same names, same weights
+    return theirs
+
+
+def mixer_worker(spec: dict) -> dict:
+    mixer = _build_mixer(spec["impl"], spec["d_model"])
+    backward = spec["mode"] == "fwd+bwd"
+    mixer.train(backward)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(spec["batch"], spec["length"], spec["d_model"], generator=gen)
+    warm = torch.randn(spec["batch"], 8, spec["d_model"], generator=gen)
+
+    def run(inp):
+        if backward:
+            mixer.zero_grad(set_to_none=True)
+            mixer(inp).sum().backward()
+        else:
+            with torch.no_grad():
+                mixer(inp)
+
+    run(warm)
+    return measure(lambda: run(x), spec["repeats"])
+
+
+def mixer_parity(d_model: int, length: int = 64) -> dict:
+    """Max |difference| of outputs and of in_proj gradients, ours vs transformers (both paths)."""
+    x = torch.randn(2, length, d_model, generator=torch.Generator().manual_seed(2))
+    results = {}
+    ref_out, ref_grad = None, None
+    for impl in ("ours", "hf", "hf_mambapy"):
+        mixer = _build_mixer(impl, d_model).train()
+        out = mixer(x)
+        out.pow(2).mean().backward()
+        if ref_out is None:
+            ref_out, ref_grad = out.detach(), mixer.in_proj.weight.grad
+            continue
+        results[impl] = ((out.detach() - ref_out).abs().max().item(),
+                         (mixer.in_proj.weight.grad - ref_grad).abs().max().item())
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------
+
+
+def run_in_subprocess(kind: str, spec: dict, threads: int, timeout: float) -> dict:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["NUMBA_NUM_THREADS"] = str(threads)
+    cmd = [sys.executable, os.path.abspath(__file__), "--_worker", kind, json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+        return {"error": f"exit {proc.returncode}: {tail[0][:120]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fmt_time(r):
+    if r is None:
+        return "skipped"
+    if "error" in r:
+        return "error"
+    t = r["time_s"]
+    return f"{t * 1e3:8.1f} ms" if t < 10 else f"{t:8.2f} s "
+
+
+def _fmt_mem(r):
+    if r is None or "error" in r:
+        return "-"
+    return f"{r['peak_mib']:8.1f}{'' if r['peak_exact'] else '*'}"
+
+
+def _ratio(slow, fast):
+    if not slow or not fast or "error" in slow or "error" in fast:
+        return "-"
+    return f"{slow['time_s'] / fast['time_s']:.1f}x"
+
+
+def print_table(title, columns, rows, notes):
+    print()
+    print(title)
+    widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(columns)]
+    print("  ".join(str(c).rjust(w) for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(str(v).rjust(w) for v, w in zip(r, widths)))
+    for n in notes:
+        print("  note:", n)
+    sys.stdout.flush()
+
+
+def bench_scan(args) -> None:
+    methods = ("cpu", "reference", "ref_algo")
+    rows, notes, errors = [], [], []
+    for length in args.lengths:
+        for mode in ("fwd", "fwd+bwd"):
+            results = {}
+            for method in methods:
+                slow = method != "cpu"
+                if slow and length > args.slow_max_length and (mode == "fwd+bwd" or
+                                                               length > args.slow_fwd_max_length):
+                    results[method] = None
+                    continue
+                spec = dict(method=method, mode=mode, length=length, batch=args.batch,
+                            dim=args.dim, n_state=args.state,
+                            repeats=args.repeats if not slow else max(1, args.repeats // 2))
+                results[method] = run_in_subprocess("scan", spec, args.threads, args.timeout)
+                if results[method] and "error" in results[method]:
+                    errors.append(f"{method} {mode} L={length}: {results[method]['error']}")
+            rows.append([length, mode]
+                        + [_fmt_time(results[m]) for m in methods]
+                        + [_fmt_mem(results[m]) for m in methods]
+                        + [_ratio(results["ref_algo"], results["cpu"]),
+                           _ratio(results["reference"], results["cpu"])])
+    notes.append(f"'skipped': reference/ref_algo fwd+bwd above L={args.slow_max_length} and "
+                 f"forward above L={args.slow_fwd_max_length} (--slow-max-length, "
+                 "--slow-fwd-max-length); ref_algo needs 4 x (batch, dim, L, N) float32 tensors.")
+    notes.append("time: best of the repeats, in a fresh subprocess per cell; peak MiB: growth of "
+                 "the process' resident set during the call (VmHWM reset via /proc/self/clear_refs).")
+    notes.extend(errors)
+    print_table(
+        f"selective scan, batch {args.batch}, dim {args.dim}, N {args.state}, fp32, "
+        f"{args.threads} threads ({torch.__version__})",
+        ["L", "pass", "cpu", "reference", "ref_algo", "cpu MiB", "reference MiB", "ref_algo MiB",
+         "ref_algo/cpu", "reference/cpu"],
+        rows, notes)
+
+
+def bench_mixer(args) -> None:
+    """mamba-zoo MambaMixer vs transformers' MambaMixer (default CPU path and use_mambapy=True).
+
+    transformers' default path backpropagates through a Python loop whose backward grows
+    quadratically with L: it only runs at L <= --hf-default-max-length (512).
+    """
+    try:
+        from mamba_zoo.mamba_layers import MambaMixer  # noqa: F401
+    except ImportError as err:
+        print(f"\nmixer benchmark skipped: {err}")
+        return
+    from transformers.utils.import_utils import is_mambapy_available
+
+    impls = ["ours", "hf", "hf_mambapy"]
+    rows, notes, errors = [], [], []
+    if not is_mambapy_available():
+        notes.append("mambapy is not installed: transformers' use_mambapy=True silently runs its "
+                     "default loop; `pip install mambapy` for the real comparison.")
+    parity = mixer_parity(args.d_model)
+    for impl, (d_out, d_grad) in parity.items():
+        notes.append(f"parity vs ours ({impl}, L=64): max |out diff| {d_out:.2e}, "
+                     f"max |in_proj grad diff| {d_grad:.2e}")
+    for length in args.mixer_lengths:
+        for mode in ("fwd", "fwd+bwd"):
+            results = {}
+            for impl in impls:
+                if impl == "hf" and mode == "fwd+bwd" and length > args.hf_default_max_length:
+                    results[impl] = None
+                    continue
+                if impl == "hf_mambapy" and length > args.mambapy_max_length:
+                    results[impl] = None
+                    continue
+                spec = dict(impl=impl, mode=mode, length=length, batch=args.batch,
+                            d_model=args.d_model, repeats=args.repeats if impl == "ours" else
+                            max(1, args.repeats // 2))
+                results[impl] = run_in_subprocess("mixer", spec, args.threads, args.timeout)
+                if results[impl] and "error" in results[impl]:
+                    errors.append(f"{impl} {mode} L={length}: {results[impl]['error']}")
+            rows.append([length, mode]
+                        + [_fmt_time(results[m]) for m in impls]
+                        + [_fmt_mem(results[m]) for m in impls]
+                        + [_ratio(results["hf"], results["ours"]),
+                           _ratio(results["hf_mambapy"], results["ours"])])
+    notes.append(f"'skipped': transformers default fwd+bwd above L={args.hf_default_max_length} "
+                 f"(quadratic backward), use_mambapy above L={args.mambapy_max_length} "
+                 "(materialises (batch, d_inner, L, N) several times).")
+    notes.extend(errors)
+    print_table(
+        f"MambaMixer, batch {args.batch}, d_model {args.d_model} (d_inner {2 * args.d_model}, "
+        f"N 16), fp32, {args.threads} threads",
+        ["L", "pass", "ours", "hf default", "hf mambapy", "ours MiB", "hf MiB", "mambapy MiB",
+         "hf/ours", "mambapy/ours"],
+        rows, notes)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192])
+    parser.add_argument("--quick", action="store_true", help="L=512 only, 2 repeats")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--state", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--slow-max-length", type=int, default=2048,
+                        help="longest L for reference/ref_algo forward+backward")
+    parser.add_argument("--slow-fwd-max-length", type=int, default=8192,
+                        help="longest L for reference/ref_algo forward")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per cell")
+    parser.add_argument("--mixer", action="store_true", help="also benchmark MambaMixer")
+    parser.add_argument("--mixer-only", action="store_true")
+    parser.add_argument("--d-model", type=int, default=192)
+    parser.add_argument("--mixer-lengths", type=int, nargs="+", default=[512, 2048, 8192])
+    parser.add_argument("--hf-default-max-length", type=int, default=512)
+    parser.add_argument("--mambapy-max-length", type=int, default=2048)
+    parser.add_argument("--_worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args._worker:
+        kind, spec = args._worker[0], json.loads(args._worker[1])
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+        result = scan_worker(spec) if kind == "scan" else mixer_worker(spec)
+        print(json.dumps(result))
+        return
+
+    if args.quick:
+        args.lengths = [512]
+        args.mixer_lengths = [512]
+        args.repeats = 2
+    if not args.mixer_only:
+        bench_scan(args)
+    if args.mixer or args.mixer_only:
+        bench_mixer(args)
+
+
+if __name__ == "__main__":
+    main()
