@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import math
+
 import numpy as np
 import torch
 
@@ -324,6 +326,40 @@ if numba is not None:
                 dbias_lane[b, d] = dbias_acc
 
 
+    @njit(cache=True)
+    def _state_update_kernel(state, x, dt, A, Bm, Cm, D, z, dt_bias, has_D, has_z, has_bias,
+                             softplus, out):
+        """One recurrence step, state updated in place (the multi-head layout).
+
+        state: (batch, H, P, N); x, dt, z, out: (batch, H, P); A: (H, P, N);
+        Bm, Cm: (batch, G, N) with head h reading group h // (H / G); D, dt_bias: (H, P).
+        Decoding sizes are small: plain loops, scalar libm exp, strict float32 arithmetic.
+        """
+        batch, heads, head_dim, N = state.shape
+        heads_per_group = heads // Bm.shape[1]
+        for b in range(batch):
+            for h in range(heads):
+                g = h // heads_per_group
+                for p in range(head_dim):
+                    step = dt[b, h, p] + (dt_bias[h, p] if has_bias else _ZERO)
+                    if softplus and step <= _SOFTPLUS_THRESHOLD:
+                        step = np.float32(math.log1p(math.exp(step)))
+                    xv = x[b, h, p]
+                    dt_x = step * xv
+                    y = _ZERO
+                    for n in range(N):
+                        decay = np.float32(math.exp(step * A[h, p, n]))
+                        h_n = decay * state[b, h, p, n] + dt_x * Bm[b, g, n]
+                        state[b, h, p, n] = h_n
+                        y += h_n * Cm[b, g, n]
+                    if has_D:
+                        y += D[h, p] * xv
+                    if has_z:
+                        zv = z[b, h, p]
+                        y = y * (zv / (_ONE + np.float32(math.exp(-zv))))
+                    out[b, h, p] = y
+
+
 # ----------------------------------------------------------------------------------------------
 # torch glue
 # ----------------------------------------------------------------------------------------------
@@ -341,6 +377,7 @@ def _f32_numpy(t: Optional[torch.Tensor]) -> np.ndarray:
 
 
 _EMPTY1 = np.zeros(0, dtype=np.float32)
+_EMPTY2 = np.zeros((0, 0), dtype=np.float32)
 _EMPTY3 = np.zeros((0, 0, 0), dtype=np.float32)
 
 
@@ -454,8 +491,42 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
 def selective_state_update_cpu(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                                dt_softplus=False):
-    """One decoding step on CPU; see ``selective_scan.selective_state_update``."""
+    """One decoding step on CPU; see ``selective_scan.selective_state_update`` (validated there).
+
+    ``state`` is updated in place. When autograd would need to track the step (an input requires
+    grad and grad mode is on) this defers to the differentiable PyTorch reference.
+    """
     from .selective_scan import selective_state_update_reference
 
-    return selective_state_update_reference(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
-                                            dt_softplus=dt_softplus)
+    tensors = (state, x, dt, A, B, C, D, z, dt_bias)
+    if numba is None or (torch.is_grad_enabled()
+                         and any(t is not None and t.requires_grad for t in tensors)):
+        return selective_state_update_reference(state, x, dt, A, B, C, D=D, z=z,
+                                                dt_bias=dt_bias, dt_softplus=dt_softplus)
+    out_shape, out_dtype = x.shape, x.dtype
+    if state.dim() == 3:  # (batch, dim, N): one head per channel, head_dim 1
+        state_4d = state.unsqueeze(2)
+        x, dt, A = x.unsqueeze(-1), dt.unsqueeze(-1), A.unsqueeze(1)
+        z = z.unsqueeze(-1) if z is not None else None
+        D = D.unsqueeze(-1) if D is not None else None
+        dt_bias = dt_bias.unsqueeze(-1) if dt_bias is not None else None
+    else:
+        state_4d = state
+    if B.dim() == 2:
+        B = B.unsqueeze(1)
+    if C.dim() == 2:
+        C = C.unsqueeze(1)
+    # Work on float32 contiguous memory; write back only if that had to be a copy.
+    direct = state_4d.dtype == torch.float32 and state_4d.is_contiguous()
+    state_work = state_4d if direct else state_4d.detach().to(torch.float32).contiguous()
+    state_np = state_work.detach().numpy()
+    out = np.empty(tuple(x.shape), dtype=np.float32)
+    _state_update_kernel(state_np, _f32_numpy(x), _f32_numpy(dt), _f32_numpy(A),
+                         _f32_numpy(B), _f32_numpy(C),
+                         _f32_numpy(D) if D is not None else _EMPTY2,
+                         _f32_numpy(z) if z is not None else _EMPTY3,
+                         _f32_numpy(dt_bias) if dt_bias is not None else _EMPTY2,
+                         D is not None, z is not None, dt_bias is not None, bool(dt_softplus), out)
+    if not direct:
+        state_4d.copy_(state_work)
+    return torch.from_numpy(out).to(out_dtype).reshape(out_shape)
