@@ -1,0 +1,157 @@
+"""MambaASRProcessor (features / k-means units, tokenizer, bad audio) and the ASR pipeline for decoder-only ASR."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoProcessor, pipeline
+
+from mamba_zoo import MambaASRConfig, MambaASRPipeline, MambaASRProcessor, MambaDecoderOnlyASR
+from remote_code_utils import run_without_mamba_zoo
+
+
+def clips(seconds=(1.0, 0.6, 1.4), seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in seconds:
+        t = np.arange(int(16000 * s)) / 16000
+        tone = 0.3 * np.sin(2 * np.pi * rng.uniform(150, 600) * t) * (t * 4 % 1 > 0.3)  # on/off "syllables"
+        out.append((tone + 0.01 * rng.standard_normal(t.shape)).astype(np.float32))
+    return out
+
+
+@pytest.fixture(scope="module")
+def unit_processor():
+    processor = MambaASRProcessor.from_scratch(num_units=12)
+    return processor.fit_unit_tokenizer(clips(), num_units=12, iterations=5)
+
+
+def tiny_asr(processor, seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = MambaASRConfig(hidden_size=32, num_hidden_layers=2, expand=2, state_size=8, tie_word_embeddings=False,
+                            initializer_range=0.2, **processor.model_config_kwargs(), **overrides)
+    return MambaDecoderOnlyASR(config).eval()
+
+
+# ---------------------------------------------------------------------------------------------- processor
+
+
+def test_features_and_text_layout():
+    processor = MambaASRProcessor.from_scratch()
+    batch = processor(audio=clips(), text=["Three  one", "two", "nine eight seven"], sampling_rate=16000)
+    assert batch["input_features"].shape[0] == 3 and batch["input_features"].shape[2] == 80
+    assert batch["speech_attention_mask"].sum(-1).tolist() == [98, 58, 138]  # 25 ms windows, 10 ms hop
+    gen, eos = processor.tokenizer.convert_tokens_to_ids(["<generatetext>", "<eos>"])
+    ids, labels = batch["input_ids"], batch["labels"]
+    assert (ids[:, 0] == gen).all() and (labels[:, 0] == -100).all()
+    assert processor.batch_decode(ids) == ["three one", "two", "nine eight seven"]  # normalised transcripts
+    assert ids[1, 4] == eos and (labels[1, 5:] == -100).all() and batch["attention_mask"][1].tolist()[:6] == [1] * 5 + [0]
+    config = processor.model_config_kwargs()
+    assert config["vocab_size"] == len(processor.tokenizer) and config["generate_text_token_id"] == gen
+
+
+def test_unit_tokenizer_deduplicates_and_round_trips(unit_processor, tmp_path):
+    batch = unit_processor(audio=clips(), sampling_rate=16000)
+    ids, mask = batch["speech_ids"], batch["speech_attention_mask"]
+    offset = unit_processor.unit_token_offset
+    valid = ids[mask.bool()]
+    assert ((valid >= offset) & (valid < offset + 12)).all()
+    for row, length in zip(ids, mask.sum(-1)):
+        assert (row[1:length] != row[:length - 1]).all()  # no consecutive repeats
+    assert mask.sum(-1).max() < 138  # de-duplication shortens the 138-frame clip
+    unit_processor.save_pretrained(tmp_path)
+    assert len(json.loads((tmp_path / "processor_config.json").read_text())["unit_centroids"]) == 12
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded, MambaASRProcessor) and loaded.speech_input == "units"
+    assert torch.equal(loaded(audio=clips(), sampling_rate=16000)["speech_ids"], ids)
+
+
+@pytest.mark.parametrize("audio,match", [
+    (np.zeros((2, 16000), dtype=np.float32), "mono"),
+    (np.full(16000, np.nan, dtype=np.float32), "NaN"),
+    (np.zeros(100, dtype=np.float32), "at least"),
+    ("not audio", "numpy array"),
+    ([np.zeros(16000, dtype=np.float32), np.array(["a"] * 16000)], "not numeric"),
+    ([], "empty"),
+])
+def test_bad_audio_raises_clear_errors(audio, match):
+    with pytest.raises(ValueError, match=match):
+        MambaASRProcessor.from_scratch()(audio=audio, sampling_rate=16000)
+
+
+def test_wrong_sampling_rate_and_mismatched_text_raise():
+    processor = MambaASRProcessor.from_scratch()
+    with pytest.raises(ValueError, match="8000 Hz"):
+        processor(audio=clips()[0], sampling_rate=8000)
+    with pytest.raises(ValueError, match="transcripts"):
+        processor(audio=clips(), text=["one"], sampling_rate=16000)
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+
+
+def test_pipeline_end_to_end_batched_chunked_and_bad_audio(unit_processor, tmp_path):
+    model = tiny_asr(unit_processor)
+    model.save_pretrained(tmp_path)
+    unit_processor.save_pretrained(tmp_path)
+    asr = pipeline("automatic-speech-recognition", model=str(tmp_path))
+    assert isinstance(asr, MambaASRPipeline) and asr.type == "seq2seq"
+    audio = clips()
+    expected = []
+    for clip in audio:
+        inputs = unit_processor(audio=clip, sampling_rate=16000)
+        expected.append(unit_processor.batch_decode(model.generate(**inputs, max_new_tokens=6))[0])
+    assert [asr(clip, max_new_tokens=6)["text"] for clip in audio] == expected
+    assert [out["text"] for out in asr(audio, batch_size=3, max_new_tokens=6)] == expected  # padding-safe batching
+    resampled = asr({"array": audio[0][::2].copy(), "sampling_rate": 8000}, max_new_tokens=6)
+    assert isinstance(resampled["text"], str)
+    long = np.concatenate(audio * 3)
+    chunked = asr(long, chunk_length_s=1.5, return_timestamps=True, max_new_tokens=4)
+    assert len(chunked["chunks"]) >= 3
+    spans = [c["timestamp"] for c in chunked["chunks"]]
+    assert spans[0][0] == 0 and abs(spans[-1][1] - len(long) / 16000) < 1e-6
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # contiguous, no audio lost
+    with pytest.raises(ValueError, match="NaN"):
+        asr(np.full(16000, np.nan, dtype=np.float32))
+    with pytest.raises(ValueError, match="mono"):
+        asr(np.zeros((16000, 2), dtype=np.float32))
+
+
+def test_pipeline_leaves_ctc_models_alone():
+    """The registered pipeline class only changes the route for decoder-only ASR models."""
+    from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+
+    config = Wav2Vec2Config(vocab_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=16, conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8),
+                            num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)
+    model = Wav2Vec2ForCTC(config).eval()
+    import tempfile, os
+
+    with tempfile.TemporaryDirectory() as folder:
+        vocab = os.path.join(folder, "vocab.json")
+        with open(vocab, "w") as f:
+            json.dump({"<pad>": 0, "<unk>": 1, "|": 2, "a": 3, "b": 4, "c": 5, "d": 6, "e": 7}, f)
+        tokenizer = Wav2Vec2CTCTokenizer(vocab)
+    asr = pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer,
+                   feature_extractor=Wav2Vec2FeatureExtractor())
+    assert asr.type == "ctc"
+    assert isinstance(asr(clips()[0])["text"], str)
+
+
+def test_pipeline_from_remote_code_without_mamba_zoo(tmp_path):
+    processor = MambaASRProcessor.from_scratch()
+    model = tiny_asr(processor)
+    model.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    audio = clips()[0]
+    expected = processor.batch_decode(model.generate(**processor(audio=audio, sampling_rate=16000), max_new_tokens=6))[0]
+    np.save(tmp_path / "audio.npy", audio)
+    run_without_mamba_zoo(f"""
+        import numpy as np
+        from transformers import pipeline
+        asr = pipeline("automatic-speech-recognition", model={str(tmp_path / 'ckpt')!r}, trust_remote_code=True)
+        assert type(asr).__name__ == "MambaASRPipeline" and asr.type == "seq2seq", type(asr)
+        text = asr(np.load({str(tmp_path / 'audio.npy')!r}), max_new_tokens=6)["text"]
+        assert text == {expected!r}, (text, {expected!r})
+    """, hf_home=str(tmp_path / "hf_home"))
