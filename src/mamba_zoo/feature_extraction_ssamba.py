@@ -212,11 +212,12 @@ class SoundfileAudioClassificationPipeline(AudioClassificationPipeline):
             except (RuntimeError, soundfile.LibsndfileError if hasattr(soundfile, "LibsndfileError") else RuntimeError):
                 pass
         if isinstance(inputs, dict) and "sampling_rate" in inputs and ("raw" in inputs or "array" in inputs):
-            array = inputs.get("raw", inputs.get("array"))
+            # `datasets` rows may hold the samples as a list; decode and resample here (no torchaudio needed)
+            array = inputs["raw"] if inputs.get("raw") is not None else inputs["array"]
             if hasattr(array, "numpy"):
                 array = array.cpu().numpy()
-            if inputs["sampling_rate"] != target_rate:
-                inputs = resample_audio(np.asarray(array, dtype=np.float32), inputs["sampling_rate"], target_rate)
+            array = to_float_waveform(array)
+            inputs = resample_audio(array, inputs["sampling_rate"], target_rate)
         return super().preprocess(inputs)
 
 

@@ -1,0 +1,389 @@
+#!/usr/bin/env python
+# Copyright 2026 The mamba-zoo authors. Apache-2.0.
+"""Fine-tune SSAMBA for audio classification with transformers' Trainer (full fine-tuning or LoRA via peft).
+
+    # embedded keyword corpus (10 words + _silence_ + _unknown_, test voices never heard in training)
+    python training/finetune_audio_classification.py --output_dir outputs/ssamba-kws \
+        --model_name_or_path outputs/ssamba-pretrained --num_train_epochs 5
+    # LoRA: only adapters + head train; merged into the saved checkpoint
+    python training/finetune_audio_classification.py --output_dir outputs/ssamba-kws-lora --lora ...
+    # any `datasets` audio dataset saved with save_to_disk (columns: audio, label)
+    python training/finetune_audio_classification.py --dataset_path my_dataset --output_dir ...
+
+Flags: transformers' `TrainingArguments` plus the model and data arguments below (HfArgumentParser). The test split is
+evaluated at the end, a model card with the measured numbers is written to the output directory, and
+`--push_to_hub` is passed through to the Trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
+
+import mamba_zoo  # noqa: F401  (registers SSAMBA with the Auto* classes)
+from mamba_zoo import SSAMBAConfig, SSAMBAFeatureExtractor, SSAMBAForAudioClassification
+
+logger = logging.getLogger("finetune_audio_classification")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "SSAMBA checkpoint (pretrained or fine-tuned); random init when omitted."}
+    )
+    model_size: str = field(default="tiny", metadata={"help": "preset for random init: tiny, small or base"})
+    num_hidden_layers: Optional[int] = field(default=None, metadata={"help": "override the preset depth"})
+    hidden_size: Optional[int] = field(default=None, metadata={"help": "override the preset width"})
+    frequency_stride: int = field(default=16, metadata={"help": "patch stride along frequency (SSAMBA: 10 or 16)"})
+    time_stride: int = field(default=16, metadata={"help": "patch stride along time"})
+    drop_path_rate: float = field(default=0.1)
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters + the head only (peft)"})
+    lora_r: int = field(default=8)
+    lora_alpha: int = field(default=16)
+    lora_dropout: float = field(default=0.0)
+    lora_target_modules: str = field(
+        default="in_proj,out_proj,x_proj,x_proj_b", metadata={"help": "comma-separated module names"}
+    )
+    merge_lora: bool = field(default=True, metadata={"help": "merge the adapters into the saved checkpoint"})
+
+
+@dataclass
+class DataArguments:
+    dataset_path: Optional[str] = field(
+        default=None, metadata={"help": "a DatasetDict saved with save_to_disk; default: the embedded keyword corpus"}
+    )
+    audio_column: str = field(default="audio")
+    label_column: str = field(default="label")
+    train_split: str = field(default="train")
+    eval_split: str = field(default="validation")
+    test_split: str = field(default="test")
+    num_per_class: int = field(default=200, metadata={"help": "embedded corpus: training clips per class"})
+    max_train_samples: Optional[int] = field(default=None)
+    train_per_class: Optional[int] = field(
+        default=None, metadata={"help": "keep only this many training clips per class (few-label experiments)"}
+    )
+    feature_preset: str = field(default="speechcommands", metadata={"help": "audioset, esc50 or speechcommands"})
+    max_length: Optional[int] = field(default=None, metadata={"help": "frames (default: the preset's)"})
+    spec_augment: bool = field(default=True, metadata={"help": "random time shift + time/frequency masking"})
+    max_train_minutes: Optional[float] = field(
+        default=None, metadata={"help": "stop training after this many minutes (time budget)"}
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_audio_dataset(data_args: DataArguments):
+    """The embedded keyword corpus, or a DatasetDict from disk."""
+    if data_args.dataset_path is None:
+        from mamba_zoo.corpora import load_keywords
+
+        return load_keywords(num_per_class=data_args.num_per_class)
+    from datasets import load_from_disk
+
+    return load_from_disk(data_args.dataset_path)
+
+
+def decode_audio(example_audio, sampling_rate: int) -> np.ndarray:
+    """An `audio` cell as float32 at `sampling_rate`: {array, sampling_rate} dicts, or undecoded {bytes, path}
+    (datasets' Audio(decode=False); decoded with soundfile, since torchcodec does not load with CPU torch here)."""
+    from mamba_zoo.feature_extraction_ssamba import read_audio_file, resample_audio
+
+    if isinstance(example_audio, dict) and example_audio.get("array") is not None:
+        array = np.asarray(example_audio["array"], dtype=np.float32)
+        return resample_audio(array, example_audio.get("sampling_rate", sampling_rate), sampling_rate)
+    if isinstance(example_audio, dict) and (example_audio.get("bytes") or example_audio.get("path")):
+        return read_audio_file(example_audio.get("bytes") or example_audio["path"], sampling_rate)
+    if isinstance(example_audio, str):
+        return read_audio_file(example_audio, sampling_rate)
+    raise ValueError(f"Cannot read audio cell of type {type(example_audio)}.")
+
+
+def compute_features(dataset, feature_extractor, audio_column="audio", batch_size=256, desc="features"):
+    """All clips of a split as one `(n, max_length, mel)` float32 tensor (the features are deterministic, so they are
+    computed once instead of every epoch)."""
+    from datasets import Audio
+    from tqdm.auto import tqdm
+
+    if isinstance(dataset.features.get(audio_column), Audio):
+        dataset = dataset.cast_column(audio_column, Audio(decode=False))
+    chunks = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc=desc, leave=False):
+        rows = dataset[start:start + batch_size][audio_column]
+        clips = [decode_audio(a, feature_extractor.sampling_rate) for a in rows]
+        values = feature_extractor(clips, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
+        chunks.append(values["input_values"])
+    return torch.cat(chunks)
+
+
+def subsample_per_class(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Indices of `per_class` examples of every class (fewer if a class has fewer)."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        keep.extend(rng.choice(members, size=min(per_class, len(members)), replace=False))
+    return np.sort(np.asarray(keep))
+
+
+class SpectrogramDataset(torch.utils.data.Dataset):
+    """Precomputed spectrograms `(n, time, mel)` + labels; with `augment`, SSAST-style SpecAugment (up to
+    `freq_mask` mel bins and `time_mask` frames masked to 0, the normalised padding value's neighbourhood) and a random
+    circular time shift of up to `max_shift` frames."""
+
+    def __init__(self, features, labels=None, augment=False, freq_mask=24, time_mask=24, max_shift=10):
+        self.features, self.labels, self.augment = features, labels, augment
+        self.freq_mask, self.time_mask, self.max_shift = freq_mask, time_mask, max_shift
+
+    def __len__(self):
+        return self.features.shape[0]
+
+    def __getitem__(self, i):
+        x = self.features[i]
+        if self.augment:
+            x = x.clone()
+            shift = int(torch.randint(-self.max_shift, self.max_shift + 1, ()))
+            x = torch.roll(x, shift, dims=0)
+            f = int(torch.randint(0, self.freq_mask + 1, ()))
+            f0 = int(torch.randint(0, x.shape[1] - f + 1, ()))
+            x[:, f0:f0 + f] = 0
+            t = int(torch.randint(0, self.time_mask + 1, ()))
+            t0 = int(torch.randint(0, x.shape[0] - t + 1, ()))
+            x[t0:t0 + t, :] = 0
+        item = {"input_values": x}
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Stop training (cleanly, at a step boundary) once `minutes` have passed since training began."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60
+        self.start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.start is not None and time.time() - self.start > self.seconds:
+            logger.warning("Time budget of %.1f min reached at step %d: stopping.", self.seconds / 60, state.global_step)
+            control.should_training_stop = True
+        return control
+
+
+def accuracy_metrics(eval_pred):
+    logits, labels = eval_pred
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def build_model(model_args: ModelArguments, num_labels, id2label, label2id, max_length, num_mel_bins):
+    """A classifier from a checkpoint (position embeddings adapted to the fine-tuning geometry, SSAST-style) or from a
+    preset with random weights."""
+    labels = dict(num_labels=num_labels, id2label=id2label, label2id=label2id)
+    if model_args.model_name_or_path:
+        config = SSAMBAConfig.from_pretrained(model_args.model_name_or_path)
+        same_head = config.num_labels == num_labels and config.id2label == id2label
+        model = SSAMBAForAudioClassification.from_pretrained(
+            model_args.model_name_or_path, drop_path_rate=model_args.drop_path_rate,
+            **({} if same_head else labels), ignore_mismatched_sizes=not same_head,
+        )
+        geometry = (model_args.frequency_stride, model_args.time_stride, max_length, num_mel_bins)
+        current = (model.config.frequency_stride, model.config.time_stride, model.config.max_length,
+                   model.config.num_mel_bins)
+        if geometry != current:
+            logger.info("Adapting position embeddings from %s to %s (stride_f, stride_t, frames, mels)", current, geometry)
+            model.resize_position_embeddings(max_length=max_length, frequency_stride=model_args.frequency_stride,
+                                             time_stride=model_args.time_stride, num_mel_bins=num_mel_bins)
+        return model
+    overrides = {k: v for k, v in (("num_hidden_layers", model_args.num_hidden_layers),
+                                   ("hidden_size", model_args.hidden_size)) if v is not None}
+    config = SSAMBAConfig.from_preset(
+        model_args.model_size, max_length=max_length, num_mel_bins=num_mel_bins,
+        frequency_stride=model_args.frequency_stride, time_stride=model_args.time_stride,
+        drop_path_rate=model_args.drop_path_rate, **overrides, **labels,
+    )
+    return SSAMBAForAudioClassification(config)
+
+
+def wrap_lora(model, model_args: ModelArguments):
+    """peft LoRA on the mixers' projections (explicit target_modules) with the classification head trained in full."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+        target_modules=[m.strip() for m in model_args.lora_target_modules.split(",") if m.strip()],
+        modules_to_save=["classifier"],
+    )
+    peft_model = get_peft_model(model, lora)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft_model.parameters())
+    logger.info("LoRA: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
+    return peft_model
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model card
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def write_model_card(output_dir, model, results: dict, training_args, model_args, data_args, base_model=None):
+    labels = ", ".join(f"`{name}`" for name in model.config.id2label.values())
+    dataset = data_args.dataset_path or "mamba-zoo embedded keyword corpus (espeak-ng voices, split by voice)"
+    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items())
+    card = f"""---
+library_name: transformers
+pipeline_tag: audio-classification
+license: apache-2.0
+tags:
+- audio-classification
+- ssamba
+- mamba
+- mamba-zoo
+---
+
+# SSAMBA keyword classifier
+
+SSAMBA (Self-Supervised Audio Mamba) fine-tuned with `training/finetune_audio_classification.py` of mamba-zoo
+{"from `" + str(base_model) + "`" if base_model else "from random initialisation"}{" with LoRA (merged)" if model_args.lora else ""}.
+
+- Architecture: width {model.config.hidden_size}, {model.config.num_hidden_layers} bidirectional Mamba layers, patch
+  {model.config.patch_size} with strides ({model.config.frequency_stride}, {model.config.time_stride}),
+  {model.config.max_length} frames x {model.config.num_mel_bins} mel bins.
+- Data: {dataset}.
+- Labels: {labels}.
+
+## Results (measured by the training script)
+
+| metric | value |
+|---|---|
+{rows}
+
+## Usage
+
+```python
+import mamba_zoo  # or trust_remote_code=True without mamba-zoo installed
+from transformers import pipeline
+clf = pipeline("audio-classification", model="{output_dir}")
+clf("clip.wav")
+```
+"""
+    Path(output_dir, "README.md").write_text(card)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments, dataset=None):
+    """Fine-tune, evaluate on the test split, save model + feature extractor + model card. Returns the results dict."""
+    set_seed(training_args.seed)
+    started = time.time()
+    dataset = load_audio_dataset(data_args) if dataset is None else dataset
+    fe_kwargs = {} if data_args.max_length is None else {"max_length": data_args.max_length}
+    feature_extractor = SSAMBAFeatureExtractor.from_preset(data_args.feature_preset, **fe_kwargs)
+    label_feature = dataset[data_args.train_split].features[data_args.label_column]
+    names = label_feature.names
+    id2label = {i: n for i, n in enumerate(names)}
+    label2id = {n: i for i, n in id2label.items()}
+
+    def split(name, augment=False, per_class=None, max_samples=None):
+        ds = dataset[name]
+        labels = np.asarray(ds[data_args.label_column])
+        if per_class is not None:
+            ds = ds.select(subsample_per_class(labels, per_class, training_args.seed))
+        if max_samples is not None:
+            ds = ds.select(range(min(max_samples, len(ds))))
+        features = compute_features(ds, feature_extractor, data_args.audio_column, desc=f"{name} features")
+        return SpectrogramDataset(features, torch.tensor(ds[data_args.label_column]), augment=augment)
+
+    train = split(data_args.train_split, data_args.spec_augment, data_args.train_per_class, data_args.max_train_samples)
+    evaluation = split(data_args.eval_split) if data_args.eval_split in dataset else None
+    test = split(data_args.test_split) if data_args.test_split in dataset else None
+
+    model = build_model(model_args, len(names), id2label, label2id, feature_extractor.max_length,
+                        feature_extractor.num_mel_bins)
+    if model_args.lora:
+        model = wrap_lora(model, model_args)
+    training_args.remove_unused_columns = False
+    callbacks = [TimeBudgetCallback(data_args.max_train_minutes)] if data_args.max_train_minutes else []
+    trainer = Trainer(
+        model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
+        compute_metrics=accuracy_metrics, callbacks=callbacks,
+    )
+    train_result = trainer.train()
+    results = {"train_clips": len(train), "train_steps": train_result.global_step,
+               "train_minutes": round(train_result.metrics["train_runtime"] / 60, 2)}
+    if evaluation is not None:
+        results["validation_accuracy"] = trainer.evaluate(evaluation, metric_key_prefix="eval")["eval_accuracy"]
+    if test is not None:
+        results["test_accuracy"] = trainer.evaluate(test, metric_key_prefix="test")["test_accuracy"]
+        results["test_clips"] = len(test)
+
+    final_model = trainer.model
+    if model_args.lora:
+        trainable = [n for n, p in final_model.named_parameters() if p.requires_grad]
+        results["lora_trainable_parameters"] = sum(p.numel() for p in final_model.parameters() if p.requires_grad)
+        assert all("lora_" in n or "classifier" in n for n in trainable), trainable
+        if model_args.merge_lora:
+            probe = test.features[:16] if test is not None else train.features[:16]
+            final_model.eval()
+            with torch.no_grad():
+                before = final_model(input_values=probe).logits
+                final_model = final_model.merge_and_unload()
+                after = final_model(input_values=probe).logits
+            results["lora_merge_max_logit_diff"] = float((before - after).abs().max())
+    results["total_minutes"] = round((time.time() - started) / 60, 2)
+
+    output_dir = training_args.output_dir
+    os.makedirs(output_dir, exist_ok=True)
+    final_model.save_pretrained(output_dir)  # a plain SSAMBA checkpoint, or peft adapters with --merge_lora False
+    feature_extractor.save_pretrained(output_dir)
+    card_model = model.base_model.model if model_args.lora and not model_args.merge_lora else final_model
+    write_model_card(output_dir, card_model, results, training_args, model_args, data_args,
+                     base_model=model_args.model_name_or_path)
+    Path(output_dir, "results.json").write_text(json.dumps(results, indent=2))
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+    logger.info("results: %s", results)
+    return results
+
+
+def parse_args(argv=None):
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(sys.argv[1]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def main(argv=None):
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    model_args, data_args, training_args = parse_args(argv)
+    results = run(model_args, data_args, training_args)
+    print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

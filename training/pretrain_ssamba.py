@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+# Copyright 2026 The mamba-zoo authors. Apache-2.0.
+"""Self-supervised SSAMBA pretraining on unlabeled audio (SSAST's joint discriminative + generative masked patch
+modelling), with transformers' Trainer.
+
+    # embedded unlabeled corpus (the keyword corpus' training voices, labels dropped)
+    python training/pretrain_ssamba.py --output_dir outputs/ssamba-pretrained --num_train_epochs 3
+    # any `datasets` audio dataset saved with save_to_disk (an `audio` column; a DatasetDict's train split is used)
+    python training/pretrain_ssamba.py --dataset_path my_audio --output_dir ...
+
+Patches do not overlap in pretraining (strides = patch size); fine-tuning adapts the position embeddings to its own
+strides and length (`resize_position_embeddings`, done by finetune_audio_classification.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from finetune_audio_classification import SpectrogramDataset, TimeBudgetCallback, compute_features  # noqa: E402
+
+import mamba_zoo  # noqa: E402,F401
+from mamba_zoo import SSAMBAConfig, SSAMBAFeatureExtractor, SSAMBAForPreTraining  # noqa: E402
+
+logger = logging.getLogger("pretrain_ssamba")
+
+
+@dataclass
+class PretrainModelArguments:
+    model_size: str = field(default="tiny", metadata={"help": "tiny, small or base"})
+    num_hidden_layers: Optional[int] = field(default=None, metadata={"help": "override the preset depth (24)"})
+    hidden_size: Optional[int] = field(default=None)
+    mask_patch_count: Optional[int] = field(
+        default=None,
+        metadata={"help": "masked patches per clip (SSAMBA: 250/300/400 of 512); default: half of the patches"},
+    )
+    mask_cluster_factor: int = field(default=3)
+    generative_loss_weight: float = field(default=10.0)
+    discriminative_loss_weight: float = field(default=1.0)
+    drop_path_rate: float = field(default=0.1)
+    share_mask_between_objectives: bool = field(
+        default=False, metadata={"help": "one forward pass for both objectives instead of SSAST's two (2x faster)"}
+    )
+
+
+@dataclass
+class PretrainDataArguments:
+    dataset_path: Optional[str] = field(default=None, metadata={"help": "save_to_disk audio dataset; default: embedded"})
+    audio_column: str = field(default="audio")
+    num_per_class: int = field(default=200, metadata={"help": "embedded corpus size (clips per keyword class)"})
+    feature_preset: str = field(default="speechcommands", metadata={"help": "audioset, esc50 or speechcommands"})
+    max_length: Optional[int] = field(default=None, metadata={"help": "frames (default: the preset's)"})
+    max_train_minutes: Optional[float] = field(default=None, metadata={"help": "time budget"})
+
+
+def load_unlabeled(data_args: PretrainDataArguments):
+    if data_args.dataset_path is None:
+        from mamba_zoo.corpora import load_unlabeled_audio
+
+        return load_unlabeled_audio(num_per_class=data_args.num_per_class)
+    from datasets import DatasetDict, load_from_disk
+
+    dataset = load_from_disk(data_args.dataset_path)
+    return dataset["train"] if isinstance(dataset, DatasetDict) else dataset
+
+
+def run(model_args: PretrainModelArguments, data_args: PretrainDataArguments, training_args: TrainingArguments,
+        dataset=None):
+    """Pretrain and save `SSAMBAForPreTraining` + feature extractor to `output_dir`; returns a results dict."""
+    set_seed(training_args.seed)
+    started = time.time()
+    dataset = load_unlabeled(data_args) if dataset is None else dataset
+    fe_kwargs = {} if data_args.max_length is None else {"max_length": data_args.max_length}
+    feature_extractor = SSAMBAFeatureExtractor.from_preset(data_args.feature_preset, **fe_kwargs)
+    features = compute_features(dataset, feature_extractor, data_args.audio_column, desc="pretraining features")
+    train = SpectrogramDataset(features)
+
+    overrides = {k: v for k, v in (("num_hidden_layers", model_args.num_hidden_layers),
+                                   ("hidden_size", model_args.hidden_size)) if v is not None}
+    geometry = dict(max_length=feature_extractor.max_length, num_mel_bins=feature_extractor.num_mel_bins)
+    mask_patch_count = model_args.mask_patch_count
+    if mask_patch_count is None:
+        mask_patch_count = SSAMBAConfig(**geometry).num_patches // 2
+    config = SSAMBAConfig.from_preset(
+        model_args.model_size, **geometry, mask_patch_count=mask_patch_count, mask_cluster_factor=model_args.mask_cluster_factor,
+        generative_loss_weight=model_args.generative_loss_weight,
+        discriminative_loss_weight=model_args.discriminative_loss_weight,
+        drop_path_rate=model_args.drop_path_rate, **overrides,
+    )
+    model = SSAMBAForPreTraining(config)
+    model.share_mask_between_objectives = model_args.share_mask_between_objectives
+    training_args.remove_unused_columns = False
+    training_args.label_names = []
+    callbacks = [TimeBudgetCallback(data_args.max_train_minutes)] if data_args.max_train_minutes else []
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, callbacks=callbacks)
+    train_result = trainer.train()
+
+    # pretext-task quality on the last 256 clips (masked patch classification accuracy, reconstruction MSE)
+    model.eval()
+    with torch.no_grad():
+        probe = features[-256:].to(model.device)
+        out = model(probe)
+    results = {
+        "pretraining_clips": len(train),
+        "steps": train_result.global_step,
+        "train_minutes": round(train_result.metrics["train_runtime"] / 60, 2),
+        "final_discriminative_accuracy": round(float(out.discriminative_accuracy), 4),
+        "final_generative_mse": round(float(out.generative_loss), 4),
+        "chance_discriminative_accuracy": round(1 / config.mask_patch_count, 4),
+        "total_minutes": round((time.time() - started) / 60, 2),
+    }
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    model.save_pretrained(training_args.output_dir)
+    feature_extractor.save_pretrained(training_args.output_dir)
+    Path(training_args.output_dir, "results.json").write_text(json.dumps(results, indent=2))
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+    logger.info("pretraining results: %s", results)
+    return results
+
+
+def main(argv=None):
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    parser = HfArgumentParser((PretrainModelArguments, PretrainDataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    results = run(model_args, data_args, training_args)
+    print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
