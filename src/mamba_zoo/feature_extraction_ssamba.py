@@ -114,6 +114,24 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
             output.pop(key, None)
         return output
 
+    def _extract_fbank_features(self, waveform: np.ndarray, max_length: int) -> np.ndarray:
+        """Kaldi fbank `(max_length, num_mel_bins)`, zero-padded/truncated. Without torchaudio this is a vectorised
+        numpy version of `ASTFeatureExtractor`'s numpy path (all frames in one FFT call; same numbers)."""
+        if getattr(self, "mel_filters", None) is None:  # torchaudio installed: transformers' kaldi path
+            return super()._extract_fbank_features(waveform, max_length)
+        waveform = np.asarray(waveform, dtype=np.float64).reshape(-1)
+        frames = np.lib.stride_tricks.sliding_window_view(waveform, _MIN_SAMPLES)[::160]  # (n, 400): snip_edges
+        frames = frames - frames.mean(axis=1, keepdims=True)  # per-frame DC removal
+        emphasised = frames.copy()
+        emphasised[:, 1:] -= 0.97 * frames[:, :-1]
+        emphasised[:, 0] *= 1 - 0.97
+        power = np.abs(np.fft.rfft(emphasised * self.window, n=512, axis=1)) ** 2  # (n, 257)
+        fbank = np.log(np.maximum(power @ self.mel_filters, 1.192092955078125e-07)).astype(np.float32)
+        output = np.zeros((max_length, fbank.shape[1]), dtype=np.float32)
+        frames_kept = min(max_length, fbank.shape[0])
+        output[:frames_kept] = fbank[:frames_kept]
+        return output
+
     def _split_batch(self, raw_speech) -> tuple[list, bool]:
         if isinstance(raw_speech, np.ndarray) or (hasattr(raw_speech, "numpy") and hasattr(raw_speech, "shape")):
             array = np.asarray(raw_speech.numpy() if hasattr(raw_speech, "numpy") else raw_speech)
