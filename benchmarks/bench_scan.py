@@ -12,11 +12,12 @@ Mixer table (``--mixer``; batch 4, d_model 192): mamba-zoo's ``MambaMixer`` agai
 ``MambaMixer`` on its default CPU path and with ``use_mambapy=True`` (needs ``pip install mambapy``).
 
 How things are measured:
-- time: each measurement runs in a fresh subprocess (same thread count as this process unless
-  ``--threads``); after one small warm-up call (numba JIT / cache load) the operation runs
-  ``--repeats`` times and the table shows the best (minimum) wall time, which is the least
-  sensitive to other load on the machine.
-- peak memory: the growth of the subprocess' resident set during the first full-size call:
+- time: each table row (one L, one pass) runs in a fresh subprocess holding all its methods, so
+  they are measured side by side in one process (same thread count as this process unless
+  ``--threads``). After a small warm-up call per method (numba JIT / cache load), the methods
+  are timed round-robin (A, B, C, A, B, C, ...) so that load from elsewhere hits them alike;
+  the table shows each method's best (minimum) wall time.
+- peak memory: the growth of the process' resident set during a method's first full-size call:
   the kernel's high-water mark (``VmHWM``) is reset through ``/proc/self/clear_refs`` just before
   the call and read after it, minus ``VmRSS`` before it. That counts everything the call
   allocates (torch, numpy, numba) and nothing allocated before (inputs, parameters). Where
@@ -123,8 +124,8 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def measure(fn, repeats: int) -> dict:
-    """Peak RSS growth (MiB) of the first call and the best wall time (s) over ``repeats`` calls."""
+def first_call(fn) -> dict:
+    """Run ``fn`` once: wall time (s) and peak resident-set growth (MiB) during the call."""
     gc.collect()
     exact = _reset_peak_rss()
     if exact:
@@ -133,17 +134,32 @@ def measure(fn, repeats: int) -> dict:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     fn()
-    times = [time.perf_counter() - start]
+    elapsed = time.perf_counter() - start
     if exact:
         peak = _proc_status_kib("VmHWM") - before
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    for _ in range(repeats - 1):
-        gc.collect()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"time_s": min(times), "times_s": times, "peak_mib": peak / 1024.0, "peak_exact": exact}
+    return {"times_s": [elapsed], "peak_mib": peak / 1024.0, "peak_exact": exact}
+
+
+def measure_side_by_side(calls: dict, repeats: dict) -> dict:
+    """Measure several callables in this process: memory from each one's first call, then
+    round-robin repeats (A, B, C, A, B, C, ...) so that load on the machine hits all alike.
+
+    calls: name -> zero-argument callable; repeats: name -> number of timed calls (>= 1).
+    Returns name -> {"time_s": best, "times_s": [...], "peak_mib": ..., "peak_exact": ...}.
+    """
+    results = {name: first_call(fn) for name, fn in calls.items()}
+    for round_index in range(1, max(repeats.values())):
+        for name, fn in calls.items():
+            if round_index < repeats[name]:
+                gc.collect()
+                start = time.perf_counter()
+                fn()
+                results[name]["times_s"].append(time.perf_counter() - start)
+    for r in results.values():
+        r["time_s"] = min(r["times_s"])
+    return results
 
 
 def make_scan_inputs(batch, dim, n_state, length, seed=0, requires_grad=False):
@@ -180,23 +196,31 @@ def _scan_callable(method: str):
 
 
 def scan_worker(spec: dict) -> dict:
-    fn = _scan_callable(spec["method"])
+    """All requested scan methods at one (L, pass), side by side in this process."""
     backward = spec["mode"] == "fwd+bwd"
     shape = (spec["batch"], spec["dim"], spec["n_state"])
     warm = make_scan_inputs(*shape, 8, requires_grad=backward)
     inputs = make_scan_inputs(*shape, spec["length"], requires_grad=backward)
 
-    def run(kw):
-        if backward:
-            for t in kw.values():
-                t.grad = None
-            fn(**kw).sum().backward()
-        else:
-            with torch.no_grad():
-                fn(**kw)
+    def runner(fn, kw):
+        def run():
+            if backward:
+                for t in kw.values():
+                    t.grad = None
+                fn(**kw).sum().backward()
+                for t in kw.values():
+                    t.grad = None
+            else:
+                with torch.no_grad():
+                    fn(**kw)
+        return run
 
-    run(warm)
-    return measure(lambda: run(inputs), spec["repeats"])
+    calls = {}
+    for method in spec["methods"]:
+        fn = _scan_callable(method)
+        runner(fn, warm)()  # numba JIT / cache load, lazy imports
+        calls[method] = runner(fn, inputs)
+    return measure_side_by_side(calls, spec["repeats"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,23 +247,29 @@ def _build_mixer(impl: str, d_model: int):
 
 
 def mixer_worker(spec: dict) -> dict:
-    mixer = _build_mixer(spec["impl"], spec["d_model"])
+    """All requested mixers at one (L, pass), side by side in this process."""
     backward = spec["mode"] == "fwd+bwd"
-    mixer.train(backward)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(spec["batch"], spec["length"], spec["d_model"], generator=gen)
     warm = torch.randn(spec["batch"], 8, spec["d_model"], generator=gen)
 
-    def run(inp):
-        if backward:
-            mixer.zero_grad(set_to_none=True)
-            mixer(inp).sum().backward()
-        else:
-            with torch.no_grad():
-                mixer(inp)
+    def runner(mixer, inp):
+        def run():
+            if backward:
+                mixer.zero_grad(set_to_none=True)
+                mixer(inp).sum().backward()
+                mixer.zero_grad(set_to_none=True)
+            else:
+                with torch.no_grad():
+                    mixer(inp)
+        return run
 
-    run(warm)
-    return measure(lambda: run(x), spec["repeats"])
+    calls = {}
+    for impl in spec["impls"]:
+        mixer = _build_mixer(impl, spec["d_model"]).train(backward)
+        runner(mixer, warm)()
+        calls[impl] = runner(mixer, x)
+    return measure_side_by_side(calls, spec["repeats"])
 
 
 def mixer_parity(d_model: int, length: int = 64) -> dict:
@@ -313,38 +343,46 @@ def print_table(title, columns, rows, notes):
     sys.stdout.flush()
 
 
+def _cell_results(kind, names, spec, args):
+    """Run one subprocess for the given names; name -> result, or {"error": ...} for all."""
+    if not names:
+        return {}
+    out = run_in_subprocess(kind, spec, args.threads, args.timeout)
+    if "error" in out:
+        return {n: out for n in names}
+    return out
+
+
 def bench_scan(args) -> None:
     methods = ("cpu", "reference", "ref_algo")
     rows, notes, errors = [], [], []
     for length in args.lengths:
         for mode in ("fwd", "fwd+bwd"):
-            results = {}
-            for method in methods:
-                slow = method != "cpu"
-                if slow and length > args.slow_max_length and (mode == "fwd+bwd" or
-                                                               length > args.slow_fwd_max_length):
-                    results[method] = None
-                    continue
-                spec = dict(method=method, mode=mode, length=length, batch=args.batch,
-                            dim=args.dim, n_state=args.state,
-                            repeats=args.repeats if not slow else max(1, args.repeats // 2))
-                results[method] = run_in_subprocess("scan", spec, args.threads, args.timeout)
-                if results[method] and "error" in results[method]:
-                    errors.append(f"{method} {mode} L={length}: {results[method]['error']}")
+            limit = args.slow_max_length if mode == "fwd+bwd" else args.slow_fwd_max_length
+            run_methods = [m for m in methods if m == "cpu" or length <= limit]
+            repeats = {m: args.repeats if m == "cpu" else args.slow_repeats for m in run_methods}
+            spec = dict(methods=run_methods, repeats=repeats, mode=mode, length=length,
+                        batch=args.batch, dim=args.dim, n_state=args.state)
+            results = _cell_results("scan", run_methods, spec, args)
+            errors += [f"{m} {mode} L={length}: {r['error']}" for m, r in results.items()
+                       if "error" in r]
+            get = results.get
             rows.append([length, mode]
-                        + [_fmt_time(results[m]) for m in methods]
-                        + [_fmt_mem(results[m]) for m in methods]
-                        + [_ratio(results["ref_algo"], results["cpu"]),
-                           _ratio(results["reference"], results["cpu"])])
-    notes.append(f"'skipped': reference/ref_algo fwd+bwd above L={args.slow_max_length} and "
-                 f"forward above L={args.slow_fwd_max_length} (--slow-max-length, "
-                 "--slow-fwd-max-length); ref_algo needs 4 x (batch, dim, L, N) float32 tensors.")
-    notes.append("time: best of the repeats, in a fresh subprocess per cell; peak MiB: growth of "
-                 "the process' resident set during the call (VmHWM reset via /proc/self/clear_refs).")
-    notes.extend(errors)
+                        + [_fmt_time(get(m)) for m in methods]
+                        + [_fmt_mem(get(m)) for m in methods]
+                        + [_ratio(get("ref_algo"), get("cpu")),
+                           _ratio(get("reference"), get("cpu"))])
+    notes.append(f"'skipped': reference/ref_algo forward+backward above L={args.slow_max_length}"
+                 f" and forward above L={args.slow_fwd_max_length} (--slow-max-length, "
+                 "--slow-fwd-max-length); ref_algo builds 2 (batch, dim, L, N) float32 tensors "
+                 "(plus their gradients in the backward).")
+    notes.append(f"time: best of {args.repeats} (cpu) / {args.slow_repeats} (others) calls, all "
+                 "methods of a row in one fresh process, repeats interleaved; MiB: growth of the "
+                 "resident set during the first call (VmHWM reset via /proc/self/clear_refs).")
+    notes.extend(sorted(set(errors)))
     print_table(
         f"selective scan, batch {args.batch}, dim {args.dim}, N {args.state}, fp32, "
-        f"{args.threads} threads ({torch.__version__})",
+        f"{args.threads} threads (torch {torch.__version__})",
         ["L", "pass", "cpu", "reference", "ref_algo", "cpu MiB", "reference MiB", "ref_algo MiB",
          "ref_algo/cpu", "reference/cpu"],
         rows, notes)
@@ -374,29 +412,26 @@ def bench_mixer(args) -> None:
                      f"max |in_proj grad diff| {d_grad:.2e}")
     for length in args.mixer_lengths:
         for mode in ("fwd", "fwd+bwd"):
-            results = {}
-            for impl in impls:
-                if impl == "hf" and mode == "fwd+bwd" and length > args.hf_default_max_length:
-                    results[impl] = None
-                    continue
-                if impl == "hf_mambapy" and length > args.mambapy_max_length:
-                    results[impl] = None
-                    continue
-                spec = dict(impl=impl, mode=mode, length=length, batch=args.batch,
-                            d_model=args.d_model, repeats=args.repeats if impl == "ours" else
-                            max(1, args.repeats // 2))
-                results[impl] = run_in_subprocess("mixer", spec, args.threads, args.timeout)
-                if results[impl] and "error" in results[impl]:
-                    errors.append(f"{impl} {mode} L={length}: {results[impl]['error']}")
+            run_impls = [i for i in impls
+                         if not (i == "hf" and mode == "fwd+bwd"
+                                 and length > args.hf_default_max_length)
+                         and not (i == "hf_mambapy" and length > args.mambapy_max_length)]
+            repeats = {i: args.repeats if i == "ours" else args.slow_repeats for i in run_impls}
+            spec = dict(impls=run_impls, repeats=repeats, mode=mode, length=length,
+                        batch=args.batch, d_model=args.d_model)
+            results = _cell_results("mixer", run_impls, spec, args)
+            errors += [f"{i} {mode} L={length}: {r['error']}" for i, r in results.items()
+                       if "error" in r]
+            get = results.get
             rows.append([length, mode]
-                        + [_fmt_time(results[m]) for m in impls]
-                        + [_fmt_mem(results[m]) for m in impls]
-                        + [_ratio(results["hf"], results["ours"]),
-                           _ratio(results["hf_mambapy"], results["ours"])])
+                        + [_fmt_time(get(i)) for i in impls]
+                        + [_fmt_mem(get(i)) for i in impls]
+                        + [_ratio(get("hf"), get("ours")),
+                           _ratio(get("hf_mambapy"), get("ours"))])
     notes.append(f"'skipped': transformers default fwd+bwd above L={args.hf_default_max_length} "
                  f"(quadratic backward), use_mambapy above L={args.mambapy_max_length} "
                  "(materialises (batch, d_inner, L, N) several times).")
-    notes.extend(errors)
+    notes.extend(sorted(set(errors)))
     print_table(
         f"MambaMixer, batch {args.batch}, d_model {args.d_model} (d_inner {2 * args.d_model}, "
         f"N 16), fp32, {args.threads} threads",
@@ -413,12 +448,14 @@ def main(argv=None) -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--state", type=int, default=16)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls of fast methods")
+    parser.add_argument("--slow-repeats", type=int, default=2,
+                        help="timed calls of the slow baselines")
     parser.add_argument("--slow-max-length", type=int, default=2048,
                         help="longest L for reference/ref_algo forward+backward")
     parser.add_argument("--slow-fwd-max-length", type=int, default=8192,
                         help="longest L for reference/ref_algo forward")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per cell")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per table row")
     parser.add_argument("--mixer", action="store_true", help="also benchmark MambaMixer")
     parser.add_argument("--mixer-only", action="store_true")
     parser.add_argument("--d-model", type=int, default=192)
@@ -439,6 +476,7 @@ def main(argv=None) -> None:
         args.lengths = [512]
         args.mixer_lengths = [512]
         args.repeats = 2
+        args.slow_repeats = 1
     if not args.mixer_only:
         bench_scan(args)
     if args.mixer or args.mixer_only:
