@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -282,7 +283,26 @@ def split_voices(
     return result
 
 
-def _cached(name: str, config: dict, build: Callable[[], "DatasetDict"], cache_dir: str | os.PathLike | None):  # noqa: F821
+@contextmanager
+def _datasets_progress_bars(enabled: bool):
+    """Show or hide the progress bars of ``datasets`` for the duration of the block."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
+    try:
+        yield
+    finally:
+        (datasets.enable_progress_bars if was_enabled else datasets.disable_progress_bars)()
+
+
+def _cached(
+    name: str,
+    config: dict,
+    build: Callable[[], "DatasetDict"],  # noqa: F821
+    cache_dir: str | os.PathLike | None,
+    progress: bool,
+):
     """Load the corpus from ``cache_dir`` if it was built with the same config, else build and save it."""
     from datasets import load_from_disk
 
@@ -291,18 +311,21 @@ def _cached(name: str, config: dict, build: Callable[[], "DatasetDict"], cache_d
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     path = root / f"{name}-{key}"
     if (path / "dataset_dict.json").is_file():
-        return load_from_disk(str(path))
+        with _datasets_progress_bars(progress):
+            return load_from_disk(str(path))
     dataset = build()
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    dataset.save_to_disk(str(tmp))
+    with _datasets_progress_bars(progress):
+        dataset.save_to_disk(str(tmp))
     (tmp / "corpus_config.json").write_text(json.dumps(identity, indent=2, sort_keys=True))
     try:
         os.replace(tmp, path)
     except OSError:  # another process finished the same corpus first
         shutil.rmtree(tmp, ignore_errors=True)
-    return load_from_disk(str(path))
+    with _datasets_progress_bars(progress):
+        return load_from_disk(str(path))
 
 
 def _select(dataset, split: str | None):
@@ -468,7 +491,7 @@ def load_keywords(
             )
         return DatasetDict(splits)
 
-    return _select(_cached("keywords", config, build, cache_dir), split)
+    return _select(_cached("keywords", config, build, cache_dir, progress), split)
 
 
 def load_unlabeled_audio(num_per_class: int = 200, seed: int = 0, cache_dir=None, **keyword_options):
@@ -596,7 +619,7 @@ def load_speakers(
             )
         return DatasetDict(splits)
 
-    return _select(_cached("speakers", config, build, cache_dir), split)
+    return _select(_cached("speakers", config, build, cache_dir, progress), split)
 
 
 def _unique_sentences(rng: np.random.Generator, count: int, words: list[str] | None = None) -> list[tuple[str, str]]:
@@ -713,7 +736,7 @@ def load_transcribed(
             )
         return DatasetDict(splits)
 
-    return _select(_cached(f"transcribed-{kind}", config, build, cache_dir), split)
+    return _select(_cached(f"transcribed-{kind}", config, build, cache_dir, progress), split)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ Two facts about the library shape how it is used:
 * espeak-ng keeps global state in the process (the voice, the parameters, the callback), so it is not
   thread-safe. Calls here are serialised with a lock; use processes, not threads, for parallelism.
 * Its output is not a pure function of the input: the wave generator keeps a pitch-flutter phase from
-  one utterance to the next, and breathy and Klatt voices draw from an internal random generator. So
-  :func:`synthesize` loads a private copy of the library afresh for every utterance (a few
-  milliseconds) and seeds the generator: the same request always gives the same samples, which makes
+  one utterance to the next, breathy and Klatt voices draw from an internal random generator, and the
+  speechPlayer engine (``klatt 6`` variants) from the C library's ``rand()``. So :func:`synthesize`
+  loads a private copy of the library afresh for every utterance (a few milliseconds) and seeds both
+  generators: the same request always gives the same samples, which makes
   every corpus byte-for-byte reproducible whatever the order or the number of worker processes.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import _ctypes
 import atexit
 import ctypes
+import ctypes.util
 import os
 import shutil
 import tempfile
@@ -296,6 +298,18 @@ def _still_loaded(path: str) -> bool:
     return True
 
 
+def _seed_c_rand(seed: int) -> None:
+    """Seed the C library's ``rand()`` (process-wide; nothing else in Python uses it)."""
+    global _C_LIBRARY
+    if _C_LIBRARY is None:
+        _C_LIBRARY = ctypes.CDLL(ctypes.util.find_library("msvcrt" if os.name == "nt" else "c"))
+        _C_LIBRARY.srand.argtypes = [ctypes.c_uint]
+    _C_LIBRARY.srand(int(seed) & 0xFFFFFFFF)
+
+
+_C_LIBRARY = None
+
+
 def _synthesize_fresh(text, voice, rate, pitch, pitch_range, volume, word_gap, seed) -> SynthResult:
     encoded = text.encode("utf-8")
     with _LOCK:
@@ -310,6 +324,7 @@ def _synthesize_fresh(text, voice, rate, pitch, pitch_range, volume, word_gap, s
             ):
                 engine.lib.espeak_SetParameter(param, int(value), 0)
             engine.lib.espeak_ng_SetRandSeed(int(seed) & 0x7FFFFFFF)
+            _seed_c_rand(seed)  # the speechPlayer engine ("klatt 6" variants) draws from the C library's rand()
             _COLLECTOR.chunks, _COLLECTOR.events = [], []
             status = engine.lib.espeak_Synth(encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
             engine.lib.espeak_Synchronize()
