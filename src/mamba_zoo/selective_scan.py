@@ -21,6 +21,7 @@ All backends accumulate in float32 and are differentiable w.r.t. every tensor ar
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 from typing import Optional, Tuple, Union
 
 import torch
@@ -72,14 +73,16 @@ def _cuda_kernels():
 
 @functools.lru_cache(maxsize=None)
 def _cpu_kernels():
-    """Return the ``cpu_scan_kernels`` module if numba is installed, else ``None``."""
+    """Return the fused CPU kernels (``selective_scan_cpu``, ``selective_state_update_cpu``) if numba is installed,
+    else ``None``. The import is written ``from .cpu_scan_kernels import ...`` on purpose: transformers' remote-code
+    loader only copies sibling modules imported that way, so a Hub checkpoint keeps its fused CPU path."""
     try:
-        from . import cpu_scan_kernels  # noqa: F401  (the module itself imports numba lazily)
+        from .cpu_scan_kernels import is_available, selective_scan_cpu, selective_state_update_cpu
     except ImportError:
         return None
-    if not cpu_scan_kernels.is_available():
+    if not is_available():
         return None
-    return cpu_scan_kernels
+    return SimpleNamespace(selective_scan_cpu=selective_scan_cpu, selective_state_update_cpu=selective_state_update_cpu)
 
 
 def available_backends(device: Union[str, torch.device, None] = None) -> Tuple[str, ...]:
