@@ -142,10 +142,11 @@ def train_one(args, splits, speech_prefix: str, mixer_type: str, output_dir: Pat
     processor = build_processor(args, splits["train"][0])
     train_set = EncodedDataset(processor, *splits["train"])
     prep_seconds = time.time() - started
+    print(f"features/units for {len(train_set)} utterances in {prep_seconds:.1f}s", flush=True)
     config = MambaASRConfig(
         hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, expand=args.expand, state_size=args.state_size,
         mixer_type=mixer_type, speech_prefix=speech_prefix, mamba2_head_dim=args.mamba2_head_dim,
-        subsampling_conv_channels=args.subsampling_channels, speech_mask_prob=args.speech_mask_prob,
+        subsampling_conv_channels=args.subsampling_channels, num_subsampling_layers=args.num_subsampling_layers, speech_mask_prob=args.speech_mask_prob,
         **processor.model_config_kwargs(),
     )
     model = MambaDecoderOnlyASR(config)
@@ -199,24 +200,32 @@ def main(argv=None):
     parser.add_argument("--state_size", type=int, default=16)
     parser.add_argument("--mamba2_head_dim", type=int, default=32)
     parser.add_argument("--subsampling_channels", type=int, default=32)
+    parser.add_argument("--num_subsampling_layers", type=int, default=3, help="log2 of the frame subsampling (8x)")
     parser.add_argument("--speech_mask_prob", type=float, default=0.0, help="input-embedding masking (MADEON)")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--max_steps", type=int, default=1500)
+    parser.add_argument("--max_steps", type=int, default=800)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--num_beams", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ablation", action="store_true",
-                        help="train {none, parallel} SP x {mamba, mamba2} for --max_steps each and print one table")
+                        help="train --ablation_prefixes x --ablation_mixers for --max_steps each and print one table")
+    parser.add_argument("--ablation_prefixes", default="none,parallel,serial")
+    parser.add_argument("--ablation_mixers", default="mamba,mamba2")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
+    started = time.time()
     splits = load_corpus(args.kind, args.num_train, args.num_eval, args.seed)
+    print(f"corpus loaded in {time.time() - started:.1f}s: " + ", ".join(f"{k} {len(v[0])}" for k, v in splits.items()),
+          flush=True)
     if not args.ablation:
         train_one(args, splits, args.speech_prefix, args.mixer_type, Path(args.output_dir), args.max_steps)
         return
     rows = []
-    for mixer_type in ("mamba", "mamba2"):
-        for speech_prefix in ("none", "parallel", "serial"):
+    for mixer_type in args.ablation_mixers.split(","):
+        for speech_prefix in args.ablation_prefixes.split(","):
             rows.append(train_one(args, splits, speech_prefix, mixer_type, None, args.max_steps))
     print(f"\n| mixer | speech prefixing | params (M) | steps | train min | test WER % | test CER % |")
     print("|---|---|---|---|---|---|---|")
