@@ -365,11 +365,22 @@ if numba is not None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _set_threads() -> None:
-    """Use as many numba threads as torch does (never more than numba was started with)."""
-    wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+def _set_threads() -> int:
+    """Use as many numba threads as torch does (never more than numba was started with); returns torch's count.
+
+    numba's OpenMP threading layer shares libgomp with torch and sets its thread count when it starts, which would
+    silently raise torch's intra-op threads (e.g. from the 1 that torchrun gives each process to NUMBA_NUM_THREADS):
+    call `_restore_torch_threads` with the returned count after each kernel."""
+    torch_threads = torch.get_num_threads()
+    wanted = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != wanted:
         numba.set_num_threads(wanted)
+    return torch_threads
+
+
+def _restore_torch_threads(torch_threads: int) -> None:
+    if torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
 
 
 def _f32_numpy(t: Optional[torch.Tensor]) -> np.ndarray:
@@ -398,7 +409,7 @@ def _n_blocks(batch: int, groups: int, channels_per_group: int) -> int:
 class _SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk):
-        _set_threads()
+        torch_threads = _set_threads()
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
         batch, dim, length = u.shape
         n_state = A.shape[1]
@@ -415,6 +426,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         _scan_forward_kernel(u_np, delta_np, A_np, B_np, C_np, D_np, z_np, bias_np,
                              D is not None, z is not None, delta_bias is not None,
                              bool(delta_softplus), chunk, out, last_state, checkpoints)
+        _restore_torch_threads(torch_threads)
 
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         ctx.numpy_inputs = (u_np, delta_np, A_np, B_np, C_np, D_np, z_np, bias_np)
@@ -427,7 +439,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        _set_threads()
+        torch_threads = _set_threads()
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
         u_np, delta_np, A_np, B_np, C_np, D_np, z_np, bias_np = ctx.numpy_inputs
         batch, dim, length = u.shape
@@ -453,6 +465,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
                               ctx.delta_softplus, ctx.chunk, ctx.checkpoints, dout_np, dlast_np,
                               has_dlast, n_blocks, du, ddelta, dz, dA_lane, dD_lane, dbias_lane,
                               dB_part, dC_part)
+        _restore_torch_threads(torch_threads)
 
         def grouped_grad(part: np.ndarray, like: torch.Tensor) -> torch.Tensor:
             grad = torch.from_numpy(part).sum(dim=2).transpose(2, 3)  # (batch, G, N, L)
@@ -521,12 +534,14 @@ def selective_state_update_cpu(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     state_work = state_4d if direct else state_4d.detach().to(torch.float32).contiguous()
     state_np = state_work.detach().numpy()
     out = np.empty(tuple(x.shape), dtype=np.float32)
+    torch_threads = _set_threads()
     _state_update_kernel(state_np, _f32_numpy(x), _f32_numpy(dt), _f32_numpy(A),
                          _f32_numpy(B), _f32_numpy(C),
                          _f32_numpy(D) if D is not None else _EMPTY2,
                          _f32_numpy(z) if z is not None else _EMPTY3,
                          _f32_numpy(dt_bias) if dt_bias is not None else _EMPTY2,
                          D is not None, z is not None, dt_bias is not None, bool(dt_softplus), out)
+    _restore_torch_threads(torch_threads)
     if not direct:
         state_4d.copy_(state_work)
     return torch.from_numpy(out).to(out_dtype).reshape(out_shape)
