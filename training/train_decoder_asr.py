@@ -134,13 +134,18 @@ def build_processor(args, train_audio) -> MambaASRProcessor:
     return processor.fit_unit_tokenizer(train_audio, args.num_units, seed=args.seed)
 
 
+_ENCODED = {}  # the ablation encodes the training audio once
+
+
 def train_one(args, splits, speech_prefix: str, mixer_type: str, output_dir: Path | None, max_steps: int) -> dict:
     from transformers import Trainer, TrainingArguments, set_seed
 
     set_seed(args.seed)
     started = time.time()
-    processor = build_processor(args, splits["train"][0])
-    train_set = EncodedDataset(processor, *splits["train"])
+    if args.speech_input not in _ENCODED:
+        processor = build_processor(args, splits["train"][0])
+        _ENCODED[args.speech_input] = (processor, EncodedDataset(processor, *splits["train"]))
+    processor, train_set = _ENCODED[args.speech_input]
     prep_seconds = time.time() - started
     print(f"features/units for {len(train_set)} utterances in {prep_seconds:.1f}s", flush=True)
     config = MambaASRConfig(
