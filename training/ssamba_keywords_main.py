@@ -38,8 +38,9 @@ def parse_args(argv=None):
     parser.add_argument("--finetune_minutes", type=float, default=8.0)
     parser.add_argument("--finetune_epochs", type=float, default=6.0)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--learning_rate", type=float, default=1.5e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs available)")
     parser.add_argument("--skip_pretraining", action="store_true", help="fine-tune from random initialisation")
     return parser.parse_args(argv)
 
@@ -57,7 +58,7 @@ def main(argv=None):
     from mamba_zoo.corpora import load_keywords
 
     hf_logging.set_verbosity_warning()
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     torch.set_num_threads(max(1, threads))
     print(f"SSAMBA keyword job: {threads} CPU threads, torch {torch.__version__}")
 
