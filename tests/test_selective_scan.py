@@ -267,6 +267,35 @@ def test_state_update_is_in_place_and_keeps_state_dtype():
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=needs_cpu_kernel)])
+def test_state_update_half_precision_state_is_written_back(backend):
+    inputs = make_inputs(2, 4, 3, 1, seed=18)
+    state32 = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(19))
+    state16 = state32.to(torch.bfloat16)
+    args = (inputs["u"][..., 0], inputs["delta"][..., 0], inputs["A"], inputs["B"][..., 0],
+            inputs["C"][..., 0])
+    kwargs = dict(D=inputs["D"], z=inputs["z"][..., 0], dt_bias=inputs["delta_bias"],
+                  dt_softplus=True)
+    ref_state = state16.float()
+    out_ref = selective_state_update(ref_state, *args, **kwargs, backend="reference")
+    out = selective_state_update(state16, *args, **kwargs, backend=backend)
+    assert state16.dtype == torch.bfloat16
+    assert relative_error(state16.float(), ref_state) < 1e-2  # bf16 rounding of the new state
+    assert relative_error(out, out_ref) < 1e-5
+
+
+@needs_cpu_kernel
+def test_cpu_state_update_under_autograd_falls_back_to_differentiable_path():
+    inputs = make_inputs(1, 4, 3, 1, seed=20)
+    x = inputs["u"][..., 0].clone().requires_grad_(True)
+    state = torch.zeros(1, 4, 3)
+    out = selective_state_update(state, x, inputs["delta"][..., 0], inputs["A"],
+                                 inputs["B"][..., 0], inputs["C"][..., 0], D=inputs["D"],
+                                 backend="cpu")
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=needs_cpu_kernel)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_inputs_are_upcast(backend, dtype):
     """Half inputs give half outputs equal to the float32 computation on the same values."""
@@ -300,6 +329,7 @@ def test_half_precision_inputs_are_upcast(backend, dtype):
         ("delta_bias", torch.randn(4, 1), r"delta_bias must have shape \(dim,\)"),
         ("u", torch.randint(0, 3, (2, 4, 8)), r"u must be a floating-point tensor"),
         ("A", torch.randn(4, 3, dtype=torch.complex64), r"A must be real"),
+        ("u", torch.randn(2, 4, 0), r"u must have at least one time step"),
     ],
 )
 def test_bad_inputs_raise_value_error_naming_the_argument(name, bad, pattern):

@@ -198,6 +198,9 @@ def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
     if u.dim() != 3:
         raise ValueError(f"u must have shape (batch, dim, L), got {_shape(u)}.")
     batch, dim, length = u.shape
+    if length == 0:
+        raise ValueError("u must have at least one time step (L >= 1), got shape "
+                         f"{_shape(u)}; skip the scan for empty sequences.")
     if delta.shape != u.shape:
         raise ValueError(
             f"delta must have the shape of u, (batch, dim, L) = {_shape(u)}, got {_shape(delta)}."
@@ -339,6 +342,9 @@ def selective_scan_fn(
     Returns:
         ``out`` ``(batch, dim, L)`` in ``u``'s dtype, or ``(out, last_state)`` with ``last_state``
         ``(batch, dim, N)`` float32.
+
+    Arithmetic is float32 (half-precision inputs are upcast); only the reference backend keeps
+    float64 inputs in float64. Gradients flow to every tensor argument on every backend.
     """
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     resolved = resolve_backend(u, delta, A, B, C, D, z, delta_bias, backend=backend)
