@@ -47,6 +47,8 @@ class MambaASRPipeline(AutomaticSpeechRecognitionPipeline):
             feature_extractor = feature_extractor if feature_extractor is not None else processor.feature_extractor
             tokenizer = tokenizer if tokenizer is not None else processor.tokenizer
             self.asr_processor = processor
+        elif processor is not None:
+            kwargs["processor"] = processor  # other models: hand everything to the built-in pipeline unchanged
         super().__init__(model, feature_extractor=feature_extractor, tokenizer=tokenizer, decoder=decoder,
                          device=device, **kwargs)
         if self._decoder_only_asr:
