@@ -1,0 +1,53 @@
+"""Tiny Trainer run used by tests/test_distributed.py: launched with torchrun for 1 and 2 processes.
+
+Writes the logged training losses (one per step) to `<output_dir>/losses.json` on the main process.
+All transformers `TrainingArguments` flags are accepted (HfArgumentParser), as in every training script of the zoo.
+"""
+
+import json
+import os
+import sys
+
+import torch
+from torch.utils.data import Dataset, SequentialSampler
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+from mamba_zoo import BlackMambaConfig, BlackMambaForCausalLM
+
+
+class TokenDataset(Dataset):
+    def __init__(self, size=32, length=24, vocab=61, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(2, vocab, (size, length), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+class SequentialTrainer(Trainer):
+    """Sequential order, so that 1 process x batch 4 and 2 processes x batch 2 see the same global batches."""
+
+    def _get_train_sampler(self, *args, **kwargs):
+        return SequentialSampler(self.train_dataset)
+
+
+def main():
+    (args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(sys.argv[1:])
+    torch.manual_seed(0)
+    config = BlackMambaConfig(vocab_size=61, hidden_size=32, num_hidden_layers=4, state_size=8, ffn_hidden_size=40,
+                              num_experts=4, sinkhorn_in_training=False, pad_token_id=1, bos_token_id=0, eos_token_id=0)
+    model = BlackMambaForCausalLM(config)
+    trainer = SequentialTrainer(model=model, args=args, train_dataset=TokenDataset())
+    trainer.train()
+    if trainer.is_world_process_zero():
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        info = {"losses": losses, "world_size": args.world_size, "threads": torch.get_num_threads()}
+        with open(os.path.join(args.output_dir, "losses.json"), "w") as f:
+            json.dump(info, f)
+
+
+if __name__ == "__main__":
+    main()
