@@ -383,3 +383,39 @@ def test_remote_code_load_without_mamba_zoo(saved_classifier, tmp_path):
         """,
         hf_home=str(tmp_path / "hf_home"),
     )
+
+
+def test_training_scripts_smoke(tmp_path):
+    """pretrain -> fine-tune with LoRA (position embeddings adapted to stride 10), on a tiny in-memory dataset."""
+    import sys
+    from pathlib import Path
+
+    from datasets import ClassLabel, Dataset, DatasetDict
+    from transformers import TrainingArguments
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+    import finetune_audio_classification as finetune
+    import pretrain_ssamba as pretrain
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        labels = [i % 3 for i in range(n)]
+        audio = [{"array": (0.1 * rng.standard_normal(16000) * (1 + y)).astype(np.float32), "sampling_rate": 16000}
+                 for y in labels]
+        return Dataset.from_dict({"audio": audio, "label": labels}).cast_column("label", ClassLabel(names=["a", "b", "c"]))
+
+    data = DatasetDict(train=split(12), validation=split(6), test=split(6))
+    common = dict(max_steps=2, per_device_train_batch_size=4, report_to=[], save_strategy="no", disable_tqdm=True)
+    pre = pretrain.run(pretrain.PretrainModelArguments(hidden_size=32, num_hidden_layers=2, mask_patch_count=8),
+                       pretrain.PretrainDataArguments(), TrainingArguments(output_dir=str(tmp_path / "pre"), **common),
+                       dataset=data["train"])
+    assert pre["steps"] == 2 and 0 <= pre["final_discriminative_accuracy"] <= 1
+    full = finetune.run(finetune.ModelArguments(model_name_or_path=str(tmp_path / "pre"), frequency_stride=10,
+                                                time_stride=10, lora=True),
+                        finetune.DataArguments(), TrainingArguments(output_dir=str(tmp_path / "ft"), **common),
+                        dataset=data)
+    assert full["test_clips"] == 6 and "## Results" in (tmp_path / "ft" / "README.md").read_text()
+    assert full["lora_merge_max_logit_diff"] < 1e-4
+    merged = SSAMBAForAudioClassification.from_pretrained(tmp_path / "ft")
+    assert type(merged) is SSAMBAForAudioClassification and merged.config.grid_size == (12, 12)
