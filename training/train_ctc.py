@@ -3,7 +3,7 @@
 """Train MambaForCTC with `Trainer` on transcribed speech and save a pipeline-ready checkpoint.
 
 Defaults: the embedded digit-string corpus (`mamba_zoo.corpora.load_transcribed("digits")`: espeak-ng voices, split by
-voice so test voices are never heard in training), a 1.2M-parameter bidirectional Mamba encoder, greedy CTC, and
+voice so test voices are never heard in training), a 0.4M-parameter bidirectional Mamba encoder (4 blocks, width 96), greedy CTC, and
 `outputs/mamba-ctc-digits/` with model, processor and a model card holding the measured WER/CER:
 
     python training/train_ctc.py
@@ -229,17 +229,17 @@ def parse_args(argv=None):
     parser.add_argument("--num_train", type=int, default=2000)
     parser.add_argument("--num_eval", type=int, default=200)
     parser.add_argument("--output_dir", default="outputs/mamba-ctc-digits")
-    parser.add_argument("--hidden_size", type=int, default=144)
-    parser.add_argument("--num_hidden_layers", type=int, default=6)
+    parser.add_argument("--hidden_size", type=int, default=96)
+    parser.add_argument("--num_hidden_layers", type=int, default=4)
     parser.add_argument("--subsampling_conv_channels", type=int, default=32)
     parser.add_argument("--block_type", default="mamba", choices=["mamba", "conmamba"])
-    parser.add_argument("--num_train_epochs", type=float, default=8)
+    parser.add_argument("--num_train_epochs", type=float, default=5)
     parser.add_argument("--max_train_cpu_minutes", type=float, default=16.0,
                         help="safety net: stop training after this much process CPU time (not wall time, which "
                              "grows when other processes share the cores) even if epochs remain")
     parser.add_argument("--per_device_train_batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--warmup_steps", type=int, default=100)
+    parser.add_argument("--learning_rate", type=float, default=3e-3)
+    parser.add_argument("--warmup_steps", type=int, default=60)
     parser.add_argument("--weight_decay", type=float, default=0.01)
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
