@@ -200,9 +200,9 @@ class SSAMBAPreTrainedModel(PreTrainedModel):
             if not getattr(module.out_proj.weight, "_is_hf_initialized", False):
                 module.out_proj.weight.div_(math.sqrt(self.config.num_hidden_layers))
             module.init_ssm_parameters()
-        elif isinstance(module, SSAMBAPatchEmbeddings):
-            init.lecun_normal_(module.projection.weight)
-            init.zeros_(module.projection.bias)
+        elif isinstance(module, nn.Conv2d):  # the patch projection (Vim: lecun normal)
+            init.lecun_normal_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, SSAMBAEmbeddings):
             init.trunc_normal_(module.position_embeddings, std=std)
             if module.cls_token is not None:
@@ -261,7 +261,9 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
     def __init__(self, config: SSAMBAConfig, use_mask_token: bool = False):
         super().__init__(config)
         self.embeddings = SSAMBAEmbeddings(config, use_mask_token=use_mask_token)
-        rates = [0.0] + torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        # Vim's stochastic depth rule, [0] + linspace(0, rate, depth), in plain Python (works on the meta device)
+        depth = config.num_hidden_layers
+        rates = [0.0] + [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.layers = nn.ModuleList(
             [
                 MambaBlock(
