@@ -255,7 +255,7 @@ def main(argv=None):
         output_dir=args.output_dir, per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
         max_steps=args.max_steps, warmup_steps=args.warmup_steps, lr_scheduler_type="cosine", weight_decay=0.01,
         logging_steps=50, save_strategy="no", report_to=[], seed=args.seed, use_cpu=True,
-        dataloader_num_workers=0, remove_unused_columns=False,
+        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
     )
     callbacks = [time_budget_callback(args.max_minutes)] if args.max_minutes else []
     trainer = Trainer(model=model, args=training_args, train_dataset=train_set, callbacks=callbacks)

@@ -24,15 +24,7 @@ from transformers.modeling_utils import PreTrainedModel
 
 from .configuration_blackmamba import BlackMambaConfig
 from .mamba_layers import MambaBlock, MambaMixer, MambaZooCache, MoEExpert, SwitchMoE, load_balancing_loss
-
-
-def _resolve_cache(cache, kwargs: dict):
-    """Accept transformers' older names for the cache argument (`cache_params`, `past_key_values`)."""
-    for old_name in ("cache_params", "past_key_values"):
-        value = kwargs.pop(old_name, None)
-        if cache is None and value is not None:
-            cache = value
-    return cache
+from .mamba_layers import _resolve_cache_kwarg as _resolve_cache  # older names: cache_params, past_key_values
 
 
 class BlackMambaPreTrainedModel(PreTrainedModel):
@@ -156,7 +148,8 @@ class BlackMambaModel(BlackMambaPreTrainedModel):
                 states. Only needed in the prefill.
             cache: a `MambaZooCache` (also accepted as `cache_params` / `past_key_values`). Empty: the sequence is
                 scanned and the states stored; filled: the tokens continue from the stored states.
-            use_cache: build and return a cache when none is given (default `config.use_cache`, off in training).
+            use_cache: build and return a cache when none is given (default: `config.use_cache`, off in training; on
+                whenever a cache is passed).
             output_hidden_states: also return the residual stream before every block plus the final normed output
                 (`num_hidden_layers + 1` tensors `(batch, L, hidden_size)`).
             output_router_logits: also return each MoE layer's router logits `(batch * L, num_experts)`.
@@ -171,7 +164,8 @@ class BlackMambaModel(BlackMambaPreTrainedModel):
         output_router_logits = (
             output_router_logits if output_router_logits is not None else self.config.output_router_logits
         )
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache is None:  # a cache passed in is always used; otherwise the config decides (never in training)
+            use_cache = cache is not None or (self.config.use_cache and not self.training)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
