@@ -76,6 +76,8 @@ class DataArguments:
     feature_preset: str = field(default="speechcommands", metadata={"help": "audioset, esc50 or speechcommands"})
     max_length: Optional[int] = field(default=None, metadata={"help": "frames (default: the preset's)"})
     spec_augment: bool = field(default=True, metadata={"help": "random time shift + time/frequency masking"})
+    freq_mask: int = field(default=24, metadata={"help": "SpecAugment: max masked mel bins"})
+    time_mask: int = field(default=24, metadata={"help": "SpecAugment: max masked frames"})
     max_train_minutes: Optional[float] = field(
         default=None, metadata={"help": "stop training after this many minutes (time budget)"}
     )
@@ -316,7 +318,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         if max_samples is not None:
             ds = ds.select(range(min(max_samples, len(ds))))
         features = compute_features(ds, feature_extractor, data_args.audio_column, desc=f"{name} features")
-        return SpectrogramDataset(features, torch.tensor(ds[data_args.label_column]), augment=augment)
+        return SpectrogramDataset(features, torch.tensor(ds[data_args.label_column]), augment=augment,
+                                  freq_mask=data_args.freq_mask, time_mask=data_args.time_mask)
 
     train = split(data_args.train_split, data_args.spec_augment, data_args.train_per_class, data_args.max_train_samples)
     evaluation = split(data_args.eval_split) if data_args.eval_split in dataset else None
