@@ -15,6 +15,7 @@ sf = pytest.importorskip("soundfile")
 from mamba_zoo.corpora import (  # noqa: E402
     COMMANDS,
     DIGITS,
+    ENGLISH_ACCENTS,
     SILENCE_LABEL,
     UNKNOWN_LABEL,
     export_audio_dataset,
@@ -77,6 +78,12 @@ def test_voices_and_parameters_change_the_sound():
     assert not np.array_equal(base, synthesize("seven", "en-gb-scotland+m1").audio)
     slow, fast = synthesize("seven", "en-us+m1", rate=100).audio, synthesize("seven", "en-us+m1", rate=300).audio
     assert len(slow) > 1.5 * len(fast)
+
+
+def test_every_english_accent_speaks_differently():
+    sounds = {accent: synthesize("the water is under the bridge", f"{accent}+m3").audio for accent in ENGLISH_ACCENTS}
+    assert len(sounds) == 8 and all(len(a) > 11025 for a in sounds.values())
+    assert len({a.tobytes() for a in sounds.values()}) == len(sounds)
 
 
 def test_voice_list_and_parsing():
