@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import math
-
 import numpy as np
 import torch
 
@@ -326,38 +324,84 @@ if numba is not None:
                 dbias_lane[b, d] = dbias_acc
 
 
-    @njit(cache=True)
+    @njit(cache=True, fastmath=_KERNEL_MATH)
     def _state_update_kernel(state, x, dt, A, Bm, Cm, D, z, dt_bias, has_D, has_z, has_bias,
                              softplus, out):
         """One recurrence step, state updated in place (the multi-head layout).
 
         state: (batch, H, P, N); x, dt, z, out: (batch, H, P); A: (H, P, N);
         Bm, Cm: (batch, G, N) with head h reading group h // (H / G); D, dt_bias: (H, P).
-        Decoding sizes are small: plain loops, scalar libm exp, strict float32 arithmetic.
+        The transcendental parts run over whole flat buffers with the vectorised helpers.
         """
         batch, heads, head_dim, N = state.shape
         heads_per_group = heads // Bm.shape[1]
-        for b in range(batch):
-            for h in range(heads):
-                g = h // heads_per_group
-                for p in range(head_dim):
-                    step = dt[b, h, p] + (dt_bias[h, p] if has_bias else _ZERO)
-                    if softplus and step <= _SOFTPLUS_THRESHOLD:
-                        step = np.float32(math.log1p(math.exp(step)))
-                    xv = x[b, h, p]
-                    dt_x = step * xv
-                    y = _ZERO
-                    for n in range(N):
-                        decay = np.float32(math.exp(step * A[h, p, n]))
-                        h_n = decay * state[b, h, p, n] + dt_x * Bm[b, g, n]
-                        state[b, h, p, n] = h_n
-                        y += h_n * Cm[b, g, n]
-                    if has_D:
-                        y += D[h, p] * xv
-                    if has_z:
-                        zv = z[b, h, p]
-                        y = y * (zv / (_ONE + np.float32(math.exp(-zv))))
-                    out[b, h, p] = y
+        per_batch = heads * head_dim
+        lanes = batch * per_batch
+        block = 256  # lanes per pass: keeps the scratch buffers small and cache-resident
+        steps = np.empty(block, dtype=np.float32)
+        gate = np.empty(block, dtype=np.float32)
+        scratch = np.empty(block * N, dtype=np.float32)  # softplus scratch, then the decays
+        exponent_bits = np.empty(block * N, dtype=np.int32)
+        # Lanes are walked in (b, h, p) order with counters: integer division per lane would
+        # cost more than the arithmetic.
+        for start in range(0, lanes, block):
+            count = min(block, lanes - start)
+            b0 = start // per_batch
+            h0 = (start % per_batch) // head_dim
+            p0 = start % head_dim
+
+            b, h, p = b0, h0, p0
+            for i in range(count):
+                steps[i] = dt[b, h, p] + (dt_bias[h, p] if has_bias else _ZERO)
+                if has_z:
+                    gate[i] = z[b, h, p]
+                p += 1
+                if p == head_dim:
+                    p = 0
+                    h += 1
+                    if h == heads:
+                        h = 0
+                        b += 1
+            if softplus:
+                _softplus_inplace(steps, scratch, exponent_bits, gate, count, False)
+            if has_z:
+                _sigmoid_inplace(gate, exponent_bits, count)
+
+            b, h, p = b0, h0, p0
+            for i in range(count):
+                for n in range(N):
+                    scratch[i * N + n] = steps[i] * A[h, p, n]
+                p += 1
+                if p == head_dim:
+                    p = 0
+                    h += 1
+                    if h == heads:
+                        h = 0
+            _exp_inplace(scratch, exponent_bits, count * N)
+
+            b, h, p = b0, h0, p0
+            g = h // heads_per_group
+            for i in range(count):
+                xv = x[b, h, p]
+                dt_x = steps[i] * xv
+                y = _ZERO
+                for n in range(N):
+                    h_n = scratch[i * N + n] * state[b, h, p, n] + dt_x * Bm[b, g, n]
+                    state[b, h, p, n] = h_n
+                    y += h_n * Cm[b, g, n]
+                if has_D:
+                    y += D[h, p] * xv
+                if has_z:
+                    y = y * (gate[i] * z[b, h, p])  # y * silu(z)
+                out[b, h, p] = y
+                p += 1
+                if p == head_dim:
+                    p = 0
+                    h += 1
+                    if h == heads:
+                        h = 0
+                        b += 1
+                    g = h // heads_per_group
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,6 +428,9 @@ def _restore_torch_threads(torch_threads: int) -> None:
 
 
 def _f32_numpy(t: Optional[torch.Tensor]) -> np.ndarray:
+    """A float32 C-contiguous numpy array of ``t`` (a view when ``t`` already is one)."""
+    if t.dtype == torch.float32 and t.is_contiguous():
+        return t.detach().numpy()
     return t.detach().to(torch.float32).contiguous().numpy()
 
 
