@@ -131,7 +131,7 @@ def test_hidden_states_count_and_shapes():
     with torch.no_grad():
         out = model(x, output_hidden_states=True)
     assert out.last_hidden_state.shape == (2, 1 + 6, 32) and out.pooler_output.shape == (2, 32)
-    assert len(out.hidden_states) == 6 // 2 + 1
+    assert len(out.hidden_states) == 6 + 1
     assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
     torch.testing.assert_close(out.pooler_output, out.last_hidden_state[:, 1:].mean(1))
     unpaired = SSAMBAModel(tiny_config(num_hidden_layers=3, bidirectional_layer_pairing=False)).eval()

@@ -338,8 +338,9 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
         Returns:
             `BaseModelOutputWithPooling`: `last_hidden_state` `(batch, prefix + F * T, hidden_size)` (zeros at padded
             patches), `pooler_output` `(batch, hidden_size)` (mean of the non-cls valid tokens, or the cls token with
-            `pooling="cls"`), `hidden_states`: the embeddings, the residual stream after each layer (after each layer
-            pair with `bidirectional_layer_pairing`, so `num_hidden_layers // 2 + 1` entries) and the final output.
+            `pooling="cls"`), `hidden_states` (`num_hidden_layers + 1` entries): the embeddings, the residual stream after
+            each layer but the last (with `bidirectional_layer_pairing`: after layer 2i the forward layer's stream,
+            after layer 2i+1 the combined stream of the pair) and the final output.
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -391,6 +392,8 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
         if self.config.bidirectional_layer_pairing:
             for i in range(len(self.layers) // 2):
                 forward_out, forward_residual = self.layers[2 * i](hidden_states, residual, **mixer_kwargs)
+                if output_hidden_states:  # layer 2i: the forward layer's residual stream
+                    all_hidden_states += (forward_residual + forward_out,)
                 backward_out, backward_residual = self.layers[2 * i + 1](
                     reverse_within_lengths(hidden_states, index, 1),
                     None if residual is None else reverse_within_lengths(residual, index, 1),
@@ -398,7 +401,7 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
                 )
                 hidden_states = forward_out + reverse_within_lengths(backward_out, index, 1)
                 residual = forward_residual + reverse_within_lengths(backward_residual, index, 1)
-                if output_hidden_states and i < len(self.layers) // 2 - 1:
+                if output_hidden_states and i < len(self.layers) // 2 - 1:  # layer 2i+1: the combined stream
                     all_hidden_states += (residual + hidden_states,)
         else:
             for i, layer in enumerate(self.layers):
