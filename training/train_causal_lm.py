@@ -44,12 +44,27 @@ FALLBACK_TEXT = (
 # ---------------------------------------------------------------------------------------------------------- data
 
 
-def load_texts(num_sentences: int, seed: int) -> dict[str, list[str]]:
-    """Train / validation / test sentences of the embedded corpus (a built-in paragraph if it is unavailable)."""
+def pseudo_words(count: int, seed: int) -> list[str]:
+    """`count` distinct pronounceable letter strings (2-4 consonant-vowel syllables): a lexicon a model can only
+    predict by memorising it, so language-model quality depends on capacity."""
+    import random
+
+    rng = random.Random(seed)
+    consonants, vowels = "bdfgklmnprstvz", "aeiou"
+    words = set()
+    while len(words) < count:
+        words.add("".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(rng.randint(2, 4))))
+    return sorted(words)
+
+
+def load_texts(num_sentences: int, seed: int, kind: str = "mixed", lexicon_size: int = 0) -> dict[str, list[str]]:
+    """Train / validation / test sentences of the embedded corpus (a built-in paragraph if it is unavailable).
+    With `lexicon_size`, the grammar's nouns are that many pseudo-words."""
     try:
         from mamba_zoo.corpora import load_text_corpus
 
-        corpus = load_text_corpus(num_sentences=num_sentences, seed=seed)
+        words = pseudo_words(lexicon_size, seed) if lexicon_size else None
+        corpus = load_text_corpus(num_sentences=num_sentences, seed=seed, kind=kind, words=words)
         return {split: list(corpus[split]["text"]) for split in ("train", "validation", "test")}
     except ImportError:
         sentences = [s.strip() + "." for s in FALLBACK_TEXT.split(".") if s.strip()]
@@ -208,6 +223,8 @@ def parse_args(argv=None):
     parser.add_argument("--tokenizer", choices=["bpe", "char"], default="bpe")
     parser.add_argument("--vocab_size", type=int, default=512)
     parser.add_argument("--num_sentences", type=int, default=20000)
+    parser.add_argument("--corpus_kind", choices=["mixed", "sentences", "arithmetic"], default="mixed")
+    parser.add_argument("--lexicon_size", type=int, default=0, help="replace the nouns by this many pseudo-words")
     parser.add_argument("--block_size", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
@@ -227,7 +244,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     set_seed(args.seed)
-    texts = load_texts(args.num_sentences, args.seed)
+    texts = load_texts(args.num_sentences, args.seed, args.corpus_kind, args.lexicon_size)
     if args.init_from:
         tokenizer = AutoTokenizer.from_pretrained(args.init_from)
         model = BlackMambaForCausalLM.from_pretrained(args.init_from)
