@@ -333,7 +333,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     callbacks = [TimeBudgetCallback(data_args.max_train_minutes)] if data_args.max_train_minutes else []
     trainer = Trainer(
         model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
-        compute_metrics=accuracy_metrics, callbacks=callbacks,
+        compute_metrics=accuracy_metrics, callbacks=callbacks, processing_class=feature_extractor,
     )
     train_result = trainer.train()
     results = {"train_clips": len(train), "train_steps": train_result.global_step,
@@ -368,9 +368,21 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
                      base_model=model_args.model_name_or_path)
     Path(output_dir, "results.json").write_text(json.dumps(results, indent=2))
     if training_args.push_to_hub:
-        trainer.push_to_hub()
+        push_output_dir(output_dir, training_args)
     logger.info("results: %s", results)
     return results
+
+
+def push_output_dir(output_dir, training_args: TrainingArguments) -> None:
+    """Upload the output directory as written here (merged model, feature extractor, this script's model card) to
+    `--hub_model_id` (default: the directory name), with TrainingArguments' hub token / privacy settings.
+    (`Trainer.push_to_hub` would save the peft wrapper instead of the merged model and replace the model card.)"""
+    from huggingface_hub import create_repo, upload_folder
+
+    repo_id = training_args.hub_model_id or Path(output_dir).name
+    create_repo(repo_id, exist_ok=True, private=training_args.hub_private_repo, token=training_args.hub_token)
+    upload_folder(repo_id=repo_id, folder_path=output_dir, token=training_args.hub_token,
+                  commit_message="SSAMBA fine-tuned with mamba-zoo", ignore_patterns=["checkpoint-*", "runs/*"])
 
 
 def parse_args(argv=None):

@@ -102,7 +102,8 @@ def run(model_args: PretrainModelArguments, data_args: PretrainDataArguments, tr
     training_args.remove_unused_columns = False
     training_args.label_names = []
     callbacks = [TimeBudgetCallback(data_args.max_train_minutes)] if data_args.max_train_minutes else []
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, callbacks=callbacks)
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, callbacks=callbacks,
+                      processing_class=feature_extractor)
     train_result = trainer.train()
 
     # pretext-task quality on the last 256 clips (masked patch classification accuracy, reconstruction MSE)
