@@ -78,6 +78,8 @@ def test_padding_never_changes_another_sample(kwargs):
             single = model(f[None]).logits[0]
             assert single.shape[0] == math.ceil(len(f) / 4)
             torch.testing.assert_close(logits[i, : single.shape[0]], single, atol=1e-5, rtol=1e-4)
+            # padded frames predict the blank, so greedy decoding of the batch equals decoding alone
+            assert torch.all(logits[i, single.shape[0]:].argmax(-1) == model.config.pad_token_id)
 
 
 def test_outputs_tuple_and_hidden_states():
@@ -210,7 +212,8 @@ def test_auto_classes():
 def saved_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("mamba-ctc")
     processor = MambaCTCProcessor.from_transcripts(TRANSCRIPTS)
-    model = tiny_model(vocab_size=len(processor.tokenizer))
+    # the reference scan keeps the remote-code subprocess from compiling numba kernels (its copy has no cache)
+    model = tiny_model(vocab_size=len(processor.tokenizer), kernel_backend="reference")
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path, model, processor
@@ -318,3 +321,23 @@ def test_remote_code_pipeline_without_mamba_zoo(saved_checkpoint, tmp_path):
         """,
         hf_home=str(tmp_path / "hf_home"),
     )
+
+
+def test_lora_trains_and_merges():
+    peft = pytest.importorskip("peft")
+    model = tiny_model(kernel_backend="reference")
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["in_proj", "out_proj", "x_proj"],
+                                                      modules_to_save=["lm_head"]))
+    x, labels = torch.randn(2, 40, 80), torch.tensor([[3, 4, 5], [6, 7, -100]])
+    lora.train()
+    lora(input_features=x, labels=labels).loss.backward()
+    assert any(p.grad is not None for n, p in lora.named_parameters() if "lora_A" in n)
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)  # make the adapters matter
+    lora.eval()
+    with torch.no_grad():
+        adapted = lora(input_features=x).logits
+        merged = lora.merge_and_unload()(x).logits
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-4)

@@ -159,6 +159,8 @@ def long_form_check(output_dir: str, dataset: AudioTextDataset, seconds: float =
         "wer_chunked_vs_reference": float(jiwer.wer(reference, normalize_transcript(chunked["text"]))),
         "wer_chunked_vs_unchunked": float(jiwer.wer(normalize_transcript(unchunked) or "<empty>",
                                                     normalize_transcript(chunked["text"]))),
+        "cer_chunked_vs_unchunked": float(jiwer.cer(normalize_transcript(unchunked) or "<empty>",
+                                                    normalize_transcript(chunked["text"]))),
         "identical": unchunked == chunked["text"],
         "word_timestamps_first": chunked.get("chunks", [])[:3],
         "unchunked_seconds": round(unchunked_s, 2),
@@ -248,6 +250,8 @@ def parse_args(argv=None):
     parser.add_argument("--init_from", default=None, help="start from this checkpoint (model + processor)")
     parser.add_argument("--beam_width", type=int, default=0, help="also evaluate pyctcdecode beam search (if installed)")
     parser.add_argument("--skip_long_form", action="store_true", help="skip the 60 s chunked-vs-unchunked check")
+    parser.add_argument("--eval_only", action="store_true",
+                        help="evaluate the checkpoint in --output_dir (keeping the training numbers recorded there)")
     parser.add_argument("--num_threads", type=int, default=1,
                         help="torch/numba threads. 1 is the default: this model's ops are small, and on a busy "
                              "2-core machine OpenMP threads that wait for each other made steps 20x slower")
@@ -282,27 +286,9 @@ class TimeLimitCallback:
         self.callback = _Callback()
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    script_start = time.perf_counter()
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-        try:
-            import numba
-
-            numba.set_num_threads(min(args.num_threads, numba.config.NUMBA_NUM_THREADS))
-        except ImportError:
-            pass
-    from transformers import Trainer, TrainingArguments, set_seed
-
-    from mamba_zoo.corpora.builders import load_transcribed
-
-    set_seed(args.seed)
-    corpus = load_transcribed(args.kind, num_train=args.num_train, num_eval=args.num_eval, seed=args.seed)
-    train, validation, test = (dataset_to_memory(corpus[s]) for s in ("train", "validation", "test"))
-    print(f"corpus: {len(train)} train / {len(validation)} validation / {len(test)} test utterances "
-          f"({sum(len(a) for a in train.audio) / 16000 / 3600:.2f} h train audio), "
-          f"{time.perf_counter() - script_start:.0f} s to load", flush=True)
+def train_model(args, train: AudioTextDataset, validation: AudioTextDataset):
+    """Build (or load with --init_from) the model and processor, train with Trainer, save both to --output_dir."""
+    from transformers import Trainer, TrainingArguments
 
     if args.init_from:
         processor = MambaCTCProcessor.from_pretrained(args.init_from)
@@ -376,6 +362,38 @@ def main(argv=None):
                "train_cpu_seconds": train_cpu_seconds,
                "device": "cuda" if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads",
                "epochs_completed": trainer.state.epoch, "steps": trainer.state.global_step}
+    return model, processor, results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    script_start = time.perf_counter()
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+        try:
+            import numba
+
+            numba.set_num_threads(min(args.num_threads, numba.config.NUMBA_NUM_THREADS))
+        except ImportError:
+            pass
+    from transformers import set_seed
+
+    from mamba_zoo.corpora.builders import load_transcribed
+
+    set_seed(args.seed)
+    corpus = load_transcribed(args.kind, num_train=args.num_train, num_eval=args.num_eval, seed=args.seed)
+    train, validation, test = (dataset_to_memory(corpus[s]) for s in ("train", "validation", "test"))
+    print(f"corpus: {len(train)} train / {len(validation)} validation / {len(test)} test utterances "
+          f"({sum(len(a) for a in train.audio) / 16000 / 3600:.2f} h train audio), "
+          f"{time.perf_counter() - script_start:.0f} s to load", flush=True)
+
+    if args.eval_only:
+        processor = MambaCTCProcessor.from_pretrained(args.output_dir)
+        model = MambaForCTC.from_pretrained(args.output_dir).eval()
+        results = json.loads(Path(args.output_dir, "eval_results.json").read_text())
+        results["evaluated_separately"] = True
+    else:
+        model, processor, results = train_model(args, train, validation)
     for name, split in (("validation", validation), ("test", test)):
         predictions = transcribe(model, processor, split)
         results[name] = word_and_char_error_rates(predictions, split.text)
@@ -395,11 +413,13 @@ def main(argv=None):
         results["long_form"] = long_form_check(args.output_dir, test)
         print("long form:", json.dumps({k: v for k, v in results["long_form"].items() if k != "word_timestamps_first"}),
               flush=True)
-    results["total_seconds"] = time.perf_counter() - script_start
-    results["total_cpu_seconds"] = process_cpu_seconds()
+    key = "eval_only" if args.eval_only else "total"
+    results[f"{key}_seconds"] = time.perf_counter() - script_start
+    results[f"{key}_cpu_seconds"] = process_cpu_seconds()
     write_model_card(args.output_dir, args, results)
     Path(args.output_dir, "eval_results.json").write_text(json.dumps(results, indent=2, default=str))
-    print(f"saved to {args.output_dir}; train {train_seconds / 60:.1f} min, total {results['total_seconds'] / 60:.1f} min")
+    print(f"saved to {args.output_dir}; train {results['train_seconds'] / 60:.1f} min wall "
+          f"({results['train_cpu_seconds'] / 60:.1f} min CPU), whole script {results[f'{key}_seconds'] / 60:.1f} min wall")
     return results
 
 

@@ -340,7 +340,8 @@ class MambaForCTC(MambaCTCPreTrainedModel):
                 inputs give an infinite loss, zeroed when `config.ctc_zero_infinity`.
 
         Returns:
-            `CausalLMOutput` with `logits` `(batch, ceil(frames / 4), vocab_size)`, `loss` (scalar, or `(batch,)` with
+            `CausalLMOutput` with `logits` `(batch, ceil(frames / 4), vocab_size)` (padded frames: the blank, with
+            logit 0, every other token -1e4), `loss` (scalar, or `(batch,)` with
             `ctc_loss_reduction="none"`) when `labels` are given, and optionally `hidden_states`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -350,6 +351,12 @@ class MambaForCTC(MambaCTCPreTrainedModel):
         outputs = self.model(input_features, attention_mask=attention_mask,
                              output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.lm_head(self.dropout(outputs.last_hidden_state))
+        if attention_mask is not None:
+            # padded frames predict the blank, so greedy decoding of a padded batch equals decoding each sample alone
+            frame_mask = self._get_feature_vector_attention_mask(logits.shape[1], attention_mask).bool()
+            blank = torch.full_like(logits[:1, :1], -1e4)
+            blank[..., self.config.pad_token_id] = 0.0
+            logits = torch.where(frame_mask[..., None], logits, blank)
 
         loss = None
         if labels is not None:
