@@ -188,6 +188,29 @@ class TimeBudgetCallback(TrainerCallback):
         return control
 
 
+def fit_steps_to_budget(model, dataset, training_args: TrainingArguments, minutes: float, probe_steps: int = 2) -> None:
+    """Set `max_steps` so that training ends (learning-rate schedule included) within `minutes`: time a few
+    forward/backward passes on one batch first. Never raises the number of steps the epochs would give."""
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(min(len(dataset),
+                                                                             training_args.per_device_train_batch_size))])
+    model.train()
+    model.zero_grad()
+    model(**batch).loss.backward()  # warm-up (numba JIT / cache load)
+    start = time.time()
+    for _ in range(probe_steps):
+        model(**batch).loss.backward()
+    model.zero_grad()
+    seconds_per_step = (time.time() - start) / probe_steps * 1.1  # + optimizer / data loading
+    budget_steps = max(1, int(minutes * 60 / seconds_per_step))
+    steps_per_epoch = math.ceil(len(dataset) / (training_args.per_device_train_batch_size *
+                                                training_args.gradient_accumulation_steps))
+    epoch_steps = training_args.max_steps if training_args.max_steps > 0 else math.ceil(
+        training_args.num_train_epochs * steps_per_epoch)
+    training_args.max_steps = min(budget_steps, epoch_steps)
+    logger.warning("%.2f s/step measured: training for %d steps (%.1f epochs) to fit %.1f min", seconds_per_step,
+                   training_args.max_steps, training_args.max_steps / steps_per_epoch, minutes)
+
+
 def accuracy_metrics(eval_pred):
     logits, labels = eval_pred
     logits = logits[0] if isinstance(logits, tuple) else logits
@@ -330,7 +353,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     if model_args.lora:
         model = wrap_lora(model, model_args)
     training_args.remove_unused_columns = False
-    callbacks = [TimeBudgetCallback(data_args.max_train_minutes)] if data_args.max_train_minutes else []
+    callbacks = []
+    if data_args.max_train_minutes:
+        fit_steps_to_budget(model, train, training_args, data_args.max_train_minutes)
+        callbacks.append(TimeBudgetCallback(data_args.max_train_minutes * 1.15))  # safety net if the machine slows
     trainer = Trainer(
         model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
         compute_metrics=accuracy_metrics, callbacks=callbacks, processing_class=feature_extractor,

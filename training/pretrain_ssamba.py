@@ -27,7 +27,12 @@ import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from finetune_audio_classification import SpectrogramDataset, TimeBudgetCallback, compute_features  # noqa: E402
+from finetune_audio_classification import (  # noqa: E402
+    SpectrogramDataset,
+    TimeBudgetCallback,
+    compute_features,
+    fit_steps_to_budget,
+)
 
 import mamba_zoo  # noqa: E402,F401
 from mamba_zoo import SSAMBAConfig, SSAMBAFeatureExtractor, SSAMBAForPreTraining  # noqa: E402
@@ -101,7 +106,10 @@ def run(model_args: PretrainModelArguments, data_args: PretrainDataArguments, tr
     model.share_mask_between_objectives = model_args.share_mask_between_objectives
     training_args.remove_unused_columns = False
     training_args.label_names = []
-    callbacks = [TimeBudgetCallback(data_args.max_train_minutes)] if data_args.max_train_minutes else []
+    callbacks = []
+    if data_args.max_train_minutes:
+        fit_steps_to_budget(model, train, training_args, data_args.max_train_minutes)
+        callbacks.append(TimeBudgetCallback(data_args.max_train_minutes * 1.15))  # safety net if the machine slows
     trainer = Trainer(model=model, args=training_args, train_dataset=train, callbacks=callbacks,
                       processing_class=feature_extractor)
     train_result = trainer.train()
