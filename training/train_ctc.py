@@ -71,12 +71,23 @@ class DataCollatorCTCWithPadding:
 
     processor: MambaCTCProcessor
     sampling_rate: int = 16000
+    concat_probability: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        self.rng = np.random.default_rng(self.seed)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        batch = self.processor(
-            audio=[e["audio"] for e in examples], text=[e["text"] for e in examples],
-            sampling_rate=self.sampling_rate, return_tensors="pt",
-        )
+        audio, text = [e["audio"] for e in examples], [e["text"] for e in examples]
+        if self.concat_probability > 0 and len(examples) > 1:
+            # teach utterance boundaries: join an utterance with the next one of the batch after 0.1-0.6 s of
+            # silence, transcript "a b" (the word delimiter between them)
+            for i in np.flatnonzero(self.rng.random(len(examples)) < self.concat_probability):
+                j = (i + 1) % len(examples)
+                gap = np.zeros(int(self.rng.uniform(0.1, 0.6) * self.sampling_rate), dtype=np.float32)
+                audio[i] = np.concatenate([examples[i]["audio"], gap, examples[j]["audio"]])
+                text[i] = f"{examples[i]['text']} {examples[j]['text']}"
+        batch = self.processor(audio=audio, text=text, sampling_rate=self.sampling_rate, return_tensors="pt")
         return dict(batch)
 
 
@@ -245,6 +256,10 @@ def parse_args(argv=None):
     parser.add_argument("--weight_decay", type=float, default=0.01)
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--concat_probability", type=float, default=0.0,
+                        help="join this fraction of training utterances with a batch neighbour (silence between, "
+                             "'a b' transcript) so that the model learns utterance boundaries for long-form audio; "
+                             "not yet measured")
     parser.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) on the mixers' projections")
     parser.add_argument("--lora_r", type=int, default=8)
     parser.add_argument("--init_from", default=None, help="start from this checkpoint (model + processor)")
@@ -342,7 +357,7 @@ def train_model(args, train: AudioTextDataset, validation: AudioTextDataset):
         args=training_args,
         train_dataset=train,
         eval_dataset=validation,
-        data_collator=DataCollatorCTCWithPadding(processor),
+        data_collator=DataCollatorCTCWithPadding(processor, concat_probability=args.concat_probability, seed=args.seed),
         compute_metrics=make_compute_metrics(processor),
         callbacks=[time_limit.callback],
     )
