@@ -184,16 +184,10 @@ def test_conversion_is_strict(tmp_path):
 
 
 def test_cli_entry_point(tmp_path):
-    import subprocess
-    import sys
-
-    torch.save(original_state_dict(), tmp_path / "ssamba_tiny_6.pth")
-    result = subprocess.run(
-        [sys.executable, "-m", "mamba_zoo.convert_ssamba_original_to_hf", "--checkpoint",
-         str(tmp_path / "ssamba_tiny_6.pth"), "--output", str(tmp_path / "cli")],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
     from transformers import AutoConfig
 
-    assert AutoConfig.from_pretrained(tmp_path / "cli").mask_patch_count == 6
+    from mamba_zoo.convert_ssamba_original_to_hf import main
+
+    torch.save(original_state_dict(), tmp_path / "ssamba_tiny_6.pth")
+    main(["--checkpoint", str(tmp_path / "ssamba_tiny_6.pth"), "--output", str(tmp_path / "cli")])
+    assert AutoConfig.from_pretrained(tmp_path / "cli").mask_patch_count == 6  # from the file name
