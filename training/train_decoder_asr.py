@@ -209,7 +209,7 @@ def main(argv=None):
     parser.add_argument("--speech_mask_prob", type=float, default=0.0, help="input-embedding masking (MADEON)")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--max_steps", type=int, default=800)
+    parser.add_argument("--max_steps", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--num_beams", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
