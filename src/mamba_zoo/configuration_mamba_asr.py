@@ -27,7 +27,7 @@ class MambaASRConfig(PretrainedConfig):
 
     Args:
         vocab_size (`int`, defaults to 64): joint vocabulary (special tokens, characters and, for units, speech units).
-        speech_input (`str`, defaults to `"units"`): `"units"` (discrete units, ids inside the vocabulary) or
+        speech_input (`str`, defaults to `"features"`): `"units"` (discrete units, ids inside the vocabulary) or
             `"features"` (log-mel frames `(batch, frames, num_mel_bins)` through the subsampler).
         unit_token_offset (`int`, defaults to 0): id of the first speech unit `<unit_0>` (units only).
         num_units (`int`, defaults to 0): number of speech units (units only; ids
@@ -70,7 +70,7 @@ class MambaASRConfig(PretrainedConfig):
     model_type = "mamba_decoder_asr"
 
     vocab_size: int = 64
-    speech_input: str = "units"
+    speech_input: str = "features"
     unit_token_offset: int = 0
     num_units: int = 0
     num_mel_bins: int = 80

@@ -298,11 +298,13 @@ class MambaASRModel(MambaASRPreTrainedModel):
         use_cache: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
         **kwargs,
     ):
         """
         Args:
             input_ids: `(batch, text_len)` text tokens starting with `<generatetext>` (right-padded).
+            inputs_embeds: `(batch, text_len, hidden_size)`: embeddings of the text part, instead of `input_ids`.
             attention_mask: `(batch, text_len)` 1 for text tokens, 0 for padding (right padding only).
             speech_ids: `(batch, Ls)` discrete speech units (vocabulary ids), right-padded (speech_input="units").
             input_features: `(batch, frames, num_mel_bins)` log-mel frames, right-padded (speech_input="features").
@@ -320,25 +322,31 @@ class MambaASRModel(MambaASRPreTrainedModel):
             cache = self.make_cache()
         if not use_cache:
             cache = None
-        if input_ids is None:
-            raise ValueError("input_ids (the text part, starting with <generatetext>) are required.")
-        if input_ids.ndim != 2:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError(
+                "Pass exactly one of input_ids or inputs_embeds for the text part (starting with <generatetext>)."
+            )
+        if input_ids is not None and input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, text_len), got shape {tuple(input_ids.shape)}.")
+        if inputs_embeds is not None and (inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != self.config.hidden_size):
+            raise ValueError(
+                f"inputs_embeds must be (batch, text_len, hidden_size={self.config.hidden_size}), got shape "
+                f"{tuple(inputs_embeds.shape)}."
+            )
+        text_embeds = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
 
         if cache is not None and cache.has_state(0):
             if speech_ids is not None or input_features is not None:
                 raise ValueError("The cache already holds a speech prefix; pass only the new text tokens.")
-            hidden, all_hidden = self._run_blocks(self.embeddings(input_ids), None, None, cache, output_hidden_states)
+            hidden, all_hidden = self._run_blocks(text_embeds, None, None, cache, output_hidden_states)
             output = MambaASRModelOutput(last_hidden_state=hidden, cache=cache, hidden_states=all_hidden)
             return output if return_dict else output.to_tuple()
 
         speech_embeds, speech_lengths = self.embed_speech(speech_ids, input_features, speech_attention_mask)
         speech_embeds = self._mask_speech_embeddings(speech_embeds, speech_lengths)
         text_lengths = (attention_mask.sum(-1).long() if attention_mask is not None
-                        else torch.full((input_ids.shape[0],), input_ids.shape[1], device=input_ids.device))
-        packed, mask, prefix_lengths, text_positions = self._pack(
-            speech_embeds, speech_lengths, self.embeddings(input_ids), text_lengths
-        )
+                        else torch.full(text_embeds.shape[:1], text_embeds.shape[1], device=text_embeds.device))
+        packed, mask, prefix_lengths, text_positions = self._pack(speech_embeds, speech_lengths, text_embeds, text_lengths)
         if cache is not None:
             hidden, all_hidden = self._prefill_in_groups(packed, mask, prefix_lengths, cache, output_hidden_states)
         else:
