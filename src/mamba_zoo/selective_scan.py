@@ -245,12 +245,11 @@ def _compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
     return torch.float32
 
 
-def _expand_groups(M: torch.Tensor, dim: int) -> torch.Tensor:
-    """(batch, N, L) or (batch, G, N, L) -> (batch, dim, N, L): channel d reads group d // (dim // G)."""
-    if M.dim() == 3:
-        return M.unsqueeze(1).expand(-1, dim, -1, -1)
-    groups = M.shape[1]
-    return M.repeat_interleave(dim // groups, dim=1)
+def _expand_step_groups(M: torch.Tensor, heads: int) -> torch.Tensor:
+    """(batch, N) or (batch, G, N) -> (batch, heads, N); head h reads group h // (heads // G)."""
+    if M.dim() == 2:
+        return M.unsqueeze(1).expand(-1, heads, -1)
+    return M.repeat_interleave(heads // M.shape[1], dim=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,16 +285,20 @@ def selective_scan_reference(
     if delta_softplus:
         delta = F.softplus(delta)
     A = A.to(compute)
-    B = _expand_groups(B.to(compute), dim)  # (batch, dim, N, L)
-    C = _expand_groups(C.to(compute), dim)  # (batch, dim, N, L)
+    # Split along time once with unbind (its backward stacks all steps' gradients in one go;
+    # indexing x[..., t] per step would allocate a full-size gradient per step: O(L^2)).
+    u_steps, delta_steps = u.unbind(-1), delta.unbind(-1)  # L x (batch, dim)
+    B_steps, C_steps = B.to(compute).unbind(-1), C.to(compute).unbind(-1)  # L x (batch, [G,] N)
 
     state = u.new_zeros(batch, dim, A.shape[1])
     ys = []
     for t in range(length):
-        delta_t = delta[:, :, t, None]  # (batch, dim, 1)
+        delta_t = delta_steps[t][:, :, None]  # (batch, dim, 1)
         decay = torch.exp(delta_t * A)  # (batch, dim, N)
-        state = decay * state + delta_t * B[..., t] * u[:, :, t, None]
-        ys.append((state * C[..., t]).sum(-1))  # (batch, dim)
+        B_t = _expand_step_groups(B_steps[t], dim)  # (batch, dim, N)
+        C_t = _expand_step_groups(C_steps[t], dim)
+        state = decay * state + delta_t * B_t * u_steps[t][:, :, None]
+        ys.append((state * C_t).sum(-1))  # (batch, dim)
     y = torch.stack(ys, dim=-1)  # (batch, dim, L)
     if D is not None:
         y = y + D.to(compute)[:, None] * u
@@ -411,13 +414,6 @@ def _check_update_inputs(state, x, dt, A, B, C, D, z, dt_bias) -> None:
                 f"{name} must have shape (batch, N) = ({batch}, {n_state}) or grouped "
                 f"(batch, G, N) with G dividing {heads}, got {_shape(t)}."
             )
-
-
-def _expand_step_groups(M: torch.Tensor, heads: int) -> torch.Tensor:
-    """(batch, N) or (batch, G, N) -> (batch, heads, N); head h reads group h // (heads // G)."""
-    if M.dim() == 2:
-        M = M.unsqueeze(1)
-    return M.repeat_interleave(heads // M.shape[1], dim=1)
 
 
 def selective_state_update_reference(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
