@@ -360,6 +360,8 @@ def bench_scan(args) -> None:
         for mode in ("fwd", "fwd+bwd"):
             limit = args.slow_max_length if mode == "fwd+bwd" else args.slow_fwd_max_length
             run_methods = [m for m in methods if m == "cpu" or length <= limit]
+            if mode == "fwd+bwd" and length > args.ref_algo_bwd_max_length:
+                run_methods = [m for m in run_methods if m != "ref_algo"]
             repeats = {m: args.repeats if m == "cpu" else args.slow_repeats for m in run_methods}
             spec = dict(methods=run_methods, repeats=repeats, mode=mode, length=length,
                         batch=args.batch, dim=args.dim, n_state=args.state)
@@ -372,6 +374,9 @@ def bench_scan(args) -> None:
                         + [_fmt_mem(get(m)) for m in methods]
                         + [_ratio(get("ref_algo"), get("cpu")),
                            _ratio(get("reference"), get("cpu"))])
+    notes.append(f"'skipped': ref_algo forward+backward above L={args.ref_algo_bwd_max_length}: "
+                 "its backward is quadratic in L (each step's slice of a (batch, dim, L, N) "
+                 "tensor gets a full-size gradient), like transformers' default Mamba path.")
     notes.append(f"'skipped': reference/ref_algo forward+backward above L={args.slow_max_length}"
                  f" and forward above L={args.slow_fwd_max_length} (--slow-max-length, "
                  "--slow-fwd-max-length); ref_algo builds 2 (batch, dim, L, N) float32 tensors "
@@ -453,6 +458,8 @@ def main(argv=None) -> None:
                         help="timed calls of the slow baselines")
     parser.add_argument("--slow-max-length", type=int, default=2048,
                         help="longest L for reference/ref_algo forward+backward")
+    parser.add_argument("--ref-algo-bwd-max-length", type=int, default=512,
+                        help="longest L for ref_algo forward+backward (quadratic backward)")
     parser.add_argument("--slow-fwd-max-length", type=int, default=8192,
                         help="longest L for reference/ref_algo forward")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per table row")
