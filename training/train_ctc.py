@@ -246,7 +246,7 @@ def parse_args(argv=None):
     parser.add_argument("--num_hidden_layers", type=int, default=4)
     parser.add_argument("--subsampling_conv_channels", type=int, default=32)
     parser.add_argument("--block_type", default="mamba", choices=["mamba", "conmamba"])
-    parser.add_argument("--num_train_epochs", type=float, default=5)
+    parser.add_argument("--num_train_epochs", type=float, default=10)
     parser.add_argument("--max_train_cpu_minutes", type=float, default=16.0,
                         help="safety net: stop training after this much process CPU time (not wall time, which "
                              "grows when other processes share the cores) even if epochs remain")
