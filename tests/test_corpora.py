@@ -29,6 +29,7 @@ from mamba_zoo.corpora import (  # noqa: E402
     split_voices,
     synthesize,
 )
+from mamba_zoo.corpora import builders  # noqa: E402
 from mamba_zoo.corpora.__main__ import main as cli_main  # noqa: E402
 from mamba_zoo.corpora.augment import add_noise, colored_noise, rms, trim_silence  # noqa: E402
 
@@ -193,10 +194,14 @@ def test_keywords_deterministic_same_bytes_whatever_the_workers(keywords, tmp_pa
     assert [a.tobytes() for a in _arrays(seed0)] != [a.tobytes() for a in _arrays(seed1)]
 
 
-def test_keywords_cache_is_reused(keywords, cache):
+def test_keywords_cache_is_reused(keywords, cache, monkeypatch):
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("the cached corpus was rendered again")
+
+    monkeypatch.setattr(builders, "_render_all", no_rendering)
     start = time.perf_counter()
     again = load_keywords(seed=0, cache_dir=cache, num_workers=2, **SMALL)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 1.0
     assert again["train"]["id"] == keywords["train"]["id"]
     assert _arrays(again["train"])[3].tobytes() == _arrays(keywords["train"])[3].tobytes()
     assert len([p for p in cache.iterdir() if p.name.startswith("keywords-")]) == 1

@@ -291,7 +291,7 @@ def _still_loaded(path: str) -> bool:
     if not hasattr(os, "RTLD_NOLOAD"):
         return True  # cannot tell: assume the worst and use a new copy next time
     try:
-        probe = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
+        probe = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
     except OSError:
         return False
     _ctypes.dlclose(probe._handle)
