@@ -323,3 +323,20 @@ def test_bad_input_shapes_raise_clear_errors():
         MambaMixer(16, d_state=4)(torch.randn(2, 5, 8))
     with pytest.raises(ValueError, match="headdim"):
         Mamba2Mixer(16, headdim=7)
+
+
+def test_conv_bias_flag_is_honoured_and_matches_transformers():
+    from transformers import MambaConfig
+    from transformers.models.mamba.modeling_mamba import MambaMixer as HFMambaMixer
+
+    config = MambaConfig(hidden_size=16, state_size=4, num_hidden_layers=1, use_conv_bias=False)
+    torch.manual_seed(0)
+    hf = HFMambaMixer(config, layer_idx=0).eval()
+    _randomize(hf, seed=5)
+    ours = MambaMixer(16, d_state=4, dt_rank=config.time_step_rank, conv_bias=False, bidirectional=False).eval()
+    assert ours.conv1d.bias is None
+    ours.load_state_dict(hf.state_dict(), strict=True)
+    x = torch.randn(2, 9, 16)
+    with torch.no_grad():
+        assert rel_err(ours(x), hf(x)) < 1e-5
+    assert MambaMixer(16, d_state=4, conv_bias=False, bidirectional=True).conv1d_b.bias is None

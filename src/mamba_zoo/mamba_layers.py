@@ -280,17 +280,18 @@ class MambaMixer(nn.Module):
 
         # input projection to the SSM input x and the gate z
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
-        self._add_branch("")
+        self._add_branch("", conv_bias)
         if bidirectional:
-            self._add_branch("_b")
+            self._add_branch("_b", conv_bias)
         # output projection back to the model width
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
         self.init_ssm_parameters()
 
-    def _add_branch(self, suffix: str) -> None:
+    def _add_branch(self, suffix: str, conv_bias: bool) -> None:
         # depthwise causal convolution over time
         setattr(self, f"conv1d{suffix}", nn.Conv1d(
-            self.d_inner, self.d_inner, kernel_size=self.d_conv, groups=self.d_inner, padding=self.d_conv - 1, bias=True
+            self.d_inner, self.d_inner, kernel_size=self.d_conv, groups=self.d_inner, padding=self.d_conv - 1,
+            bias=conv_bias,
         ))
         # selective projection: input-dependent time step (low rank), B and C
         setattr(self, f"x_proj{suffix}", nn.Linear(self.d_inner, self.dt_rank + 2 * self.d_state, bias=False))
