@@ -53,11 +53,34 @@ def test_config_round_trip_and_presets(tmp_path):
     assert SSAMBAConfig(frequency_stride=10, time_stride=10, max_length=128).grid_size == (12, 12)
 
 
+def test_frame_patches_config_and_model(tmp_path):
+    """SSAST's fshape/tshape: [frequency, time] patches, e.g. frame-based tokens spanning every mel bin."""
+    config = tiny_config(patch_size=(32, 4), frequency_stride=32, time_stride=4)
+    assert config.patch_size == [32, 4] and (config.frequency_patch_size, config.time_patch_size) == (32, 4)
+    assert config.grid_size == (1, 12) and config.num_patches == 12
+    config.save_pretrained(tmp_path)
+    assert SSAMBAConfig.from_pretrained(tmp_path).to_dict() == config.to_dict()
+    assert tiny_config(patch_size=[16, 16]).patch_size == 16  # a square pair is the int
+    model = SSAMBAForAudioClassification(config).eval()
+    assert model.ssamba.embeddings.patch_embeddings.projection.weight.shape[-2:] == (32, 4)
+    x = torch.randn(2, 48, 32)
+    with torch.no_grad():
+        out = model.ssamba(x)
+        short = model.ssamba(x[:1], attention_mask=(torch.arange(48) < 30).long()[None])
+        alone = model.ssamba(x[:1, :28], interpolate_pos_encoding=False)
+    assert out.last_hidden_state.shape == (2, 13, 32)
+    # 30 valid frames hold 7 whole 4-frame patches: the padded clip equals the clip cut to those 28 frames
+    torch.testing.assert_close(short.pooler_output, alone.pooler_output, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         (dict(max_length=8), "max_length .* smaller than patch_size"),
         (dict(num_mel_bins=10), "num_mel_bins .* smaller than patch_size"),
+        (dict(patch_size=[0, 4]), "patch_size must be a positive integer .* pair"),
+        (dict(patch_size=[4, 4, 4]), "patch_size must be a positive integer .* pair"),
+        (dict(patch_size=[64, 4], frequency_stride=64, time_stride=4), "num_mel_bins .* smaller than patch_size"),
         (dict(num_hidden_layers=3), "must be even"),
         (dict(pooling="max"), "pooling"),
         (dict(norm_type="batchnorm"), "norm_type"),
@@ -191,9 +214,9 @@ def test_input_errors():
 def naive_ssast_losses(model, x, mask_index, generative_mask_index):
     """SSAST's mpc/mpg written as its loops: per-clip masking, NCE over the clip's masked patches, MSE."""
     config = model.config
-    p = config.patch_size
+    p = (config.frequency_patch_size, config.time_patch_size)
     spec = x.unsqueeze(1).transpose(2, 3)
-    patches = torch.nn.Unfold(kernel_size=(p, p), stride=(p, p))(spec).transpose(1, 2)
+    patches = torch.nn.Unfold(kernel_size=p, stride=p)(spec).transpose(1, 2)
     emb = model.ssamba.embeddings
 
     def encode(index):
@@ -230,8 +253,11 @@ def naive_ssast_losses(model, x, mask_index, generative_mask_index):
     return nce, correct / (x.shape[0] * M), ((pred - target) ** 2).mean()
 
 
-def test_pretraining_losses_match_ssast_loops():
-    config = tiny_config(num_mel_bins=32, max_length=96, mask_patch_count=5)  # 2 x 6 patches
+@pytest.mark.parametrize("patch", [16, (32, 8)], ids=["square", "frame"])
+def test_pretraining_losses_match_ssast_loops(patch):
+    frequency, time = (patch, patch) if isinstance(patch, int) else patch
+    config = tiny_config(num_mel_bins=32, max_length=96, mask_patch_count=5, patch_size=patch,
+                         frequency_stride=frequency, time_stride=time)  # 2 x 6 or 1 x 12 patches
     model = randomize(SSAMBAForPreTraining(config), seed=4).eval()
     x = torch.randn(2, 96, 32)
     mask_index = model.sample_masks(2)

@@ -17,10 +17,19 @@ _POOLINGS = ("mean", "cls")
 _NORM_TYPES = ("layernorm", "rmsnorm")
 
 
-def patch_grid(num_mel_bins: int, max_length: int, patch_size: int, frequency_stride: int, time_stride: int):
-    """Number of patches `(frequency, time)` that a `(patch_size x patch_size)` Conv2d with the given strides cuts
-    from a `(num_mel_bins, max_length)` spectrogram."""
-    return (num_mel_bins - patch_size) // frequency_stride + 1, (max_length - patch_size) // time_stride + 1
+def patch_shape(patch_size) -> tuple[int, int]:
+    """`(frequency, time)` extent of a patch: `patch_size` is an int (square, AST) or a `[frequency, time]` pair."""
+    if isinstance(patch_size, int):
+        return patch_size, patch_size
+    frequency, time = patch_size
+    return int(frequency), int(time)
+
+
+def patch_grid(num_mel_bins: int, max_length: int, patch_size, frequency_stride: int, time_stride: int):
+    """Number of patches `(frequency, time)` that a `patch_size` Conv2d (an int for square patches or a
+    `[frequency, time]` pair) with the given strides cuts from a `(num_mel_bins, max_length)` spectrogram."""
+    frequency, time = patch_shape(patch_size)
+    return (num_mel_bins - frequency) // frequency_stride + 1, (max_length - time) // time_stride + 1
 
 
 @strict
@@ -53,7 +62,9 @@ class SSAMBAConfig(PreTrainedConfig):
         hidden_dropout_prob (`float`, defaults to 0.0): dropout after adding position embeddings.
         use_cls_token (`bool`, defaults to True): prepend a learned cls token at position 0.
         pooling (`str`, defaults to `"mean"`): clip representation: `"mean"` of the non-cls tokens or the `"cls"` token.
-        patch_size (`int`, defaults to 16): square patch size (frequency x time).
+        patch_size (`int` or `list[int]`, defaults to 16): patch size: an int for square patches (AST, SSAMBA's
+            released checkpoints), or a `[frequency, time]` pair (SSAST's `fshape`/`tshape`), e.g. `[128, 2]` for
+            frame-based tokens that each span every mel bin of a few frames (SSAST-Frame, the better choice for speech).
         frequency_stride (`int`, defaults to 16): patch stride along frequency (16 in pretraining, 10 fine-tuning).
         time_stride (`int`, defaults to 16): patch stride along time.
         num_mel_bins (`int`, defaults to 128): frequency dimension of the input spectrogram (SSAST's `input_fdim`).
@@ -102,7 +113,7 @@ class SSAMBAConfig(PreTrainedConfig):
     hidden_dropout_prob: float = 0.0
     use_cls_token: bool = True
     pooling: str = "mean"
-    patch_size: int = 16
+    patch_size: int | list[int] = 16
     frequency_stride: int = 16
     time_stride: int = 16
     num_mel_bins: int = 128
@@ -116,6 +127,10 @@ class SSAMBAConfig(PreTrainedConfig):
     backend: str = "auto"
 
     def __post_init__(self, **kwargs):
+        if isinstance(self.patch_size, tuple):
+            self.patch_size = list(self.patch_size)
+        if isinstance(self.patch_size, list) and len(self.patch_size) == 2 and self.patch_size[0] == self.patch_size[1]:
+            self.patch_size = int(self.patch_size[0])
         if self.time_step_rank == "auto":
             self.time_step_rank = -(-self.hidden_size // 16)
         super().__post_init__(**kwargs)
@@ -134,6 +149,16 @@ class SSAMBAConfig(PreTrainedConfig):
         return patch_grid(self.num_mel_bins, self.max_length, self.patch_size, self.frequency_stride, self.time_stride)
 
     @property
+    def frequency_patch_size(self) -> int:
+        """Mel bins covered by one patch."""
+        return patch_shape(self.patch_size)[0]
+
+    @property
+    def time_patch_size(self) -> int:
+        """Frames covered by one patch."""
+        return patch_shape(self.patch_size)[1]
+
+    @property
     def num_patches(self) -> int:
         frequency, time = self.grid_size
         return frequency * time
@@ -144,20 +169,27 @@ class SSAMBAConfig(PreTrainedConfig):
 
     def _check(self) -> None:
         positive = ("hidden_size", "num_hidden_layers", "state_size", "expand", "conv_kernel", "time_step_rank",
-                    "patch_size", "frequency_stride", "time_stride", "num_mel_bins", "max_length")
+                    "frequency_stride", "time_stride", "num_mel_bins", "max_length")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"SSAMBAConfig.{name} must be a positive integer, got {value!r}.")
-        if self.num_mel_bins < self.patch_size:
+        patch = self.patch_size
+        is_pair = isinstance(patch, list) and len(patch) == 2 and all(isinstance(v, int) for v in patch)
+        if not (isinstance(patch, int) or is_pair) or min(patch_shape(patch) if is_pair else (patch,)) <= 0:
+            raise ValueError(
+                f"SSAMBAConfig.patch_size must be a positive integer (square patches) or a [frequency, time] pair of "
+                f"positive integers, got {patch!r}."
+            )
+        if self.num_mel_bins < self.frequency_patch_size:
             raise ValueError(
                 f"num_mel_bins ({self.num_mel_bins}, the spectrogram's frequency dimension) is smaller than patch_size "
-                f"({self.patch_size}): no patch fits. Use more mel bins or a smaller patch_size."
+                f"({self.patch_size}) along frequency: no patch fits. Use more mel bins or a smaller patch_size."
             )
-        if self.max_length < self.patch_size:
+        if self.max_length < self.time_patch_size:
             raise ValueError(
                 f"max_length ({self.max_length} frames, the spectrogram's time dimension) is smaller than patch_size "
-                f"({self.patch_size}): no patch fits. Use max_length >= patch_size."
+                f"({self.patch_size}) along time: no patch fits. Use max_length >= the patch's time size."
             )
         if self.bidirectional_layer_pairing and self.num_hidden_layers % 2 != 0:
             raise ValueError(
@@ -184,4 +216,4 @@ class SSAMBAConfig(PreTrainedConfig):
             raise ValueError("discriminative_loss_weight and generative_loss_weight must be >= 0.")
 
 
-__all__ = ["SSAMBAConfig", "SSAMBA_PRESETS"]
+__all__ = ["SSAMBAConfig", "SSAMBA_PRESETS", "patch_grid", "patch_shape"]

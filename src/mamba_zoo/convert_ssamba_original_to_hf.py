@@ -66,8 +66,6 @@ def infer_config(state: dict[str, torch.Tensor], **overrides) -> SSAMBAConfig:
     in_proj = state["v.layers.0.mixer.in_proj.weight"]
     a_log = state["v.layers.0.mixer.A_log"]
     patch = state["v.patch_embed.proj.weight"]
-    if patch.shape[-1] != patch.shape[-2]:
-        raise ValueError(f"Only square patches are supported, got {tuple(patch.shape[-2:])}.")
     config = dict(
         hidden_size=hidden_size,
         num_hidden_layers=depth,
@@ -79,7 +77,7 @@ def infer_config(state: dict[str, torch.Tensor], **overrides) -> SSAMBAConfig:
         use_conv_bias="v.layers.0.mixer.conv1d.bias" in state,
         bidirectional_mixer="v.layers.0.mixer.A_b_log" in state,
         norm_type="layernorm" if "v.norm_f.bias" in state else "rmsnorm",
-        patch_size=patch.shape[-1],
+        patch_size=int(patch.shape[-1]) if patch.shape[-1] == patch.shape[-2] else [int(v) for v in patch.shape[-2:]],
         frequency_stride=patch.shape[-2],
         time_stride=patch.shape[-1],
         use_cls_token="v.cls_token" in state,

@@ -21,7 +21,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
-from .configuration_ssamba import SSAMBAConfig, patch_grid
+from .configuration_ssamba import SSAMBAConfig, patch_grid, patch_shape
 from .mamba_layers import (
     DropPath,
     MambaBlock,
@@ -91,7 +91,7 @@ class SSAMBAPatchEmbeddings(nn.Module):
     def __init__(self, config: SSAMBAConfig):
         super().__init__()
         self.projection = nn.Conv2d(
-            1, config.hidden_size, kernel_size=config.patch_size,
+            1, config.hidden_size, kernel_size=patch_shape(config.patch_size),
             stride=(config.frequency_stride, config.time_stride),
         )
 
@@ -305,7 +305,7 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
 
         A time column of patches is valid when its whole window lies in the valid frames (at least one column is)."""
         lengths = lengths_from_attention_mask(attention_mask)
-        patch, stride = self.config.patch_size, self.config.time_stride
+        patch, stride = self.config.time_patch_size, self.config.time_stride
         valid_columns = ((lengths - patch).div(stride, rounding_mode="floor") + 1).clamp(min=1, max=grid[1])
         columns = torch.arange(grid[1], device=attention_mask.device)
         patch_mask = (columns[None, :] < valid_columns[:, None])[:, None, :].expand(-1, grid[0], -1).reshape(
@@ -356,9 +356,10 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
                 f"input_values has {input_values.shape[-1]} mel bins but the model expects num_mel_bins="
                 f"{self.config.num_mel_bins} (input shape (batch, time, mel) = {tuple(input_values.shape)})."
             )
-        if input_values.shape[1] < self.config.patch_size:
+        if input_values.shape[1] < self.config.time_patch_size:
             raise ValueError(
-                f"input_values has {input_values.shape[1]} frames, fewer than patch_size={self.config.patch_size}; "
+                f"input_values has {input_values.shape[1]} frames, fewer than the {self.config.time_patch_size} frames "
+                f"of a patch (patch_size={self.config.patch_size}); "
                 "pad the spectrogram (the feature extractor pads to max_length)."
             )
         hidden_states, grid = self.embeddings(input_values, bool_masked_pos, interpolate_pos_encoding)
@@ -549,17 +550,17 @@ class SSAMBAForPreTraining(SSAMBAPreTrainedModel):
     `share_mask_between_objectives=True`): the discriminative head (`Linear(D, D) - ReLU - Linear(D, P)`, P = patch
     pixels) predicts each masked patch and is scored by InfoNCE against the other masked patches of the same clip;
     the generative head (same shape) regresses the masked patch values (MSE). Loss = `w_d * nce + w_g * mse`.
-    Patches must not overlap during pretraining (`frequency_stride == time_stride == patch_size`).
+    Patches must not overlap during pretraining (strides equal to the patch size along both axes).
     """
 
     accepts_loss_kwargs = False
 
     def __init__(self, config: SSAMBAConfig):
         super().__init__(config)
-        if config.frequency_stride != config.patch_size or config.time_stride != config.patch_size:
+        if (config.frequency_stride, config.time_stride) != patch_shape(config.patch_size):
             raise ValueError(
-                f"Pretraining needs non-overlapping patches (frequency_stride == time_stride == patch_size = "
-                f"{config.patch_size}), got strides ({config.frequency_stride}, {config.time_stride}): the masked "
+                f"Pretraining needs non-overlapping patches ((frequency_stride, time_stride) == patch size "
+                f"{patch_shape(config.patch_size)}), got strides ({config.frequency_stride}, {config.time_stride}): the masked "
                 "patches would otherwise leak into their neighbours. Fine-tune with smaller strides later "
                 "(resize_position_embeddings)."
             )
@@ -570,7 +571,7 @@ class SSAMBAForPreTraining(SSAMBAPreTrainedModel):
             )
         self.share_mask_between_objectives = False
         self.ssamba = SSAMBAModel(config, use_mask_token=True)
-        patch_pixels = config.patch_size * config.patch_size
+        patch_pixels = config.frequency_patch_size * config.time_patch_size
         self.discriminative_head = nn.Sequential(
             nn.Linear(config.hidden_size, config.hidden_size), nn.ReLU(), nn.Linear(config.hidden_size, patch_pixels)
         )
@@ -631,7 +632,8 @@ class SSAMBAForPreTraining(SSAMBAPreTrainedModel):
             generative_mask_index = mask_index if self.share_mask_between_objectives else self.sample_masks(batch).to(device)
 
         spectrogram = input_values.unsqueeze(1).transpose(2, 3)  # (batch, 1, mel, time)
-        patches = F.unfold(spectrogram, kernel_size=self.config.patch_size, stride=self.config.patch_size)
+        patch = patch_shape(self.config.patch_size)
+        patches = F.unfold(spectrogram, kernel_size=patch, stride=patch)
         patches = patches.transpose(1, 2)  # (batch, num_patches, patch_pixels), frequency-major like the tokens
 
         def targets(index):
