@@ -13,41 +13,20 @@ from transformers.feature_extraction_sequence_utils import SequenceFeatureExtrac
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import PaddingStrategy, TensorType, logging
 
+from .audio_utils import check_sampling_rate, validate_waveform
 
 logger = logging.get_logger(__name__)
 
 
 def validate_and_convert_waveform(waveform, index: int = 0) -> np.ndarray:
-    """Check one mono waveform and return it as float32 numpy.
+    """Check one mono waveform `(num_samples,)` and return it as a new float32 numpy array.
 
-    Conversions (documented and tested): torch tensors and lists become numpy; float64 becomes float32; integer PCM
-    is scaled to [-1, 1) (int16 / 32768, int32 / 2**31, uint8 (x - 128) / 128, other integers by their type's range).
-    Errors (`ValueError`): empty audio, NaN or infinite samples, more than one channel (downmix first, e.g.
-    `audio.mean(axis=0)` for `(channels, samples)`).
+    `audio_utils.validate_waveform` (any length of at least one sample): torch tensors and lists become numpy,
+    float64 becomes float32, integer PCM is scaled to [-1, 1) (int16 / 32768, int32 / 2**31, uint8 (x - 128) / 128).
+    Errors (`ValueError`): empty audio, NaN or infinite samples, non-numeric dtype, more than one channel (downmix
+    first, e.g. `audio.mean(axis=0)` for `(channels, samples)`).
     """
-    if isinstance(waveform, torch.Tensor):
-        waveform = waveform.detach().cpu().numpy()
-    waveform = np.asarray(waveform)
-    if waveform.ndim != 1:
-        raise ValueError(
-            f"Audio {index} has shape {waveform.shape}; only mono audio of shape (num_samples,) is supported. "
-            "Downmix multi-channel audio first, e.g. `audio.mean(axis=0)` for (channels, samples)."
-        )
-    if waveform.size == 0:
-        raise ValueError(f"Audio {index} is empty (0 samples).")
-    if np.issubdtype(waveform.dtype, np.integer):
-        info = np.iinfo(waveform.dtype)
-        if info.min == 0:  # unsigned PCM is offset binary
-            midpoint = (int(info.max) + 1) / 2
-            waveform = (waveform.astype(np.float64) - midpoint) / midpoint
-        else:
-            waveform = waveform.astype(np.float64) / (int(info.max) + 1)
-    elif waveform.dtype == np.bool_ or not np.issubdtype(waveform.dtype, np.floating):
-        raise ValueError(f"Audio {index} has dtype {waveform.dtype}; pass float or integer PCM samples.")
-    waveform = waveform.astype(np.float32)
-    if not np.isfinite(waveform).all():
-        raise ValueError(f"Audio {index} contains NaN or infinite samples.")
-    return waveform
+    return validate_waveform(waveform, name=f"Audio {index}")
 
 
 class MambaCTCFeatureExtractor(SequenceFeatureExtractor):
@@ -158,13 +137,8 @@ class MambaCTCFeatureExtractor(SequenceFeatureExtractor):
             `BatchFeature` with `input_features` `(batch, frames, feature_size)` and `attention_mask`
             `(batch, frames)` (1 = frame, 0 = padding).
         """
-        if sampling_rate is not None:
-            if sampling_rate != self.sampling_rate:
-                raise ValueError(
-                    f"{self.__class__.__name__} expects audio sampled at {self.sampling_rate} Hz, got {sampling_rate} "
-                    f"Hz. Resample first (e.g. scipy.signal.resample_poly or the ASR pipeline's dict input)."
-                )
-        else:
+        check_sampling_rate(sampling_rate, self.sampling_rate, owner=self.__class__.__name__)
+        if sampling_rate is None:
             logger.warning_once(
                 f"Pass `sampling_rate` to {self.__class__.__name__}() to avoid silent errors from audio at the wrong rate."
             )

@@ -13,6 +13,8 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.pipelines.audio_classification import AudioClassificationPipeline
 from transformers.utils import logging
 
+from .audio_utils import check_sampling_rate, read_audio_file, resample_audio, validate_waveform
+
 try:
     import soundfile
 except ImportError:  # optional: only needed to decode audio files without ffmpeg
@@ -32,39 +34,15 @@ _MAX_CHANNELS = 8
 
 
 def to_float_waveform(waveform: Any, name: str = "audio") -> np.ndarray:
-    """One clip as float32 samples in [-1, 1].
+    """One clip `(num_samples,)` as float32 samples in [-1, 1] (a new array), at least one 25 ms window long.
 
-    Integer PCM is scaled as audio readers do (int16 / 2**15, int32 / 2**31, uint8 (x - 128) / 128), since the
-    filter banks are defined on float waveforms (what `torchaudio.load` and `soundfile.read` return). Raises a
-    `ValueError` for empty, non-finite, multi-channel or non-numeric input.
+    `audio_utils.validate_waveform` with SSAMBA's minimum length (400 samples): integer PCM is scaled as audio
+    readers do (int16 / 2**15, int32 / 2**31, uint8 (x - 128) / 128), since the filter banks are defined on float
+    waveforms. Raises a `ValueError` for empty, non-finite, multi-channel, too short or non-numeric input.
     """
-    array = np.asarray(waveform)
-    if array.dtype.kind in "iu":
-        if array.dtype == np.uint8:
-            array = (array.astype(np.float32) - 128.0) / 128.0
-        else:
-            array = array.astype(np.float32) / float(2 ** (8 * array.dtype.itemsize - 1))
-    elif array.dtype.kind == "f":
-        array = array.astype(np.float32)
-    elif array.dtype.kind == "b" or array.dtype == object:
-        raise ValueError(f"{name} must be numeric samples, got dtype {array.dtype}.")
-    else:
-        raise ValueError(f"{name} must be numeric samples, got dtype {array.dtype}.")
-    if array.ndim != 1:
-        raise ValueError(
-            f"{name} must be mono, one 1-D array of samples per clip; got shape {array.shape}. Mix multi-channel audio "
-            "down first, e.g. `audio.mean(axis=channel_axis)`."
-        )
-    if array.size == 0:
-        raise ValueError(f"{name} is empty (0 samples).")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or infinite samples; clean or drop the clip.")
-    if array.size < _MIN_SAMPLES:
-        raise ValueError(
-            f"{name} has {array.size} samples, shorter than one 25 ms analysis window ({_MIN_SAMPLES} samples at "
-            "16 kHz); pad it with zeros."
-        )
-    return array
+    return validate_waveform(
+        waveform, name=name, min_samples=_MIN_SAMPLES, min_samples_reason="one 25 ms analysis window at 16 kHz"
+    )
 
 
 class SSAMBAFeatureExtractor(ASTFeatureExtractor):
@@ -166,12 +144,7 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
 
         Returns a `BatchFeature` with `input_values` `(batch, max_length, num_mel_bins)` (and `attention_mask`
         `(batch, max_length)` when requested)."""
-        if sampling_rate is not None and sampling_rate != self.sampling_rate:
-            raise ValueError(
-                f"SSAMBAFeatureExtractor expects audio sampled at {self.sampling_rate} Hz, got sampling_rate="
-                f"{sampling_rate}. Resample first (e.g. scipy.signal.resample_poly or datasets' "
-                f"cast_column('audio', Audio(sampling_rate={self.sampling_rate})))."
-            )
+        check_sampling_rate(sampling_rate, self.sampling_rate, owner=type(self).__name__)
         clips, is_batched = self._split_batch(raw_speech)
         clips = [to_float_waveform(clip, name=f"clip {i}" if is_batched else "audio") for i, clip in enumerate(clips)]
         for i, clip in enumerate(clips):
@@ -191,28 +164,6 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
                 mask[i, :min(frames, self.max_length)] = 1
             data["attention_mask"] = mask
         return BatchFeature(data, tensor_type=return_tensors)
-
-
-def read_audio_file(path_or_bytes, sampling_rate: int) -> np.ndarray:
-    """Decode a WAV/FLAC/OGG file (path or bytes) with soundfile, mix to mono and resample to `sampling_rate`."""
-    import io
-
-    source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else path_or_bytes
-    audio, file_rate = soundfile.read(source, dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    return resample_audio(audio, file_rate, sampling_rate)
-
-
-def resample_audio(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
-    """Polyphase resampling (scipy) of a mono float clip."""
-    if orig_rate == target_rate:
-        return np.asarray(audio, dtype=np.float32)
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
-    g = gcd(int(orig_rate), int(target_rate))
-    return resample_poly(np.asarray(audio, dtype=np.float32), int(target_rate) // g, int(orig_rate) // g).astype(np.float32)
 
 
 class SoundfileAudioClassificationPipeline(AudioClassificationPipeline):

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from transformers import BatchFeature, PreTrainedTokenizerFast, ProcessorMixin, Speech2TextFeatureExtractor
 
+from .audio_utils import check_sampling_rate, validate_waveform
+
 SPECIAL_TOKENS = ["<pad>", "<sos>", "<eos>", "<unk>", "<speech>", "<generatetext>"]
 DEFAULT_CHARACTERS = " abcdefghijklmnopqrstuvwxyz'"
 MIN_AUDIO_SECONDS = 0.1
@@ -45,13 +47,11 @@ def build_tokenizer(characters: str = DEFAULT_CHARACTERS, num_units: int = 0) ->
 
 
 def validate_audio(audio, sampling_rate: Optional[int], expected_rate: int) -> list[np.ndarray]:
-    """Check and normalise raw audio: one clip or a list of clips, each mono `(samples,)` float, finite, at least
-    0.1 s, at `expected_rate` Hz. Returns a list of float32 arrays; raises ValueError with a clear message otherwise."""
-    if sampling_rate is not None and int(sampling_rate) != expected_rate:
-        raise ValueError(
-            f"Audio was sampled at {sampling_rate} Hz but the model expects {expected_rate} Hz; resample it first "
-            "(e.g. scipy.signal.resample_poly)."
-        )
+    """Check and normalise raw audio: one clip `(samples,)` or a list of clips, each mono, numeric, finite, at least
+    0.1 s long, at `expected_rate` Hz (`sampling_rate=None` skips the rate check). Integer PCM is scaled to [-1, 1)
+    (`audio_utils.pcm_to_float`). Returns a list of float32 `(samples,)` arrays; raises `ValueError` with a clear
+    message otherwise (per clip: `audio_utils.validate_waveform`)."""
+    check_sampling_rate(sampling_rate, expected_rate, owner="The model")
     if audio is None:
         raise ValueError("No audio given.")
     if isinstance(audio, (np.ndarray, torch.Tensor)) and audio.ndim == 1:
@@ -69,29 +69,12 @@ def validate_audio(audio, sampling_rate: Optional[int], expected_rate: int) -> l
         raise ValueError(f"Audio must be a numpy array, a torch tensor or a list of them, got {type(audio).__name__}.")
     if len(clips) == 0:
         raise ValueError("Got an empty batch of audio.")
-    result = []
-    for i, clip in enumerate(clips):
-        if isinstance(clip, torch.Tensor):
-            clip = clip.detach().cpu().numpy()
-        clip = np.asarray(clip)
-        if clip.dtype == object or not (np.issubdtype(clip.dtype, np.floating) or np.issubdtype(clip.dtype, np.integer)):
-            raise ValueError(f"Audio clip {i} is not numeric (dtype {clip.dtype}).")
-        if clip.ndim != 1:
-            raise ValueError(
-                f"Audio clip {i} must be mono with shape (samples,), got shape {clip.shape}. Average the channels of "
-                "stereo audio first."
-            )
-        if clip.shape[0] < MIN_AUDIO_SECONDS * expected_rate:
-            raise ValueError(
-                f"Audio clip {i} has {clip.shape[0]} samples; at least {MIN_AUDIO_SECONDS} s "
-                f"({int(MIN_AUDIO_SECONDS * expected_rate)} samples at {expected_rate} Hz) are needed."
-            )
-        if np.issubdtype(clip.dtype, np.integer):
-            clip = clip.astype(np.float32) / np.iinfo(clip.dtype).max
-        if not np.all(np.isfinite(clip)):
-            raise ValueError(f"Audio clip {i} contains NaN or infinite samples.")
-        result.append(clip.astype(np.float32))
-    return result
+    min_samples = int(np.ceil(MIN_AUDIO_SECONDS * expected_rate))
+    return [
+        validate_waveform(clip, name=f"Audio clip {i}", min_samples=min_samples,
+                          min_samples_reason=f"{MIN_AUDIO_SECONDS} s at {expected_rate} Hz")
+        for i, clip in enumerate(clips)
+    ]
 
 
 def kmeans(points: torch.Tensor, num_clusters: int, iterations: int = 25, seed: int = 0) -> torch.Tensor:
