@@ -1,4 +1,4 @@
-"""Tiny Trainer run used by tests/test_distributed.py: launched with torchrun for 1 and 2 processes.
+"""Tiny Trainer run used by tests/test_distributed.py, launched by torchrun or `accelerate launch` (1 or 2 processes).
 
 Writes the logged training losses (one per step) to `<output_dir>/losses.json` on the main process.
 All transformers `TrainingArguments` flags are accepted (HfArgumentParser), as in every training script of the zoo.
@@ -34,12 +34,18 @@ class SequentialTrainer(Trainer):
         return SequentialSampler(self.train_dataset)
 
 
-def main():
-    (args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(sys.argv[1:])
+def build_model(scan_backend: str = "auto") -> BlackMambaForCausalLM:
+    """The tiny seeded BlackMamba (4 `MambaBlock`s, MoE) that every launcher test trains."""
     torch.manual_seed(0)
     config = BlackMambaConfig(vocab_size=61, hidden_size=32, num_hidden_layers=4, state_size=8, ffn_hidden_size=40,
-                              num_experts=4, sinkhorn_in_training=False, pad_token_id=1, bos_token_id=0, eos_token_id=0)
-    model = BlackMambaForCausalLM(config)
+                              num_experts=4, sinkhorn_in_training=False, pad_token_id=1, bos_token_id=0, eos_token_id=0,
+                              scan_backend=scan_backend)
+    return BlackMambaForCausalLM(config)
+
+
+def main():
+    (args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(sys.argv[1:])
+    model = build_model()
     trainer = SequentialTrainer(model=model, args=args, train_dataset=TokenDataset())
     trainer.train()
     if trainer.is_world_process_zero():
