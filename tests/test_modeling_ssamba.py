@@ -445,3 +445,12 @@ def test_training_scripts_smoke(tmp_path):
     assert full["lora_merge_max_logit_diff"] < 1e-4
     merged = SSAMBAForAudioClassification.from_pretrained(tmp_path / "ft")
     assert type(merged) is SSAMBAForAudioClassification and merged.config.grid_size == (12, 12)
+    # frame-based tokens (SSAST-Frame): pretrained and fine-tuned at the same geometry, no position resize
+    pre = pretrain.run(pretrain.PretrainModelArguments(hidden_size=32, num_hidden_layers=2, mask_patch_count=8,
+                                                       patch_frames=8),
+                       pretrain.PretrainDataArguments(), TrainingArguments(output_dir=str(tmp_path / "pre-f"), **common),
+                       dataset=data["train"])
+    finetune.run(finetune.ModelArguments(model_name_or_path=str(tmp_path / "pre-f")), finetune.DataArguments(),
+                 TrainingArguments(output_dir=str(tmp_path / "ft-f"), **common), dataset=data)
+    frame = SSAMBAForAudioClassification.from_pretrained(tmp_path / "ft-f")
+    assert frame.config.patch_size == [128, 8] and frame.config.grid_size == (1, 16)

@@ -45,8 +45,15 @@ class ModelArguments:
     model_size: str = field(default="tiny", metadata={"help": "preset for random init: tiny, small or base"})
     num_hidden_layers: Optional[int] = field(default=None, metadata={"help": "override the preset depth"})
     hidden_size: Optional[int] = field(default=None, metadata={"help": "override the preset width"})
-    frequency_stride: int = field(default=16, metadata={"help": "patch stride along frequency (SSAMBA: 10 or 16)"})
-    time_stride: int = field(default=16, metadata={"help": "patch stride along time"})
+    patch_frames: Optional[int] = field(
+        default=None,
+        metadata={"help": "random init: frame-based tokens (SSAST-Frame) spanning every mel bin and this many frames, "
+                          "instead of 16x16 patches. Best for speech (keywords, speakers)."},
+    )
+    frequency_stride: Optional[int] = field(
+        default=None, metadata={"help": "patch stride along frequency (SSAMBA: 10 or 16); default: the patch size "
+                                        "(the checkpoint's stride when fine-tuning one)"})
+    time_stride: Optional[int] = field(default=None, metadata={"help": "patch stride along time; default as above"})
     drop_path_rate: float = field(default=0.1)
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters + the head only (peft)"})
     lora_r: int = field(default=8)
@@ -233,19 +240,23 @@ def build_model(model_args: ModelArguments, num_labels, id2label, label2id, max_
             model_args.model_name_or_path, drop_path_rate=model_args.drop_path_rate,
             **({} if same_head else labels), ignore_mismatched_sizes=not same_head,
         )
-        geometry = (model_args.frequency_stride, model_args.time_stride, max_length, num_mel_bins)
+        frequency_stride = model_args.frequency_stride or model.config.frequency_stride
+        time_stride = model_args.time_stride or model.config.time_stride
+        geometry = (frequency_stride, time_stride, max_length, num_mel_bins)
         current = (model.config.frequency_stride, model.config.time_stride, model.config.max_length,
                    model.config.num_mel_bins)
         if geometry != current:
             logger.info("Adapting position embeddings from %s to %s (stride_f, stride_t, frames, mels)", current, geometry)
-            model.resize_position_embeddings(max_length=max_length, frequency_stride=model_args.frequency_stride,
-                                             time_stride=model_args.time_stride, num_mel_bins=num_mel_bins)
+            model.resize_position_embeddings(max_length=max_length, frequency_stride=frequency_stride,
+                                             time_stride=time_stride, num_mel_bins=num_mel_bins)
         return model
     overrides = {k: v for k, v in (("num_hidden_layers", model_args.num_hidden_layers),
                                    ("hidden_size", model_args.hidden_size)) if v is not None}
+    patch = [num_mel_bins, model_args.patch_frames] if model_args.patch_frames else 16
+    frequency, time = (patch, patch) if isinstance(patch, int) else patch
     config = SSAMBAConfig.from_preset(
-        model_args.model_size, max_length=max_length, num_mel_bins=num_mel_bins,
-        frequency_stride=model_args.frequency_stride, time_stride=model_args.time_stride,
+        model_args.model_size, max_length=max_length, num_mel_bins=num_mel_bins, patch_size=patch,
+        frequency_stride=model_args.frequency_stride or frequency, time_stride=model_args.time_stride or time,
         drop_path_rate=model_args.drop_path_rate, **overrides, **labels,
     )
     return SSAMBAForAudioClassification(config)

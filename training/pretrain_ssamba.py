@@ -45,6 +45,10 @@ class PretrainModelArguments:
     model_size: str = field(default="tiny", metadata={"help": "tiny, small or base"})
     num_hidden_layers: Optional[int] = field(default=None, metadata={"help": "override the preset depth (24)"})
     hidden_size: Optional[int] = field(default=None)
+    patch_frames: Optional[int] = field(
+        default=None,
+        metadata={"help": "frame-based tokens (SSAST-Frame: every mel bin x this many frames) instead of 16x16 patches"},
+    )
     mask_patch_count: Optional[int] = field(
         default=None,
         metadata={"help": "masked patches per clip (SSAMBA: 250/300/400 of 512); default: half of the patches"},
@@ -93,6 +97,9 @@ def run(model_args: PretrainModelArguments, data_args: PretrainDataArguments, tr
     overrides = {k: v for k, v in (("num_hidden_layers", model_args.num_hidden_layers),
                                    ("hidden_size", model_args.hidden_size)) if v is not None}
     geometry = dict(max_length=feature_extractor.max_length, num_mel_bins=feature_extractor.num_mel_bins)
+    if model_args.patch_frames:  # non-overlapping frame patches
+        geometry.update(patch_size=[feature_extractor.num_mel_bins, model_args.patch_frames],
+                        frequency_stride=feature_extractor.num_mel_bins, time_stride=model_args.patch_frames)
     mask_patch_count = model_args.mask_patch_count
     if mask_patch_count is None:
         mask_patch_count = SSAMBAConfig(**geometry).num_patches // 2

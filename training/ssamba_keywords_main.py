@@ -32,13 +32,16 @@ def parse_args(argv=None):
     parser.add_argument("--num_per_class", type=int, default=200, help="training clips per class in the corpus")
     parser.add_argument("--hidden_size", type=int, default=128, help="model width (SSAMBA-tiny: 192)")
     parser.add_argument("--num_hidden_layers", type=int, default=8, help="depth (released SSAMBA: 24)")
-    parser.add_argument("--stride", type=int, default=16, help="fine-tuning patch stride (SSAMBA: 10)")
+    parser.add_argument("--patch_frames", type=int, default=4,
+                        help="frame-based tokens (SSAST-Frame): every mel bin x this many frames; 0 = 16x16 patches")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="with --patch_frames 0: fine-tuning patch stride (SSAMBA: 10; default 16)")
     parser.add_argument("--pretrain_minutes", type=float, default=2.5, help="time budget (the LR schedule fits it)")
     parser.add_argument("--pretrain_epochs", type=float, default=3.0, help="upper bound on pretraining epochs")
     parser.add_argument("--finetune_minutes", type=float, default=10.0, help="time budget (the LR schedule fits it)")
     parser.add_argument("--finetune_epochs", type=float, default=15.0, help="upper bound on fine-tuning epochs")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=1.5e-3)
+    parser.add_argument("--learning_rate", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs available)")
     parser.add_argument("--skip_pretraining", action="store_true", help="fine-tune from random initialisation")
@@ -81,7 +84,7 @@ def main(argv=None):
         print(f"[2/5] self-supervised pretraining (budget {args.pretrain_minutes} min)")
         model_args = pretrain.PretrainModelArguments(
             hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers, drop_path_rate=0.0,
-            share_mask_between_objectives=True,
+            share_mask_between_objectives=True, patch_frames=args.patch_frames or None,
         )
         data_args = pretrain.PretrainDataArguments(max_train_minutes=args.pretrain_minutes)
         training_args = TrainingArguments(
@@ -101,7 +104,8 @@ def main(argv=None):
     model_args = finetune.ModelArguments(
         model_name_or_path=None if args.skip_pretraining else pretrained_dir,
         hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
-        frequency_stride=args.stride, time_stride=args.stride, drop_path_rate=0.0,
+        patch_frames=args.patch_frames or None, frequency_stride=args.stride, time_stride=args.stride,
+        drop_path_rate=0.0,
     )
     data_args = finetune.DataArguments(max_train_minutes=args.finetune_minutes)
     training_args = TrainingArguments(
@@ -135,7 +139,9 @@ def main(argv=None):
         "test_accuracy": round(results["test_accuracy"], 4),
         "pipeline_correct": f"{sum(t == p for t, p, _ in shown)}/{len(shown)}",
         "total_minutes": round(total_minutes, 2),
-        "model": f"SSAMBA width {args.hidden_size}, {args.num_hidden_layers} layers, stride {args.stride}",
+        "model": f"SSAMBA width {args.hidden_size}, {args.num_hidden_layers} layers, "
+                 + (f"frame patches (all mels x {args.patch_frames} frames)" if args.patch_frames
+                    else f"16x16 patches, stride {args.stride or 16}"),
         "checkpoint": os.path.abspath(args.output_dir),
     }
     Path(args.output_dir, "results.json").write_text(json.dumps({**summary, "finetune": results,

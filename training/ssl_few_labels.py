@@ -26,7 +26,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=float, default=40)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--stride", type=int, default=16)
+    parser.add_argument("--stride", type=int, default=None, help="patch stride (default: the pretrained model's)")
     parser.add_argument("--num_per_class", type=int, default=200, help="corpus size (for the cached corpus)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=None)
@@ -52,6 +52,8 @@ def main(argv=None):
                 model_name_or_path=args.pretrained if init == "pretrained" else None,
                 hidden_size=pretrained.hidden_size, num_hidden_layers=pretrained.num_hidden_layers,
                 frequency_stride=args.stride, time_stride=args.stride, drop_path_rate=0.0,
+                patch_frames=pretrained.time_patch_size if pretrained.frequency_patch_size == pretrained.num_mel_bins
+                else None,
             )
             data_args = finetune.DataArguments(train_per_class=args.clips_per_class, eval_split="none")
             training_args = TrainingArguments(
