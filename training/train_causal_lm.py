@@ -9,6 +9,25 @@ a byte-pair tokenizer trained on its training split (no hub), texts packed into 
     python training/train_causal_lm.py --arch dense --max_minutes 4 --output_dir outputs/blackmamba-dense
     python training/train_causal_lm.py --arch mamba --max_minutes 4 --output_dir outputs/mamba-dense
     python training/train_causal_lm.py --lora --init_from outputs/blackmamba-moe --output_dir outputs/blackmamba-lora
+    python training/train_causal_lm.py --per_device_train_batch_size 32 --learning_rate 3e-3 --max_steps 500
+    python training/train_causal_lm.py args.json           # every flag below as one JSON object
+    torchrun --nproc_per_node 2 training/train_causal_lm.py --output_dir outputs/blackmamba-ddp ...
+
+Flags: transformers' `TrainingArguments` (`--output_dir`, `--max_steps`, `--num_train_epochs`, `--learning_rate`,
+`--per_device_train_batch_size`, `--warmup_steps`, `--seed`, `--use_cpu`, `--bf16`, `--fsdp`, `--push_to_hub`, ...)
+plus the `ModelArguments`, `DataArguments` and `RunArguments` below (HfArgumentParser, as in transformers' example
+scripts), so the script runs unchanged under `torchrun` / `accelerate launch`. Where this script's defaults differ from
+`TrainingArguments`' own, a flag you do not pass takes the script's value (`TRAINING_DEFAULTS`):
+
+    --output_dir outputs/blackmamba-text  --per_device_train_batch_size 16  --per_device_eval_batch_size 32
+    --learning_rate 2e-3  --max_steps 2000  --warmup_steps 50  --lr_scheduler_type cosine  --weight_decay 0.01
+    --logging_steps 50  --save_strategy no  --seed 0  --remove_unused_columns false  --disable_tqdm true
+
+`--num_train_epochs` without `--max_steps` trains for that many epochs (the 2000-step default is then not applied).
+Old flag names still accepted: `--batch_size` (= `--per_device_train_batch_size`) and `--eval_batch_size`
+(= `--per_device_eval_batch_size`, the batch of the perplexity evaluation). The device is `TrainingArguments`' choice
+(CPU on a machine without accelerator; `--use_cpu` forces it); the thread count is torch's / the launcher's unless
+`--threads` is given.
 
 Architectures at the same active (per-token) parameter count:
 - `moe`: BlackMamba, mamba and top-1 MoE layers alternating (`--num_experts` experts of width `--ffn_hidden_size`);
@@ -16,17 +35,19 @@ Architectures at the same active (per-token) parameter count:
 - `mamba`: a pure Mamba stack, its depth chosen so that its parameter count matches the MoE model's active count.
 
 Perplexity = exp(mean next-token cross-entropy over the validation split), without the router's auxiliary loss.
-Metrics go to `OUTPUT_DIR/metrics.json`; model and tokenizer are saved for `pipeline("text-generation", ...)`.
+Metrics go to `OUTPUT_DIR/metrics.json`; model and tokenizer are saved (`Trainer.save_model`) for
+`pipeline("text-generation", ...)`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -168,7 +189,7 @@ def evaluate_perplexity(model, dataset: PackedBlocks, batch_size: int) -> dict:
     base.eval()
     total_loss, total_tokens, load = 0.0, 0, None
     for start in range(0, len(dataset), batch_size):
-        ids = dataset.blocks[start:start + batch_size]
+        ids = dataset.blocks[start:start + batch_size].to(base.device)
         logits = base(ids, use_cache=False, output_router_logits=False).logits
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
@@ -205,95 +226,149 @@ def time_budget_callback(max_minutes: float):
 # ---------------------------------------------------------------------------------------------------------- main
 
 
+@dataclass
+class ModelArguments:
+    arch: str = field(default="moe", metadata={"choices": ["moe", "dense", "mamba"],
+                                               "help": "moe (BlackMamba), dense (MLP for MoE) or mamba (pure stack)"})
+    init_from: Optional[str] = field(default=None,
+                                     metadata={"help": "a saved checkpoint to continue from (needed for --lora)"})
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters on every projection, router, experts"})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank (alpha = 2 x rank)"})
+    hidden_size: int = field(default=128, metadata={"help": "model width"})
+    num_layers: int = field(default=8, metadata={"help": "blocks of the moe/dense stack (mamba + MLP pairs)"})
+    state_size: int = field(default=16, metadata={"help": "SSM state size"})
+    ffn_hidden_size: int = field(default=256, metadata={"help": "width of each expert / dense MLP"})
+    num_experts: int = field(default=8, metadata={"help": "experts per MoE layer"})
+    hidden_act: str = field(default="gelu", metadata={"help": "MLP activation"})
+    router_aux_loss_coef: float = field(default=0.0, metadata={"help": "load-balancing loss weight (0: off)"})
+    no_sinkhorn: bool = field(default=False, metadata={"help": "arg-max routing in training too"})
+
+
+@dataclass
+class DataArguments:
+    tokenizer: str = field(default="bpe", metadata={"choices": ["bpe", "char"],
+                                                    "help": "byte-level BPE or character tokenizer, trained locally"})
+    vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary size"})
+    num_sentences: int = field(default=20000, metadata={"help": "size of the embedded text corpus"})
+    corpus_kind: str = field(default="mixed", metadata={"choices": ["mixed", "sentences", "arithmetic"],
+                                                        "help": "which texts of the embedded corpus"})
+    lexicon_size: int = field(default=0, metadata={"help": "replace the nouns by this many pseudo-words (0: off)"})
+    block_size: int = field(default=128, metadata={"help": "tokens per packed training block"})
+
+
+@dataclass
+class RunArguments:
+    max_minutes: Optional[float] = field(default=None, metadata={"help": "stop training after this wall time"})
+    threads: Optional[int] = field(
+        default=None, metadata={"help": "torch intra-op threads (default: torch's / the launcher's choice)"})
+
+
+# Where this script's defaults differ from TrainingArguments' own; applied to every flag the user does not pass.
+TRAINING_DEFAULTS = dict(
+    output_dir="outputs/blackmamba-text", per_device_train_batch_size=16, per_device_eval_batch_size=32,
+    learning_rate=2e-3, max_steps=2000, warmup_steps=50, lr_scheduler_type="cosine", weight_decay=0.01,
+    logging_steps=50, save_strategy="no", report_to="none", seed=0, dataloader_num_workers=0,
+    remove_unused_columns=False, disable_tqdm=True,
+)
+# old flag -> TrainingArguments flag of the same meaning
+FLAG_ALIASES = {"--batch_size": "--per_device_train_batch_size", "--eval_batch_size": "--per_device_eval_batch_size"}
+
+
+def script_defaults(passed: set[str]) -> dict:
+    """TRAINING_DEFAULTS for the fields not in `passed`; no step default when only `--num_train_epochs` is given."""
+    defaults = {k: v for k, v in TRAINING_DEFAULTS.items() if k not in passed}
+    if "num_train_epochs" in passed:
+        defaults.pop("max_steps", None)
+    return defaults
+
+
+def rename_aliases(argv: list[str], aliases: dict[str, str]) -> list[str]:
+    """`--old v` / `--old=v` -> `--new v` / `--new=v`."""
+    out = []
+    for token in argv:
+        name, sep, value = token.partition("=")
+        out.append(aliases[name] + sep + value if name in aliases else token)
+    return out
+
+
+def passed_fields(parser, argv: list[str]) -> set[str]:
+    """Dataclass fields named by the flags in `argv` (`--x`, `--x=v`, `--no_x`, dashed spellings)."""
+    actions = parser._option_string_actions  # argparse's flag -> action table
+    return {actions[t.split("=", 1)[0]].dest for t in argv if t.split("=", 1)[0] in actions}
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", choices=["moe", "dense", "mamba"], default="moe")
-    parser.add_argument("--output_dir", default="outputs/blackmamba-text")
-    parser.add_argument("--init_from", default=None, help="a saved checkpoint to continue from (needed for --lora)")
-    parser.add_argument("--lora", action="store_true", help="train LoRA adapters on every projection, router, experts")
-    parser.add_argument("--lora_rank", type=int, default=8)
-    parser.add_argument("--hidden_size", type=int, default=128)
-    parser.add_argument("--num_layers", type=int, default=8, help="blocks of the moe/dense stack (mamba + MLP pairs)")
-    parser.add_argument("--state_size", type=int, default=16)
-    parser.add_argument("--ffn_hidden_size", type=int, default=256)
-    parser.add_argument("--num_experts", type=int, default=8)
-    parser.add_argument("--hidden_act", default="gelu")
-    parser.add_argument("--router_aux_loss_coef", type=float, default=0.0)
-    parser.add_argument("--no_sinkhorn", action="store_true", help="arg-max routing in training too")
-    parser.add_argument("--tokenizer", choices=["bpe", "char"], default="bpe")
-    parser.add_argument("--vocab_size", type=int, default=512)
-    parser.add_argument("--num_sentences", type=int, default=20000)
-    parser.add_argument("--corpus_kind", choices=["mixed", "sentences", "arithmetic"], default="mixed")
-    parser.add_argument("--lexicon_size", type=int, default=0, help="replace the nouns by this many pseudo-words")
-    parser.add_argument("--block_size", type=int, default=128)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--max_steps", type=int, default=2000)
-    parser.add_argument("--max_minutes", type=float, default=None, help="stop training after this wall time")
-    parser.add_argument("--warmup_steps", type=int, default=50)
-    parser.add_argument("--eval_batch_size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    return parser.parse_args(argv)
+    """`(model_args, data_args, run_args, training_args)` from `argv` (default: sys.argv[1:]) or one `.json` file."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments),
+                              description=__doc__.split("\n\n")[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        given = json.loads(Path(argv[0]).read_text())
+        given = {FLAG_ALIASES.get("--" + k, "--" + k)[2:]: v for k, v in given.items()}
+        return parser.parse_dict({**script_defaults(set(given)), **given})
+    argv = rename_aliases(argv, FLAG_ALIASES)
+    parser.set_defaults(**script_defaults(passed_fields(parser, argv)))
+    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
+    model_args, data_args, run_args, training_args = parse_args(argv)
+    from transformers import AutoTokenizer, Trainer, set_seed
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    set_seed(args.seed)
-    texts = load_texts(args.num_sentences, args.seed, args.corpus_kind, args.lexicon_size)
-    if args.init_from:
-        tokenizer = AutoTokenizer.from_pretrained(args.init_from)
-        model = BlackMambaForCausalLM.from_pretrained(args.init_from)
+    if run_args.threads:
+        torch.set_num_threads(run_args.threads)
+    set_seed(training_args.seed)
+    texts = load_texts(data_args.num_sentences, training_args.seed, data_args.corpus_kind, data_args.lexicon_size)
+    if model_args.init_from:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.init_from)
+        model = BlackMambaForCausalLM.from_pretrained(model_args.init_from)
     else:
-        tokenizer = build_tokenizer(texts["train"], args.vocab_size, args.tokenizer)
-        model = BlackMambaForCausalLM(build_config(args, len(tokenizer)))
-    if args.lora:
-        if not args.init_from:
+        tokenizer = build_tokenizer(texts["train"], data_args.vocab_size, data_args.tokenizer)
+        model = BlackMambaForCausalLM(build_config(model_args, len(tokenizer)))
+    if model_args.lora:
+        if not model_args.init_from:
             raise ValueError("--lora fine-tunes a trained model: pass --init_from.")
         import peft
 
         targets = ["in_proj", "x_proj", "dt_proj", "out_proj", "router", "linear_fc1", "linear_fc2"]
         present = {name.split(".")[-1] for name, _ in model.named_modules()}
-        model = peft.get_peft_model(model, peft.LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank,
+        model = peft.get_peft_model(model, peft.LoraConfig(r=model_args.lora_rank, lora_alpha=2 * model_args.lora_rank,
                                                            target_modules=[t for t in targets if t in present]))
         model.print_trainable_parameters()
-    train_set = PackedBlocks(texts["train"], tokenizer, args.block_size)
-    valid_set = PackedBlocks(texts["validation"], tokenizer, args.block_size)
-    params = count_parameters(model.get_base_model() if args.lora else model)
-    print(f"arch={args.arch} layers={model.config.layer_types} params total={params['total']:,} "
+    train_set = PackedBlocks(texts["train"], tokenizer, data_args.block_size)
+    valid_set = PackedBlocks(texts["validation"], tokenizer, data_args.block_size)
+    params = count_parameters(model.get_base_model() if model_args.lora else model)
+    print(f"arch={model_args.arch} layers={model.config.layer_types} params total={params['total']:,} "
           f"active={params['active']:,}; train {train_set.num_tokens:,} tokens, validation {valid_set.num_tokens:,}")
 
-    before = evaluate_perplexity(model, valid_set, args.eval_batch_size)
-    training_args = TrainingArguments(
-        output_dir=args.output_dir, per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
-        max_steps=args.max_steps, warmup_steps=args.warmup_steps, lr_scheduler_type="cosine", weight_decay=0.01,
-        logging_steps=50, save_strategy="no", report_to=[], seed=args.seed, use_cpu=True,
-        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
-    )
-    callbacks = [time_budget_callback(args.max_minutes)] if args.max_minutes else []
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_set, callbacks=callbacks)
+    eval_batch_size = training_args.per_device_eval_batch_size
+    before = evaluate_perplexity(model, valid_set, eval_batch_size)
+    callbacks = [time_budget_callback(run_args.max_minutes)] if run_args.max_minutes else []
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_set, callbacks=callbacks,
+                      processing_class=tokenizer)
     start = time.time()
     result = trainer.train()
     train_seconds = time.time() - start
-    after = evaluate_perplexity(model, valid_set, args.eval_batch_size)
+    after = evaluate_perplexity(model, valid_set, eval_batch_size)
 
+    global_batch = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                    * training_args.world_size)
     metrics = {
-        "arch": args.arch, "lora": args.lora, "layer_types": model.config.layer_types,
+        "arch": model_args.arch, "lora": model_args.lora, "layer_types": model.config.layer_types,
         "parameters": params, "steps": result.global_step, "train_seconds": round(train_seconds, 1),
-        "train_tokens_seen": result.global_step * args.batch_size * args.block_size,
+        "train_tokens_seen": result.global_step * global_batch * data_args.block_size,
         "validation_before": before, "validation": after,
     }
-    print(json.dumps(metrics, indent=1))
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    to_save = model.merge_and_unload() if args.lora else model
-    to_save.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    out = Path(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        print(json.dumps(metrics, indent=1))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if model_args.lora:
+        trainer.model = model.merge_and_unload()  # the saved (and pushed) checkpoint is the merged model
+    trainer.save_model(str(out))  # model + tokenizer on the main process (gathered under FSDP); pushes if --push_to_hub
     return metrics
 
 

@@ -3,23 +3,47 @@
 """Train MambaDecoderOnlyASR (MADEON) with `Trainer` and save a pipeline-ready checkpoint with its measured WER/CER.
 
 Defaults: the embedded digit-string corpus (`mamba_zoo.corpora.load_transcribed("digits")`, espeak-ng voices, split by
-voice so validation/test voices are never heard in training), log-mel frames through a 4x conv subsampler, a small
+voice so validation/test voices are never heard in training), log-mel frames through an 8x conv subsampler, a small
 Mamba stack with parallel speech prefixing, greedy decoding; saves to `outputs/mamba-asr-digits/`:
 
     python training/train_decoder_asr.py
     python training/train_decoder_asr.py --speech_input units --num_units 200      # MADEON's discrete speech units
     python training/train_decoder_asr.py --ablation --max_steps 600                 # SP x {Mamba, Mamba-2} table
+    python training/train_decoder_asr.py --per_device_train_batch_size 32 --learning_rate 1e-3 --num_train_epochs 10
+    python training/train_decoder_asr.py args.json                                  # every flag as one JSON object
+    torchrun --nproc_per_node 2 training/train_decoder_asr.py --output_dir outputs/mamba-asr-ddp ...
+
+Flags: transformers' `TrainingArguments` (`--output_dir`, `--max_steps`, `--num_train_epochs`, `--learning_rate`,
+`--per_device_train_batch_size`, `--warmup_steps`, `--seed`, `--use_cpu`, `--bf16`, `--fsdp`, `--push_to_hub`, ...)
+plus the `ModelArguments`, `DataArguments` and `RunArguments` below (HfArgumentParser, as in transformers' example
+scripts), so the script runs unchanged under `torchrun` / `accelerate launch`. Where this script's defaults differ from
+`TrainingArguments`' own, a flag you do not pass takes the script's value (`TRAINING_DEFAULTS`):
+
+    --output_dir outputs/mamba-asr-digits  --per_device_train_batch_size 16  --learning_rate 2e-3  --max_steps 1500
+    --lr_scheduler_type cosine  --weight_decay 0.01  --max_grad_norm 1.0  --logging_steps 50  --save_strategy no
+    --seed 0  --remove_unused_columns false  --disable_tqdm true
+    --warmup_steps min(100, max_steps // 10)   (0.1, a ratio of the total steps, when training by epochs)
+
+`--num_train_epochs` without `--max_steps` trains for that many epochs (the 1500-step default is then not applied).
+The old flag `--batch_size` is still accepted (= `--per_device_train_batch_size`). The device is `TrainingArguments`'
+choice (CPU on a machine without accelerator; `--use_cpu` forces it); the thread count is torch's / the launcher's
+unless `--threads` is given. The Trainer writes to `--output_dir` (checkpoints only with a `--save_strategy`); the
+final model + processor + `results.json` go there too. With `--ablation`, each configuration trains with the same
+`TrainingArguments` in `OUTPUT_DIR/runs/<mixer>-<prefix>` (nothing is saved or pushed but `OUTPUT_DIR/ablation.json`).
 
 Then: `pipeline("automatic-speech-recognition", model="outputs/mamba-asr-digits")`.
 """
 
 from __future__ import annotations
 
-import argparse
+import copy
 import json
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional
 
 import numpy as np
 import torch
@@ -109,7 +133,7 @@ def transcribe(model, processor, audio, batch_size: int = 32, num_beams: int = 1
     texts = [None] * len(audio)
     for start in range(0, len(audio), batch_size):
         index = order[start:start + batch_size]
-        inputs = processor(audio=[audio[i] for i in index], sampling_rate=16000)
+        inputs = processor(audio=[audio[i] for i in index], sampling_rate=16000).to(model.device)
         generated = model.generate(**inputs, num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False)
         for i, text in zip(index, processor.batch_decode(generated)):
             texts[i] = text
@@ -124,6 +148,118 @@ def error_rates(references: list[str], hypotheses: list[str]) -> dict:
     return {"wer": 100 * jiwer.wer(references, hypotheses), "cer": 100 * jiwer.cer(references, hypotheses)}
 
 
+# ---------------------------------------------------------------------------------------------------------- arguments
+
+
+@dataclass
+class ModelArguments:
+    speech_input: str = field(default="features", metadata={"choices": ["features", "units"],
+                                                            "help": "log-mel frames or discrete k-means speech units"})
+    num_units: int = field(default=200, metadata={"help": "k-means speech units (speech_input=units)"})
+    speech_prefix: str = field(default="parallel", metadata={"choices": ["none", "parallel", "serial"],
+                                                             "help": "speech prefixing (MADEON)"})
+    mixer_type: str = field(default="mamba", metadata={"choices": ["mamba", "mamba2"], "help": "Mamba or Mamba-2"})
+    hidden_size: int = field(default=128, metadata={"help": "model width"})
+    num_layers: int = field(default=6, metadata={"help": "Mamba blocks"})
+    expand: int = field(default=2, metadata={"help": "Mamba inner width / hidden size"})
+    state_size: int = field(default=16, metadata={"help": "SSM state size"})
+    mamba2_head_dim: int = field(default=32, metadata={"help": "Mamba-2 head dimension"})
+    subsampling_channels: int = field(default=32, metadata={"help": "channels of the conv subsampler"})
+    num_subsampling_layers: int = field(default=3, metadata={"help": "log2 of the frame subsampling (8x)"})
+    speech_mask_prob: float = field(default=0.0, metadata={"help": "input-embedding masking (MADEON)"})
+
+
+@dataclass
+class DataArguments:
+    kind: str = field(default="digits", metadata={"choices": ["digits", "sentences"],
+                                                  "help": "embedded corpus: digit strings or grammar sentences"})
+    num_train: int = field(default=2000, metadata={"help": "training utterances"})
+    num_eval: int = field(default=200, metadata={"help": "validation and test utterances (each)"})
+
+
+@dataclass
+class RunArguments:
+    num_beams: int = field(default=1, metadata={"help": "beam size of the test-set decoding (1: greedy)"})
+    threads: Optional[int] = field(
+        default=None, metadata={"help": "torch intra-op threads (default: torch's / the launcher's choice)"})
+    ablation: bool = field(default=False, metadata={
+        "help": "train --ablation_prefixes x --ablation_mixers for --max_steps each and print one table"})
+    ablation_prefixes: str = field(default="none,parallel,serial", metadata={"help": "comma-separated speech prefixes"})
+    ablation_mixers: str = field(default="mamba,mamba2", metadata={"help": "comma-separated mixer types"})
+
+
+# Where this script's defaults differ from TrainingArguments' own; applied to every flag the user does not pass.
+# warmup_steps: default_warmup(max_steps), resolved after parsing.
+TRAINING_DEFAULTS = dict(
+    output_dir="outputs/mamba-asr-digits", per_device_train_batch_size=16, learning_rate=2e-3, max_steps=1500,
+    lr_scheduler_type="cosine", weight_decay=0.01, max_grad_norm=1.0, logging_steps=50, save_strategy="no",
+    report_to="none", seed=0, dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
+)
+# old flag -> TrainingArguments flag of the same meaning
+FLAG_ALIASES = {"--batch_size": "--per_device_train_batch_size"}
+
+
+def default_warmup(max_steps: int) -> float:
+    """min(100, max_steps // 10) steps; a 0.1 ratio when training by epochs (max_steps <= 0)."""
+    return min(100, max_steps // 10) if max_steps > 0 else 0.1
+
+
+def script_defaults(passed: set[str]) -> dict:
+    """TRAINING_DEFAULTS for the fields not in `passed`; no step default when only `--num_train_epochs` is given."""
+    defaults = {k: v for k, v in TRAINING_DEFAULTS.items() if k not in passed}
+    if "num_train_epochs" in passed:
+        defaults.pop("max_steps", None)
+    return defaults
+
+
+def rename_aliases(argv: list[str], aliases: dict[str, str]) -> list[str]:
+    """`--old v` / `--old=v` -> `--new v` / `--new=v`."""
+    out = []
+    for token in argv:
+        name, sep, value = token.partition("=")
+        out.append(aliases[name] + sep + value if name in aliases else token)
+    return out
+
+
+def passed_fields(parser, argv: list[str]) -> set[str]:
+    """Dataclass fields named by the flags in `argv` (`--x`, `--x=v`, `--no_x`, dashed spellings)."""
+    actions = parser._option_string_actions  # argparse's flag -> action table
+    return {actions[t.split("=", 1)[0]].dest for t in argv if t.split("=", 1)[0] in actions}
+
+
+def parse_args(argv=None):
+    """`(model_args, data_args, run_args, training_args)` from `argv` (default: sys.argv[1:]) or one `.json` file."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments),
+                              description=__doc__.split("\n\n")[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        given = json.loads(Path(argv[0]).read_text())
+        given = {FLAG_ALIASES.get("--" + k, "--" + k)[2:]: v for k, v in given.items()}
+        passed = set(given)
+        parsed = parser.parse_dict({**script_defaults(passed), **given})
+    else:
+        argv = rename_aliases(argv, FLAG_ALIASES)
+        passed = passed_fields(parser, argv)
+        parser.set_defaults(**script_defaults(passed))
+        parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    training_args = parsed[-1]
+    if "warmup_steps" not in passed:
+        training_args.warmup_steps = default_warmup(training_args.max_steps)
+    return parsed
+
+
+def flat_args(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments, training_args):
+    """One namespace for `build_processor` / `train_one`: every script field, `training_args`, and the old flat names
+    (`seed`, `output_dir`, `batch_size`, `learning_rate`, `max_steps`) that callers of the argparse version read."""
+    return SimpleNamespace(
+        **asdict(model_args), **asdict(data_args), **asdict(run_args), training_args=training_args,
+        seed=training_args.seed, output_dir=training_args.output_dir, max_steps=training_args.max_steps,
+        batch_size=training_args.per_device_train_batch_size, learning_rate=training_args.learning_rate,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------- train
 
 
@@ -134,111 +270,112 @@ def build_processor(args, train_audio) -> MambaASRProcessor:
     return processor.fit_unit_tokenizer(train_audio, args.num_units, seed=args.seed)
 
 
-_ENCODED = {}  # the ablation encodes the training audio once
+_ENCODED = {}  # the ablation encodes the training audio once: key -> (the audio list, processor, dataset)
+
+
+def trainer_arguments(args, output_dir: Path | None, max_steps: int, speech_prefix: str, mixer_type: str):
+    """`args.training_args` for one run: `max_steps` set, its Trainer writing to `output_dir` (a single run) or to
+    `OUTPUT_DIR/runs/<mixer>-<prefix>` (an ablation run, never pushed). An argparse-style `args` without
+    `training_args` (older callers) gets the script defaults with its `output_dir`, `batch_size`, `learning_rate`,
+    `seed`."""
+    base = getattr(args, "training_args", None)
+    if base is None:
+        from transformers import TrainingArguments
+
+        base = TrainingArguments(**{**TRAINING_DEFAULTS, "output_dir": str(args.output_dir),
+                                    "per_device_train_batch_size": args.batch_size,
+                                    "learning_rate": args.learning_rate, "seed": args.seed,
+                                    "warmup_steps": default_warmup(max_steps)})
+    training_args = copy.copy(base)
+    training_args.max_steps = max_steps
+    if output_dir is not None:
+        training_args.output_dir = str(output_dir)
+    else:
+        training_args.output_dir = str(Path(base.output_dir) / "runs" / f"{mixer_type}-{speech_prefix}")
+        training_args.push_to_hub = False
+    return training_args
 
 
 def train_one(args, splits, speech_prefix: str, mixer_type: str, output_dir: Path | None, max_steps: int) -> dict:
-    from transformers import Trainer, TrainingArguments, set_seed
+    """Train one configuration and decode the test split; with `output_dir`, save model + processor + results.json
+    there (and push them with `--push_to_hub`). `args`: `flat_args(...)`, or an argparse-style namespace."""
+    from transformers import Trainer, set_seed
 
-    set_seed(args.seed)
+    training_args = trainer_arguments(args, output_dir, max_steps, speech_prefix, mixer_type)
+    set_seed(training_args.seed)
     started = time.time()
-    if args.speech_input not in _ENCODED:
-        processor = build_processor(args, splits["train"][0])
-        _ENCODED[args.speech_input] = (processor, EncodedDataset(processor, *splits["train"]))
-    processor, train_set = _ENCODED[args.speech_input]
+    train_audio = splits["train"][0]
+    key = (args.speech_input, args.num_units, args.seed)
+    if key not in _ENCODED or _ENCODED[key][0] is not train_audio:
+        processor = build_processor(args, train_audio)
+        _ENCODED[key] = (train_audio, processor, EncodedDataset(processor, *splits["train"]))
+    _, processor, train_set = _ENCODED[key]
     prep_seconds = time.time() - started
     print(f"features/units for {len(train_set)} utterances in {prep_seconds:.1f}s", flush=True)
     config = MambaASRConfig(
         hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, expand=args.expand, state_size=args.state_size,
         mixer_type=mixer_type, speech_prefix=speech_prefix, mamba2_head_dim=args.mamba2_head_dim,
-        subsampling_conv_channels=args.subsampling_channels, num_subsampling_layers=args.num_subsampling_layers, speech_mask_prob=args.speech_mask_prob,
-        **processor.model_config_kwargs(),
+        subsampling_conv_channels=args.subsampling_channels, num_subsampling_layers=args.num_subsampling_layers,
+        speech_mask_prob=args.speech_mask_prob, **processor.model_config_kwargs(),
     )
     model = MambaDecoderOnlyASR(config)
     num_params = sum(p.numel() for p in model.parameters())
     print(f"[{speech_prefix}/{mixer_type}] {num_params / 1e6:.2f}M parameters, {len(train_set)} training utterances",
           flush=True)
-    training_args = TrainingArguments(
-        output_dir=str(output_dir or Path(args.output_dir) / "runs") + "-trainer", per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate, max_steps=max_steps, warmup_steps=min(100, max_steps // 10),
-        lr_scheduler_type="cosine", weight_decay=0.01, max_grad_norm=1.0, logging_steps=50, save_strategy="no",
-        report_to=[], seed=args.seed, dataloader_num_workers=0, use_cpu=True, remove_unused_columns=False,
-        disable_tqdm=True,
-    )
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_set, data_collator=collate)
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_set, data_collator=collate,
+                      processing_class=processor if output_dir is not None else None)
     train_started = time.time()
     trainer.train()
     train_seconds = time.time() - train_started
     eval_started = time.time()
     test_audio, test_text = splits["test"]
-    hypotheses = transcribe(model, processor, test_audio, num_beams=args.num_beams)
+    hypotheses = transcribe(model, processor, test_audio, num_beams=getattr(args, "num_beams", 1))
     rates = error_rates(test_text, hypotheses)
     result = {
         "speech_prefix": speech_prefix, "mixer_type": mixer_type, "speech_input": args.speech_input,
-        "parameters_m": round(num_params / 1e6, 3), "steps": max_steps, "train_minutes": round(train_seconds / 60, 2),
+        "parameters_m": round(num_params / 1e6, 3), "steps": trainer.state.global_step,
+        "train_minutes": round(train_seconds / 60, 2),
         "prep_seconds": round(prep_seconds, 1), "eval_seconds": round(time.time() - eval_started, 1),
         "test_wer": round(rates["wer"], 2), "test_cer": round(rates["cer"], 2),
         "examples": [{"reference": r, "hypothesis": h} for r, h in list(zip(test_text, hypotheses))[:5]],
     }
-    print(json.dumps(result), flush=True)
+    if trainer.is_world_process_zero():
+        print(json.dumps(result), flush=True)
     if output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
-        (output_dir / "results.json").write_text(json.dumps(result, indent=2))
+        output_dir = Path(output_dir)
+        if trainer.is_world_process_zero():
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / "results.json").write_text(json.dumps(result, indent=2))
+        trainer.save_model(str(output_dir))  # model + processor on the main process; pushes with --push_to_hub
     return result
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kind", default="digits", choices=["digits", "sentences"])
-    parser.add_argument("--num_train", type=int, default=2000)
-    parser.add_argument("--num_eval", type=int, default=200)
-    parser.add_argument("--output_dir", default="outputs/mamba-asr-digits")
-    parser.add_argument("--speech_input", default="features", choices=["features", "units"])
-    parser.add_argument("--num_units", type=int, default=200, help="k-means speech units (speech_input=units)")
-    parser.add_argument("--speech_prefix", default="parallel", choices=["none", "parallel", "serial"])
-    parser.add_argument("--mixer_type", default="mamba", choices=["mamba", "mamba2"])
-    parser.add_argument("--hidden_size", type=int, default=128)
-    parser.add_argument("--num_layers", type=int, default=6)
-    parser.add_argument("--expand", type=int, default=2)
-    parser.add_argument("--state_size", type=int, default=16)
-    parser.add_argument("--mamba2_head_dim", type=int, default=32)
-    parser.add_argument("--subsampling_channels", type=int, default=32)
-    parser.add_argument("--num_subsampling_layers", type=int, default=3, help="log2 of the frame subsampling (8x)")
-    parser.add_argument("--speech_mask_prob", type=float, default=0.0, help="input-embedding masking (MADEON)")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--max_steps", type=int, default=1500)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--num_beams", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ablation", action="store_true",
-                        help="train --ablation_prefixes x --ablation_mixers for --max_steps each and print one table")
-    parser.add_argument("--ablation_prefixes", default="none,parallel,serial")
-    parser.add_argument("--ablation_mixers", default="mamba,mamba2")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    model_args, data_args, run_args, training_args = parse_args(argv)
+    if run_args.threads:
+        torch.set_num_threads(run_args.threads)
+    args = flat_args(model_args, data_args, run_args, training_args)
 
     started = time.time()
-    splits = load_corpus(args.kind, args.num_train, args.num_eval, args.seed)
+    splits = load_corpus(data_args.kind, data_args.num_train, data_args.num_eval, training_args.seed)
     print(f"corpus loaded in {time.time() - started:.1f}s: " + ", ".join(f"{k} {len(v[0])}" for k, v in splits.items()),
           flush=True)
-    if not args.ablation:
-        train_one(args, splits, args.speech_prefix, args.mixer_type, Path(args.output_dir), args.max_steps)
-        return
+    if not run_args.ablation:
+        return train_one(args, splits, model_args.speech_prefix, model_args.mixer_type,
+                         Path(training_args.output_dir), training_args.max_steps)
     rows = []
-    for mixer_type in args.ablation_mixers.split(","):
-        for speech_prefix in args.ablation_prefixes.split(","):
-            rows.append(train_one(args, splits, speech_prefix, mixer_type, None, args.max_steps))
-    print(f"\n| mixer | speech prefixing | params (M) | steps | train min | test WER % | test CER % |")
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['mixer_type']} | {row['speech_prefix']} | {row['parameters_m']} | {row['steps']} | "
-              f"{row['train_minutes']} | {row['test_wer']} | {row['test_cer']} |")
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(args.output_dir) / "ablation.json").write_text(json.dumps(rows, indent=2))
+    for mixer_type in run_args.ablation_mixers.split(","):
+        for speech_prefix in run_args.ablation_prefixes.split(","):
+            rows.append(train_one(args, splits, speech_prefix, mixer_type, None, training_args.max_steps))
+    if training_args.process_index == 0:
+        print("\n| mixer | speech prefixing | params (M) | steps | train min | test WER % | test CER % |")
+        print("|---|---|---|---|---|---|---|")
+        for row in rows:
+            print(f"| {row['mixer_type']} | {row['speech_prefix']} | {row['parameters_m']} | {row['steps']} | "
+                  f"{row['train_minutes']} | {row['test_wer']} | {row['test_cer']} |")
+        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(training_args.output_dir) / "ablation.json").write_text(json.dumps(rows, indent=2))
+    return rows
 
 
 if __name__ == "__main__":

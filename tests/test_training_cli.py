@@ -1,0 +1,141 @@
+"""The HfArgumentParser command lines of training/train_causal_lm.py and training/train_decoder_asr.py: the script
+defaults apply to every flag not passed, explicit flags (CLI, old aliases, JSON) win, and tiny end-to-end runs write
+their output directory."""
+
+import json
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+import train_causal_lm as causal_lm  # noqa: E402
+import train_decoder_asr as decoder_asr  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------- train_causal_lm
+
+
+def test_causal_lm_no_flags_gives_script_defaults():
+    model_args, data_args, run_args, training_args = causal_lm.parse_args([])
+    assert (model_args.arch, model_args.hidden_size, model_args.num_layers, model_args.state_size,
+            model_args.ffn_hidden_size, model_args.num_experts, model_args.lora, model_args.no_sinkhorn) == (
+        "moe", 128, 8, 16, 256, 8, False, False)
+    assert (data_args.tokenizer, data_args.vocab_size, data_args.num_sentences, data_args.block_size) == (
+        "bpe", 512, 20000, 128)
+    assert run_args.threads is None and run_args.max_minutes is None
+    ta = training_args
+    assert ta.output_dir == "outputs/blackmamba-text"
+    assert (ta.per_device_train_batch_size, ta.per_device_eval_batch_size) == (16, 32)
+    assert (ta.learning_rate, ta.max_steps, ta.warmup_steps, ta.weight_decay) == (2e-3, 2000, 50, 0.01)
+    assert (ta.lr_scheduler_type.value, ta.save_strategy.value, ta.logging_steps, ta.seed) == ("cosine", "no", 50, 0)
+    assert ta.report_to == [] and ta.remove_unused_columns is False and ta.disable_tqdm is True
+    assert ta.use_cpu is False  # no longer forced: TrainingArguments picks the device
+
+
+def test_causal_lm_explicit_flags_win(tmp_path):
+    *_, ta = causal_lm.parse_args(["--learning_rate", "1e-4", "--max-steps=7", "--output_dir", str(tmp_path),
+                                   "--warmup_steps", "0", "--seed", "3", "--lr_scheduler_type", "linear"])
+    assert (ta.learning_rate, ta.max_steps, ta.output_dir, ta.warmup_steps, ta.seed) == (1e-4, 7, str(tmp_path), 0, 3)
+    assert ta.lr_scheduler_type.value == "linear"
+    assert ta.weight_decay == 0.01  # untouched flags keep the script default
+    # old names of TrainingArguments fields
+    *_, ta = causal_lm.parse_args(["--batch_size", "4", "--eval_batch_size=3"])
+    assert (ta.per_device_train_batch_size, ta.per_device_eval_batch_size) == (4, 3)
+    # epochs alone: the step default no longer overrides them
+    *_, ta = causal_lm.parse_args(["--num_train_epochs", "2"])
+    assert (ta.max_steps, ta.num_train_epochs) == (-1, 2)
+    # the single-argument JSON form
+    config = tmp_path / "args.json"
+    config.write_text(json.dumps({"learning_rate": 3e-4, "max_steps": 11, "arch": "dense", "batch_size": 2}))
+    model_args, _, _, ta = causal_lm.parse_args([str(config)])
+    assert (ta.learning_rate, ta.max_steps, model_args.arch, ta.per_device_train_batch_size) == (3e-4, 11, "dense", 2)
+    assert (ta.output_dir, ta.warmup_steps, ta.per_device_eval_batch_size) == ("outputs/blackmamba-text", 50, 32)
+
+
+def test_causal_lm_tiny_run_writes_output_dir(tmp_path):
+    from mamba_zoo import BlackMambaForCausalLM
+
+    out = tmp_path / "lm"
+    metrics = causal_lm.main([
+        "--output_dir", str(out), "--hidden_size", "32", "--num_layers", "2", "--ffn_hidden_size", "32",
+        "--num_experts", "2", "--num_sentences", "300", "--vocab_size", "300", "--block_size", "32",
+        "--max_steps", "3", "--per_device_train_batch_size", "4", "--learning_rate", "1e-3",
+    ])
+    assert metrics["steps"] == 3 and metrics["train_tokens_seen"] == 3 * 4 * 32
+    assert json.loads((out / "metrics.json").read_text())["validation"]["perplexity"] > 1
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (out / name).is_file(), name
+    model = BlackMambaForCausalLM.from_pretrained(out)
+    assert model.config.layer_types == ["mamba", "moe"] and model.config.hidden_size == 32
+
+
+# ---------------------------------------------------------------------------------------------- train_decoder_asr
+
+
+def test_decoder_asr_no_flags_gives_script_defaults():
+    model_args, data_args, run_args, training_args = decoder_asr.parse_args([])
+    assert (model_args.speech_input, model_args.speech_prefix, model_args.mixer_type, model_args.hidden_size,
+            model_args.num_layers, model_args.num_subsampling_layers) == ("features", "parallel", "mamba", 128, 6, 3)
+    assert (data_args.kind, data_args.num_train, data_args.num_eval) == ("digits", 2000, 200)
+    assert (run_args.ablation, run_args.num_beams, run_args.threads) == (False, 1, None)
+    assert (run_args.ablation_prefixes, run_args.ablation_mixers) == ("none,parallel,serial", "mamba,mamba2")
+    ta = training_args
+    assert ta.output_dir == "outputs/mamba-asr-digits"
+    assert (ta.per_device_train_batch_size, ta.learning_rate, ta.max_steps, ta.warmup_steps) == (16, 2e-3, 1500, 100)
+    assert (ta.lr_scheduler_type.value, ta.weight_decay, ta.max_grad_norm) == ("cosine", 0.01, 1.0)
+    assert ta.logging_steps == 50
+    assert (ta.save_strategy.value, ta.seed, ta.report_to, ta.remove_unused_columns) == ("no", 0, [], False)
+    assert ta.use_cpu is False
+
+
+def test_decoder_asr_explicit_flags_win(tmp_path):
+    *_, ta = decoder_asr.parse_args(["--learning_rate", "5e-4", "--max_steps", "300", "--batch_size", "8"])
+    assert (ta.learning_rate, ta.max_steps, ta.per_device_train_batch_size) == (5e-4, 300, 8)
+    assert ta.warmup_steps == 30  # min(100, max_steps // 10) of the max_steps given
+    *_, ta = decoder_asr.parse_args(["--max_steps", "300", "--warmup_steps", "5"])
+    assert ta.warmup_steps == 5
+    *_, ta = decoder_asr.parse_args(["--num_train_epochs", "4"])
+    assert (ta.max_steps, ta.num_train_epochs, ta.warmup_steps) == (-1, 4, 0.1)
+    config = tmp_path / "args.json"
+    config.write_text(json.dumps({"learning_rate": 1e-3, "max_steps": 40, "ablation": True}))
+    _, _, run_args, ta = decoder_asr.parse_args([str(config)])
+    assert (ta.learning_rate, ta.max_steps, ta.warmup_steps, run_args.ablation) == (1e-3, 40, 4, True)
+    assert ta.output_dir == "outputs/mamba-asr-digits"
+
+
+TINY_ASR = ["--num_train", "16", "--num_eval", "4", "--hidden_size", "32", "--num_layers", "2",
+            "--per_device_train_batch_size", "4", "--max_steps", "2"]
+
+
+def test_decoder_asr_tiny_run_writes_output_dir(tmp_path):
+    from mamba_zoo import MambaDecoderOnlyASR
+
+    out = tmp_path / "asr"
+    result = decoder_asr.main(TINY_ASR + ["--output_dir", str(out)])
+    assert result["steps"] == 2 and 0 <= result["test_cer"]
+    assert json.loads((out / "results.json").read_text())["steps"] == 2
+    for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json"):
+        assert (out / name).is_file(), name
+    assert MambaDecoderOnlyASR.from_pretrained(out).config.num_hidden_layers == 2
+
+
+def test_decoder_asr_ablation_and_old_train_one(tmp_path, monkeypatch):
+    """--ablation trains each configuration in one process; train_one still takes an argparse-style namespace.
+    (Decoding is stubbed: the full run above covers it.)"""
+    monkeypatch.setattr(decoder_asr, "transcribe", lambda model, processor, audio, **kw: ["one"] * len(audio))
+    out = tmp_path / "ablation"
+    rows = decoder_asr.main(TINY_ASR + ["--output_dir", str(out), "--ablation", "--ablation_prefixes", "none,parallel",
+                                        "--ablation_mixers", "mamba"])
+    assert [(r["mixer_type"], r["speech_prefix"], r["steps"]) for r in rows] == [("mamba", "none", 2),
+                                                                                 ("mamba", "parallel", 2)]
+    assert len(json.loads((out / "ablation.json").read_text())) == 2
+    assert not (out / "config.json").exists()  # ablation runs save no model
+
+    splits = decoder_asr.load_corpus("digits", 16, 4, 0)
+    old = Namespace(speech_input="features", num_units=200, hidden_size=32, num_layers=2, expand=2, state_size=16,
+                    mamba2_head_dim=32, subsampling_channels=32, num_subsampling_layers=3, speech_mask_prob=0.0,
+                    batch_size=4, learning_rate=2e-3, seed=0, num_beams=1, output_dir=str(tmp_path / "old"))
+    result = decoder_asr.train_one(old, splits, "parallel", "mamba", tmp_path / "old-model", max_steps=1)
+    assert result["steps"] == 1 and (tmp_path / "old-model" / "results.json").is_file()
