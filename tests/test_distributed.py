@@ -187,10 +187,11 @@ def test_fsdp2_fully_shard_mamba_blocks_on_cpu_gloo(tmp_path):
     """FSDP2 itself on CPU: `fully_shard` on every `MambaBlock` and the root, gloo, 2 processes x batch 2, AdamW.
 
     Same losses as the unsharded 1-process loop; the gathered full state dict saves with `save_pretrained` and loads
-    back with `from_pretrained`. Runs with scan_backend="reference" (see the xfail test below for the numba kernels)."""
+    back with `from_pretrained`. Runs the numba CPU scan kernels (scan_backend="cpu"), which must leave parameter storage
+    resizable (see the test below)."""
     output_dir = tmp_path / "fsdp2"
     output_dir.mkdir()
-    script_args = ["--output_dir", str(output_dir), "--scan_backend", "reference"]
+    script_args = ["--output_dir", str(output_dir), "--scan_backend", "cpu"]
     _run(_torchrun_command(2, FSDP2_LOOP_SCRIPT, script_args), "torchrun (fully_shard loop)")
     run = json.loads((output_dir / "fsdp2.json").read_text())
 
@@ -208,14 +209,9 @@ def test_fsdp2_fully_shard_mamba_blocks_on_cpu_gloo(tmp_path):
     assert abs(_probe_loss(model, module.TokenDataset().ids[:4]) - run["probe_loss"]) < 1e-5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cpu_scan_kernels._f32_numpy gives numba `Tensor.numpy()` views of float32 parameters (e.g. MambaMixer.D); "
-    "torch then marks their storage non-resizable for good, and FSDP2 frees unsharded parameters with "
-    "`storage.resize_(0)` -> 'Trying to resize storage that is not resizable'. Until fixed, FSDP on CPU needs "
-    "scan_backend='reference'.",
-)
 def test_cpu_scan_kernels_leave_parameter_storage_resizable():
+    """FSDP2 frees unsharded parameters with `storage.resize_(0)`: the numba kernels must not view parameters with
+    `Tensor.numpy()`, which marks a storage non-resizable for good."""
     pytest.importorskip("numba")
     from mamba_zoo.mamba_layers import MambaMixer
 

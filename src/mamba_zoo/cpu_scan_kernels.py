@@ -428,8 +428,13 @@ def _restore_torch_threads(torch_threads: int) -> None:
 
 
 def _f32_numpy(t: Optional[torch.Tensor]) -> np.ndarray:
-    """A float32 C-contiguous numpy array of ``t`` (a view when ``t`` already is one)."""
+    """A float32 C-contiguous numpy array of ``t`` (a view when ``t`` already is one).
+
+    Parameters (leaves that require grad: A, D, the time-step bias: small) are copied, never viewed: ``Tensor.numpy()``
+    marks a storage non-resizable for good, and FSDP2 frees and re-gathers parameters by resizing their storage."""
     if t.dtype == torch.float32 and t.is_contiguous():
+        if t.is_leaf and t.requires_grad:
+            return t.detach().clone().numpy()
         return t.detach().numpy()
     return t.detach().to(torch.float32).contiguous().numpy()
 
