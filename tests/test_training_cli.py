@@ -1,4 +1,4 @@
-"""The HfArgumentParser command lines of training/train_causal_lm.py and training/train_decoder_asr.py: the script
+"""The HfArgumentParser command lines of training/train_causal_lm.py, train_decoder_asr.py and train_ctc.py: the script
 defaults apply to every flag not passed, explicit flags (CLI, old aliases, JSON) win, and tiny end-to-end runs write
 their output directory."""
 
@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 import train_causal_lm as causal_lm  # noqa: E402
+import train_ctc as ctc  # noqa: E402
 import train_decoder_asr as decoder_asr  # noqa: E402
 
 
@@ -139,3 +140,56 @@ def test_decoder_asr_ablation_and_old_train_one(tmp_path, monkeypatch):
                     batch_size=4, learning_rate=2e-3, seed=0, num_beams=1, output_dir=str(tmp_path / "old"))
     result = decoder_asr.train_one(old, splits, "parallel", "mamba", tmp_path / "old-model", max_steps=1)
     assert result["steps"] == 1 and (tmp_path / "old-model" / "results.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- train_ctc
+
+
+def test_ctc_no_flags_gives_script_defaults():
+    model_args, data_args, run_args, ta = ctc.parse_args([])
+    assert (model_args.hidden_size, model_args.num_hidden_layers, model_args.subsampling_conv_channels,
+            model_args.block_type, model_args.lora, model_args.lora_r, model_args.init_from) == (
+        96, 4, 32, "mamba", False, 8, None)
+    assert (data_args.kind, data_args.num_train, data_args.num_eval, data_args.concat_probability) == (
+        "digits", 2000, 200, 0.3)
+    assert (run_args.max_train_cpu_minutes, run_args.beam_width, run_args.skip_long_form, run_args.eval_only,
+            run_args.num_threads) == (16.0, 0, False, False, 1)
+    assert ta.output_dir == "outputs/mamba-ctc-digits"
+    assert (ta.num_train_epochs, ta.max_steps, ta.per_device_train_batch_size, ta.per_device_eval_batch_size) == (
+        15, -1, 16, 32)
+    assert (ta.learning_rate, ta.warmup_steps, ta.weight_decay, ta.gradient_accumulation_steps, ta.max_grad_norm,
+            ta.seed) == (3e-3, 60, 0.01, 1, 1.0, 0)
+    assert (ta.lr_scheduler_type.value, ta.eval_strategy.value, ta.save_strategy.value) == ("cosine", "epoch", "no")
+    assert ta.logging_steps == -1  # a quarter epoch, resolved by train_model
+    assert ta.report_to == [] and ta.remove_unused_columns is False and ta.disable_tqdm is True
+    assert ta.use_cpu is False
+
+
+def test_ctc_explicit_flags_win(tmp_path):
+    model_args, _, run_args, ta = ctc.parse_args([
+        "--num_train_epochs", "2", "--learning_rate=1e-4", "--output_dir", str(tmp_path), "--seed", "3",
+        "--lora", "--init_from", "ckpt", "--skip_long_form", "--num_threads", "0", "--logging_steps", "7"])
+    assert (ta.num_train_epochs, ta.learning_rate, ta.output_dir, ta.seed, ta.logging_steps) == (
+        2, 1e-4, str(tmp_path), 3, 7)
+    assert (model_args.lora, model_args.init_from, run_args.skip_long_form, run_args.num_threads) == (
+        True, "ckpt", True, 0)
+    assert (ta.warmup_steps, ta.per_device_train_batch_size) == (60, 16)  # untouched flags keep the script default
+    config = tmp_path / "args.json"
+    config.write_text(json.dumps({"learning_rate": 1e-3, "max_steps": 5, "concat_probability": 0.0}))
+    _, data_args, _, ta = ctc.parse_args([str(config)])
+    assert (ta.learning_rate, ta.max_steps, data_args.concat_probability) == (1e-3, 5, 0.0)
+    assert (ta.output_dir, ta.num_train_epochs, ta.warmup_steps) == ("outputs/mamba-ctc-digits", 15, 60)
+
+
+def test_ctc_tiny_run_writes_output_dir(tmp_path):
+    from mamba_zoo import MambaForCTC
+
+    out = tmp_path / "ctc"
+    results = ctc.main(["--num_train", "16", "--num_eval", "4", "--hidden_size", "32", "--num_hidden_layers", "2",
+                        "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--skip_long_form",
+                        "--output_dir", str(out)])
+    assert results["steps"] == 2 and 0 <= results["test"]["cer"]
+    assert json.loads((out / "eval_results.json").read_text())["steps"] == 2
+    for name in ("config.json", "model.safetensors", "processor_config.json", "vocab.json", "README.md"):
+        assert (out / name).is_file(), name
+    assert MambaForCTC.from_pretrained(out).config.num_hidden_layers == 2

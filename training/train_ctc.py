@@ -9,21 +9,45 @@ voice so test voices are never heard in training), a 0.4M-parameter bidirectiona
     python training/train_ctc.py
     python training/train_ctc.py --kind sentences --output_dir outputs/mamba-ctc-sentences --num_train_epochs 30
     python training/train_ctc.py --lora --init_from outputs/mamba-ctc-digits --output_dir outputs/mamba-ctc-lora
+    python training/train_ctc.py --per_device_train_batch_size 32 --learning_rate 1e-3 --max_steps 500
+    python training/train_ctc.py args.json                                  # every flag below as one JSON object
+    torchrun --nproc_per_node 2 training/train_ctc.py --output_dir outputs/mamba-ctc-ddp ...
+
+Flags: transformers' `TrainingArguments` (`--output_dir`, `--num_train_epochs`, `--max_steps`, `--learning_rate`,
+`--per_device_train_batch_size`, `--warmup_steps`, `--weight_decay`, `--gradient_accumulation_steps`, `--seed`,
+`--use_cpu`, `--bf16`, `--push_to_hub`, ...) plus the `ModelArguments`, `DataArguments` and `RunArguments` below
+(HfArgumentParser, as in transformers' example scripts), so the script runs unchanged under `torchrun` /
+`accelerate launch`. Where this script's defaults differ from `TrainingArguments`' own, a flag you do not pass takes
+the script's value (`TRAINING_DEFAULTS`):
+
+    --output_dir outputs/mamba-ctc-digits  --num_train_epochs 15  --per_device_train_batch_size 16
+    --per_device_eval_batch_size 32  --learning_rate 3e-3  --lr_scheduler_type cosine  --warmup_steps 60
+    --weight_decay 0.01  --max_grad_norm 1.0  --eval_strategy epoch  --save_strategy no  --seed 0
+    --remove_unused_columns false  --disable_tqdm true
+    --logging_steps a quarter epoch, max(1, steps_per_epoch // 4)   (the -1 default, resolved once the corpus is loaded)
+
+The device is `TrainingArguments`' choice (CPU on a machine without accelerator; `--use_cpu` forces it). The Trainer's
+own files (checkpoints, only with a `--save_strategy`) go to `OUTPUT_DIR/trainer`; model, processor, model card and
+`eval_results.json` to `OUTPUT_DIR` (written by the main process only). `--num_threads` (default 1: torch/numba
+threads per process) is this script's own: leave it at 1 under a launcher, which runs one process per core / device.
+FSDP is not supported (the model is saved with `save_pretrained`).
 
 Then: `pipeline("automatic-speech-recognition", model="outputs/mamba-ctc-digits")`.
 """
 
 from __future__ import annotations
 
-import argparse
+import copy
 import json
 import math
 import os
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional
 
 import numpy as np
 import torch
@@ -236,41 +260,65 @@ def write_model_card(output_dir: str, args, results: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------- main
 
 
+@dataclass
+class ModelArguments:
+    hidden_size: int = field(default=96, metadata={"help": "encoder width"})
+    num_hidden_layers: int = field(default=4, metadata={"help": "encoder blocks"})
+    subsampling_conv_channels: int = field(default=32, metadata={"help": "channels of the conv subsampler"})
+    block_type: str = field(default="mamba", metadata={"choices": ["mamba", "conmamba"], "help": "encoder block"})
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters (peft) on the mixers' projections"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (alpha = 2 x rank)"})
+    init_from: Optional[str] = field(default=None, metadata={"help": "start from this checkpoint (model + processor)"})
+
+
+@dataclass
+class DataArguments:
+    kind: str = field(default="digits", metadata={"choices": ["digits", "sentences"], "help": "embedded corpus"})
+    num_train: int = field(default=2000, metadata={"help": "training utterances"})
+    num_eval: int = field(default=200, metadata={"help": "validation and test utterances (each)"})
+    concat_probability: float = field(default=0.3, metadata={
+        "help": "join this fraction of training utterances with a batch neighbour (silence between, 'a b' transcript) "
+                "so that the model learns word boundaries across pauses, as in long-form audio (trained without it, "
+                "words merged across the gaps of a 60 s recording)"})
+
+
+@dataclass
+class RunArguments:
+    max_train_cpu_minutes: float = field(default=16.0, metadata={
+        "help": "safety net: stop training after this much process CPU time (not wall time, which grows when other "
+                "processes share the cores) even if epochs remain"})
+    beam_width: int = field(default=0, metadata={"help": "also evaluate pyctcdecode beam search (if installed)"})
+    skip_long_form: bool = field(default=False, metadata={"help": "skip the 60 s chunked-vs-unchunked check"})
+    eval_only: bool = field(default=False, metadata={
+        "help": "evaluate the checkpoint in --output_dir (keeping the training numbers recorded there)"})
+    num_threads: int = field(default=1, metadata={
+        "help": "torch/numba threads (0: torch's choice). 1 is the default: this model's ops are small, and on a busy "
+                "2-core machine OpenMP threads that wait for each other made steps 20x slower. Leave it at 1 under "
+                "a launcher (one process per core / device)"})
+
+
+# Where this script's defaults differ from TrainingArguments' own; applied to every flag the user does not pass.
+# logging_steps=-1: a quarter epoch, resolved in train_model once the corpus is loaded.
+TRAINING_DEFAULTS = dict(
+    output_dir="outputs/mamba-ctc-digits", num_train_epochs=15, per_device_train_batch_size=16,
+    per_device_eval_batch_size=32, learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=60, weight_decay=0.01,
+    max_grad_norm=1.0, eval_strategy="epoch", save_strategy="no", logging_steps=-1, report_to="none", seed=0,
+    dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
+)
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kind", default="digits", choices=["digits", "sentences"], help="embedded corpus")
-    parser.add_argument("--num_train", type=int, default=2000)
-    parser.add_argument("--num_eval", type=int, default=200)
-    parser.add_argument("--output_dir", default="outputs/mamba-ctc-digits")
-    parser.add_argument("--hidden_size", type=int, default=96)
-    parser.add_argument("--num_hidden_layers", type=int, default=4)
-    parser.add_argument("--subsampling_conv_channels", type=int, default=32)
-    parser.add_argument("--block_type", default="mamba", choices=["mamba", "conmamba"])
-    parser.add_argument("--num_train_epochs", type=float, default=10)
-    parser.add_argument("--max_train_cpu_minutes", type=float, default=16.0,
-                        help="safety net: stop training after this much process CPU time (not wall time, which "
-                             "grows when other processes share the cores) even if epochs remain")
-    parser.add_argument("--per_device_train_batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=3e-3)
-    parser.add_argument("--warmup_steps", type=int, default=60)
-    parser.add_argument("--weight_decay", type=float, default=0.01)
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--concat_probability", type=float, default=0.0,
-                        help="join this fraction of training utterances with a batch neighbour (silence between, "
-                             "'a b' transcript) so that the model learns utterance boundaries for long-form audio; "
-                             "not yet measured")
-    parser.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) on the mixers' projections")
-    parser.add_argument("--lora_r", type=int, default=8)
-    parser.add_argument("--init_from", default=None, help="start from this checkpoint (model + processor)")
-    parser.add_argument("--beam_width", type=int, default=0, help="also evaluate pyctcdecode beam search (if installed)")
-    parser.add_argument("--skip_long_form", action="store_true", help="skip the 60 s chunked-vs-unchunked check")
-    parser.add_argument("--eval_only", action="store_true",
-                        help="evaluate the checkpoint in --output_dir (keeping the training numbers recorded there)")
-    parser.add_argument("--num_threads", type=int, default=1,
-                        help="torch/numba threads. 1 is the default: this model's ops are small, and on a busy "
-                             "2-core machine OpenMP threads that wait for each other made steps 20x slower")
-    return parser.parse_args(argv)
+    """`(model_args, data_args, run_args, training_args)` from `argv` (default: sys.argv[1:]) or one `.json` file.
+    The old flags all kept their names (those of TrainingArguments fields are now TrainingArguments')."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments),
+                              description=__doc__.split("\n\n")[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_dict({**TRAINING_DEFAULTS, **json.loads(Path(argv[0]).read_text())})
+    parser.set_defaults(**TRAINING_DEFAULTS)  # argparse defaults: a flag that is passed wins
+    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
 
 
 def process_cpu_seconds() -> float:
@@ -301,8 +349,21 @@ class TimeLimitCallback:
         self.callback = _Callback()
 
 
+# the flags of the argparse version that are TrainingArguments fields (an old-style `args` of train_model has them)
+OLD_TRAINING_FLAGS = ("output_dir", "num_train_epochs", "per_device_train_batch_size", "learning_rate", "warmup_steps",
+                      "weight_decay", "gradient_accumulation_steps", "seed")
+
+
+def flat_args(model_args, data_args, run_args, training_args) -> SimpleNamespace:
+    """One namespace with every script field, `training_args`, and the TrainingArguments fields the argparse version
+    had (`output_dir`, `seed`, `learning_rate`, ...), as `train_model` / `write_model_card` read them."""
+    return SimpleNamespace(**asdict(model_args), **asdict(data_args), **asdict(run_args), training_args=training_args,
+                           **{k: getattr(training_args, k) for k in OLD_TRAINING_FLAGS})
+
+
 def train_model(args, train: AudioTextDataset, validation: AudioTextDataset):
-    """Build (or load with --init_from) the model and processor, train with Trainer, save both to --output_dir."""
+    """Build (or load with --init_from) the model and processor, train with Trainer, save both to --output_dir (main
+    process only). `args`: `flat_args(...)` or an argparse-style namespace of the old flags."""
     from transformers import Trainer, TrainingArguments
 
     if args.init_from:
@@ -330,27 +391,11 @@ def train_model(args, train: AudioTextDataset, validation: AudioTextDataset):
         model.print_trainable_parameters()
 
     steps_per_epoch = math.ceil(len(train) / (args.per_device_train_batch_size * args.gradient_accumulation_steps))
-    training_args = TrainingArguments(
-        output_dir=os.path.join(args.output_dir, "trainer"),
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        per_device_eval_batch_size=32,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        num_train_epochs=args.num_train_epochs,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay,
-        max_grad_norm=1.0,
-        eval_strategy="epoch",
-        save_strategy="no",
-        logging_steps=max(1, steps_per_epoch // 4),
-        report_to=[],
-        remove_unused_columns=False,  # the collator needs the raw `audio` and `text`
-        dataloader_num_workers=0,
-        seed=args.seed,
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True,
-    )
+    training_args = copy.copy(args.training_args) if hasattr(args, "training_args") else TrainingArguments(
+        **{**TRAINING_DEFAULTS, **{k: getattr(args, k) for k in OLD_TRAINING_FLAGS}})  # an old argparse namespace
+    training_args.output_dir = os.path.join(args.output_dir, "trainer")
+    if training_args.logging_steps < 0:
+        training_args.logging_steps = max(1, steps_per_epoch // 4)
     time_limit = TimeLimitCallback(args.max_train_cpu_minutes * 60)
     trainer = Trainer(
         model=model,
@@ -370,8 +415,9 @@ def train_model(args, train: AudioTextDataset, validation: AudioTextDataset):
     if args.lora:
         model = model.merge_and_unload()
     model.eval()
-    model.save_pretrained(args.output_dir)
-    processor.save_pretrained(args.output_dir)
+    if training_args.process_index == 0:
+        model.save_pretrained(args.output_dir)
+        processor.save_pretrained(args.output_dir)
 
     results = {"num_train": len(train), "parameters": parameters, "train_seconds": train_seconds,
                "train_cpu_seconds": train_cpu_seconds,
@@ -381,7 +427,8 @@ def train_model(args, train: AudioTextDataset, validation: AudioTextDataset):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    model_args, data_args, run_args, training_args = parse_args(argv)
+    args = flat_args(model_args, data_args, run_args, training_args)
     script_start = time.perf_counter()
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -409,6 +456,8 @@ def main(argv=None):
         results["evaluated_separately"] = True
     else:
         model, processor, results = train_model(args, train, validation)
+        if training_args.process_index != 0:  # under a launcher: the main process evaluates and writes the files
+            return results
     for name, split in (("validation", validation), ("test", test)):
         predictions = transcribe(model, processor, split)
         results[name] = word_and_char_error_rates(predictions, split.text)
