@@ -50,6 +50,9 @@ class ModelArguments:
         metadata={"help": "random init: frame-based tokens (SSAST-Frame) spanning every mel bin and this many frames, "
                           "instead of 16x16 patches. Best for speech (keywords, speakers)."},
     )
+    bidirectional_layer_pairing: bool = field(
+        default=True, metadata={"help": "random init: Vim/SSAMBA layer pairing (False: every layer in sequence)"}
+    )
     frequency_stride: Optional[int] = field(
         default=None, metadata={"help": "patch stride along frequency (SSAMBA: 10 or 16); default: the patch size "
                                         "(the checkpoint's stride when fine-tuning one)"})
@@ -257,7 +260,8 @@ def build_model(model_args: ModelArguments, num_labels, id2label, label2id, max_
     config = SSAMBAConfig.from_preset(
         model_args.model_size, max_length=max_length, num_mel_bins=num_mel_bins, patch_size=patch,
         frequency_stride=model_args.frequency_stride or frequency, time_stride=model_args.time_stride or time,
-        drop_path_rate=model_args.drop_path_rate, **overrides, **labels,
+        drop_path_rate=model_args.drop_path_rate, bidirectional_layer_pairing=model_args.bidirectional_layer_pairing,
+        **overrides, **labels,
     )
     return SSAMBAForAudioClassification(config)
 

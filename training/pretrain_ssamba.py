@@ -49,6 +49,11 @@ class PretrainModelArguments:
         default=None,
         metadata={"help": "frame-based tokens (SSAST-Frame: every mel bin x this many frames) instead of 16x16 patches"},
     )
+    bidirectional_layer_pairing: bool = field(
+        default=True,
+        metadata={"help": "Vim/SSAMBA layer pairing (layer 2i forward, 2i+1 reversed, summed); False: every layer is "
+                          "a bidirectional mixer in sequence (deeper at the same cost)"},
+    )
     mask_patch_count: Optional[int] = field(
         default=None,
         metadata={"help": "masked patches per clip (SSAMBA: 250/300/400 of 512); default: half of the patches"},
@@ -107,7 +112,8 @@ def run(model_args: PretrainModelArguments, data_args: PretrainDataArguments, tr
         model_args.model_size, **geometry, mask_patch_count=mask_patch_count, mask_cluster_factor=model_args.mask_cluster_factor,
         generative_loss_weight=model_args.generative_loss_weight,
         discriminative_loss_weight=model_args.discriminative_loss_weight,
-        drop_path_rate=model_args.drop_path_rate, **overrides,
+        drop_path_rate=model_args.drop_path_rate, bidirectional_layer_pairing=model_args.bidirectional_layer_pairing,
+        **overrides,
     )
     model = SSAMBAForPreTraining(config)
     model.share_mask_between_objectives = model_args.share_mask_between_objectives
