@@ -94,3 +94,52 @@ def test_bad_inputs_raise():
         causal_conv1d_update(x[:, :, 0], torch.zeros(2, 4, 2), weight)
     with pytest.raises(ValueError, match="x must have shape"):
         causal_conv1d_update(x[:, :, :1], torch.zeros(2, 4, 3), weight)
+
+
+# ---------------------------------------------------------------------------------------------- forward-only kernel
+
+
+def _needs_numba():
+    from mamba_zoo.cpu_scan_kernels import is_available
+
+    if not is_available():
+        pytest.skip("the fused CPU kernels need numba")
+
+
+@pytest.mark.parametrize("width", [2, 3, 4])
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("length", [1, 3, 17, 300])
+@pytest.mark.parametrize("order", ["forward", "flip", "within-lengths"])
+def test_inference_kernel_matches_loop(width, silu, use_bias, length, order):
+    """Time-major kernel (input a column slice of a wider tensor, as the mixer passes it) against the loop reference,
+    run along the time order `index` (reversed sequences: anti-causal convolution) with results at the original
+    times."""
+    _needs_numba()
+    from mamba_zoo.cpu_scan_kernels import causal_conv1d_inference_time_major
+    from mamba_zoo.mamba_layers import reversal_index
+
+    g = torch.Generator().manual_seed(length * 10 + width)
+    batch, dim = 3, 21
+    x = torch.randn(batch, dim, length, generator=g)
+    weight = torch.randn(dim, width, generator=g)
+    bias = torch.randn(dim, generator=g) if use_bias else None
+    if order == "forward":
+        index = None
+    elif order == "flip":
+        index = torch.arange(length - 1, -1, -1).expand(batch, length)
+    else:
+        index = reversal_index(torch.randint(0, length + 1, (batch,), generator=g), length)
+    activation = "silu" if silu else None
+    if index is None:
+        expected = loop_reference(x, weight, bias, activation)
+    else:
+        moved = x.gather(2, index[:, None, :].expand(-1, dim, -1))
+        out_moved = loop_reference(moved, weight, bias, activation)
+        expected = out_moved.gather(2, torch.argsort(index, 1)[:, None, :].expand(-1, dim, -1))
+    wide = torch.randn(batch, length, 3 * dim, generator=g)
+    wide[..., dim:2 * dim] = x.transpose(1, 2)
+    for x_tm in (wide[..., dim:2 * dim], x.transpose(1, 2), x.transpose(1, 2).contiguous()):
+        out = causal_conv1d_inference_time_major(x_tm, weight, bias, silu=silu, index=index, t_block=7)
+        assert out.shape == (batch, length, dim) and out.is_contiguous()
+        torch.testing.assert_close(out.transpose(1, 2), expected, rtol=1e-5, atol=1e-5)

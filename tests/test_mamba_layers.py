@@ -138,6 +138,84 @@ def test_reversal_index_is_an_involution_within_lengths():
     assert torch.equal(index.gather(1, index), torch.arange(7).expand(4, 7))
 
 
+# ---------------------------------------------------------------------------------------------- fused inference path
+
+
+def _numba_available():
+    from mamba_zoo.cpu_scan_kernels import is_available
+
+    return is_available()
+
+
+@pytest.mark.skipif(not _numba_available(), reason="the fused CPU kernels need numba")
+@pytest.mark.parametrize("bidirectional,divide_out", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("length", [1, 5, 37])
+def test_mixer_inference_path_matches_reference(bidirectional, divide_out, length):
+    """Without grad the mixer runs the time-major fused kernels (the backward branch walks time in reverse through
+    the reversal index, never flipping): same outputs as the reference backend, with and without padding and
+    reverse_lengths."""
+    torch.manual_seed(length)
+    mixer = MambaMixer(24, d_state=8, bidirectional=bidirectional, divide_out=divide_out).eval()
+    _randomize(mixer, seed=5)
+    x = torch.randn(3, length, 24)
+    lengths = torch.tensor([length, max(1, length - 3), max(1, length // 2)])
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    cases = [{}, {"attention_mask": mask}]
+    if bidirectional:
+        cases += [{"reverse_lengths": torch.tensor([length, length // 3, 0])},
+                  {"attention_mask": mask, "reverse_lengths": (lengths + 1) // 2}]
+    for kwargs in cases:
+        mixer.backend = "auto"
+        assert mixer._use_inference_kernels(x) is False  # grad enabled and parameters require grad
+        with torch.no_grad():
+            assert mixer._use_inference_kernels(x)
+            fast = mixer(x, **kwargs)
+        with torch.inference_mode():
+            fast_im = mixer(x, **kwargs)
+        mixer.backend = "reference"
+        with torch.no_grad():
+            assert not mixer._use_inference_kernels(x)
+            ref = mixer(x, **kwargs)
+        mixer.backend = "auto"
+        slow = mixer(x, **kwargs)  # the autograd path on the cpu kernels
+        assert rel_err(fast, ref) < 1e-5, kwargs
+        assert torch.equal(fast, fast_im)
+        assert rel_err(slow.detach(), ref) < 1e-5, kwargs
+
+
+@pytest.mark.skipif(not _numba_available(), reason="the fused CPU kernels need numba")
+def test_mixer_inference_path_is_used_only_without_grad(monkeypatch):
+    from mamba_zoo import cpu_scan_kernels
+
+    calls = []
+    original = cpu_scan_kernels.selective_scan_inference_time_major
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("channel_major", False))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cpu_scan_kernels, "selective_scan_inference_time_major", counting)
+    from mamba_zoo import selective_scan
+
+    selective_scan._cpu_kernels.cache_clear()
+    try:
+        mixer = MambaMixer(16, d_state=4, bidirectional=True)
+        x = torch.randn(2, 9, 16)
+        with torch.no_grad():
+            mixer(x)
+        assert calls == [False, False]  # both branches, time-major
+        calls.clear()
+        out = mixer(x)
+        out.sum().backward()  # training: the autograd kernels, gradients reach the parameters
+        assert calls == [] and mixer.A_b_log.grad is not None and mixer.conv1d_b.weight.grad is not None
+        for p in mixer.parameters():
+            p.requires_grad_(False)
+        mixer(x)  # nothing requires grad: the fused path even with grad mode on
+        assert calls == [False, False]
+    finally:
+        selective_scan._cpu_kernels.cache_clear()
+
+
 # ---------------------------------------------------------------------------------------------- cached decoding
 
 

@@ -23,11 +23,14 @@ import torch
 
 try:
     import numba
-    from numba import njit, prange
+    from llvmlite import ir as _llvm_ir
+    from numba import njit, prange, types as _nb_types
+    from numba.extending import intrinsic
 except ImportError:  # numba is optional: the "cpu" backend is then unavailable
     numba = None
 
-__all__ = ["is_available", "selective_scan_cpu", "selective_state_update_cpu", "DEFAULT_CHUNK"]
+__all__ = ["is_available", "selective_scan_cpu", "selective_state_update_cpu", "DEFAULT_CHUNK",
+           "selective_scan_inference_time_major", "causal_conv1d_inference_time_major"]
 
 # Checkpoint interval of the forward pass (time steps between saved states).
 DEFAULT_CHUNK = 64
@@ -324,6 +327,238 @@ if numba is not None:
                 dbias_lane[b, d] = dbias_acc
 
 
+    @intrinsic
+    def _bits_to_f32(typingctx, bits):
+        """Reinterpret an int32 as the float32 with the same bits (a register move)."""
+        sig = _nb_types.float32(_nb_types.int32)
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], _llvm_ir.FloatType())
+
+        return sig, codegen
+
+    # Scalar forms of the helpers above, for loops that fuse them with other work. Compiled
+    # strictly (their instructions keep strict semantics when LLVM inlines them into a kernel
+    # compiled with fastmath flags), branch-free and with numpy's error model (a float division
+    # by zero gives inf instead of a ZeroDivisionError check, which would stop vectorisation).
+    @njit(cache=True, error_model="numpy")
+    def _expf(x):
+        """exp(x) in float32 (Cephes expf, as :func:`_exp_inplace`)."""
+        x = min(max(x, _EXP_LO), _EXP_HI)
+        k = np.floor(x * _LOG2E + _HALF)
+        r = x - k * _LN2_HI
+        r = r - k * _LN2_LO
+        p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+        return (p * (r * r) + r + _ONE) * _bits_to_f32((np.int32(k) + 127) << 23)
+
+    @njit(cache=True, error_model="numpy")
+    def _log1p_unit(e):
+        """log1p(e) for e in [0, 1] (as :func:`_log1p_unit_inplace`)."""
+        w = _ONE + e
+        big = w > _SQRT2
+        m = w * _HALF if big else w
+        k = _ONE if big else _ZERO
+        x = m - _ONE
+        z = x * x
+        p = (((((((_L0 * x + _L1) * x + _L2) * x + _L3) * x + _L4) * x + _L5) * x + _L6) * x
+             + _L7) * x + _L8
+        y = p * x * z + k * _LN2_LO - _HALF * z
+        log_w = x + y + k * _LN2_HI
+        denom = w - _ONE
+        return e if denom == _ZERO else log_w * (e / denom)
+
+    @njit(cache=True, error_model="numpy")
+    def _softplus1(x):
+        """softplus(x), torch semantics (x > 20 -> x)."""
+        sp = max(x, _ZERO) + _log1p_unit(_expf(-abs(x)))
+        return x if x > _SOFTPLUS_THRESHOLD else sp
+
+    @njit(cache=True, error_model="numpy")
+    def _silu1(x):
+        """x * sigmoid(x)."""
+        return x / (_ONE + _expf(-x))
+
+    # Inference kernels (no autograd): time-major (batch, L, dim) data, vectorised across channels.
+    # Compiled with FMA contraction only (no reassociation): the exp below is inlined, and its
+    # Cody-Waite reduction must not be reassociated; nothing here reduces along the vector lanes.
+    _INFER_MATH = {"contract"}
+
+    @njit(parallel=True, cache=True, fastmath=_INFER_MATH, error_model="numpy")
+    def _scan_inference_kernel(u, delta, A_t, Bm, Cm, D, z, z_off, delta_bias, has_D, has_z,
+                               has_bias, softplus, index, use_index, channel_major, accumulate,
+                               block, tile, out, last_state):
+        """Forward-only scan, vectorised across channels, no checkpoints.
+
+        Time-major (``channel_major`` False): u, delta, out: (batch, L, dim); z: (batch, L, >=
+        z_off + dim), the gate being its columns z_off .. z_off + dim. Channel-major (True): u,
+        delta, out: (batch, dim, L); z: (batch, >= z_off + dim, L). Any strides. A_t: (N, dim)
+        (A transposed); Bm, Cm: (batch, G, L, N); D, delta_bias: (dim,); last_state:
+        (batch, dim, N). Step p of the recurrence reads (and writes) time ``index[b, p]`` when
+        ``use_index`` (a permutation of 0..L-1 per row, e.g. a reversal), else time p. With
+        ``accumulate`` the result is added to ``out``.
+
+        Each task owns ``block`` channels of one (batch, group) and keeps their (N, block) state
+        in a small buffer. Steps are processed ``tile`` at a time: the tile's inputs are gathered
+        into local (tile, block) buffers (transposing channel-major data), the time steps and
+        gates for the whole tile are computed in one vectorised pass, then each step updates the
+        state with the channels as the vector lanes (no horizontal sums).
+        """
+        batch = u.shape[0]
+        dim = A_t.shape[1]
+        L = u.shape[2] if channel_major else u.shape[1]
+        N = A_t.shape[0]
+        groups = Bm.shape[1]
+        cpg = dim // groups
+        bpg = (cpg + block - 1) // block
+        for task in prange(batch * groups * bpg):
+            b = task // (groups * bpg)
+            g = (task // bpg) % groups
+            c0 = g * cpg + (task % bpg) * block
+            w = min(block, (g + 1) * cpg - c0)
+            c1 = c0 + w
+            # 2-D buffers read through row views indexed by the loop counter only: numba then
+            # needs no negative-index wraparound, and LLVM emits plain vector loads/stores.
+            h = np.zeros((N, w), dtype=np.float32)
+            a_loc = np.empty((N, w), dtype=np.float32)
+            bias_loc = np.zeros(w, dtype=np.float32)
+            skip_loc = np.zeros(w, dtype=np.float32)
+            dt_t = np.empty((tile, w), dtype=np.float32)
+            dtx_t = np.empty((tile, w), dtype=np.float32)
+            y_t = np.empty((tile, w), dtype=np.float32)
+            gate_t = np.empty((tile, w), dtype=np.float32)
+            times = np.empty(tile, dtype=np.int64)
+            for n in range(N):
+                a_loc[n, :] = A_t[n, c0:c1]
+            if has_bias:
+                bias_loc[:] = delta_bias[c0:c1]
+            if has_D:
+                skip_loc[:] = D[c0:c1]
+            for p0 in range(0, L, tile):
+                n_steps = min(tile, L - p0)
+                for k in range(n_steps):
+                    times[k] = index[b, p0 + k] if use_index else p0 + k
+                # Gather the tile: dt_t <- delta, dtx_t <- u, gate_t <- z.
+                if channel_major:
+                    for c in range(w):
+                        delta_ch = delta[b, c0 + c]
+                        u_ch = u[b, c0 + c]
+                        for k in range(n_steps):
+                            dt_t[k, c] = delta_ch[times[k]]
+                            dtx_t[k, c] = u_ch[times[k]]
+                        if has_z:
+                            z_ch = z[b, z_off + c0 + c]
+                            for k in range(n_steps):
+                                gate_t[k, c] = z_ch[times[k]]
+                else:
+                    for k in range(n_steps):
+                        t = times[k]
+                        dt_t[k, :] = delta[b, t, c0:c1]
+                        dtx_t[k, :] = u[b, t, c0:c1]
+                        if has_z:
+                            gate_t[k, :] = z[b, t, z_off + c0:z_off + c1]
+                for k in range(n_steps):
+                    dt_row = dt_t[k]
+                    dtx_row = dtx_t[k]
+                    y_row = y_t[k]
+                    for c in range(w):
+                        dt = dt_row[c] + bias_loc[c]
+                        if softplus:
+                            dt = _softplus1(dt)
+                        x = dtx_row[c]
+                        dt_row[c] = dt
+                        dtx_row[c] = dt * x
+                        y_row[c] = skip_loc[c] * x
+                    if has_z:
+                        gate_row = gate_t[k]
+                        for c in range(w):
+                            gate_row[c] = _silu1(gate_row[c])
+                # The recurrence.
+                for k in range(n_steps):
+                    t = times[k]
+                    dt_row = dt_t[k]
+                    dtx_row = dtx_t[k]
+                    y_row = y_t[k]
+                    B_row = Bm[b, g, t]
+                    C_row = Cm[b, g, t]
+                    for n in range(N):
+                        b_n = B_row[n]
+                        c_n = C_row[n]
+                        h_row = h[n]
+                        a_row = a_loc[n]
+                        for c in range(w):
+                            h_n = _expf(dt_row[c] * a_row[c]) * h_row[c] + dtx_row[c] * b_n
+                            h_row[c] = h_n
+                            y_row[c] += h_n * c_n
+                    if has_z:
+                        gate_row = gate_t[k]
+                        for c in range(w):
+                            y_row[c] = y_row[c] * gate_row[c]
+                # Scatter the tile's outputs.
+                if channel_major:
+                    for c in range(w):
+                        out_ch = out[b, c0 + c]
+                        if accumulate:
+                            for k in range(n_steps):
+                                out_ch[times[k]] += y_t[k, c]
+                        else:
+                            for k in range(n_steps):
+                                out_ch[times[k]] = y_t[k, c]
+                else:
+                    for k in range(n_steps):
+                        out_row = out[b, times[k], c0:c1]
+                        y_row = y_t[k]
+                        if accumulate:
+                            for c in range(w):
+                                out_row[c] += y_row[c]
+                        else:
+                            for c in range(w):
+                                out_row[c] = y_row[c]
+            for n in range(N):
+                last_state[b, c0:c1, n] = h[n]
+
+    @njit(parallel=True, cache=True, fastmath=_INFER_MATH, error_model="numpy")
+    def _conv_inference_kernel(x, x_off, weight_t, bias, has_bias, silu, index, use_index,
+                               t_block, out):
+        """Causal depthwise convolution (+ SiLU) over time-major data, forward only.
+
+        x: (batch, L, >= x_off + dim), the input is its columns x_off .. x_off + dim (e.g. a slice
+        of a projection's output); out: (batch, L, dim); weight_t: (width, dim) (the filters
+        transposed); bias: (dim,). Position p of the (possibly permuted) sequence reads positions
+        p - width + 1 .. p, each at time ``index[b, q]`` when ``use_index``, and writes time
+        ``index[b, p]``. Tasks are (batch, block of ``t_block`` positions); channels are the
+        vector lanes.
+        """
+        batch, L, dim = out.shape
+        width = weight_t.shape[0]
+        n_tb = (L + t_block - 1) // t_block
+        for task in prange(batch * n_tb):
+            b = task // n_tb
+            p0 = (task % n_tb) * t_block
+            p1 = min(p0 + t_block, L)
+            acc = np.empty(dim, dtype=np.float32)
+            bias_loc = np.zeros(dim, dtype=np.float32)
+            if has_bias:
+                bias_loc[:] = bias
+            for p in range(p0, p1):
+                for c in range(dim):
+                    acc[c] = bias_loc[c]
+                for k in range(width):
+                    q = p - width + 1 + k
+                    if q >= 0:
+                        tq = index[b, q] if use_index else q
+                        x_row = x[b, tq, x_off:x_off + dim]
+                        w_row = weight_t[k]
+                        for c in range(dim):
+                            acc[c] += w_row[c] * x_row[c]
+                t = index[b, p] if use_index else p
+                out_row = out[b, t]
+                if silu:
+                    for c in range(dim):
+                        out_row[c] = _silu1(acc[c])
+                else:
+                    for c in range(dim):
+                        out_row[c] = acc[c]
+
     @njit(cache=True, fastmath=_KERNEL_MATH)
     def _state_update_kernel(state, x, dt, A, Bm, Cm, D, z, dt_bias, has_D, has_z, has_bias,
                              softplus, out):
@@ -458,6 +693,139 @@ def _n_blocks(batch: int, groups: int, channels_per_group: int) -> int:
     return max(1, min(channels_per_group, per_pair))
 
 
+# Most channels per task of the inference scan ((N, block) float32 state: 24 KiB at N = 16).
+INFERENCE_MAX_BLOCK = 384
+# Time steps per tile of the inference scan.
+INFERENCE_TILE = 16
+_NO_INDEX = np.zeros((1, 1), dtype=np.int64)
+
+
+def _f32_view(t: torch.Tensor) -> np.ndarray:
+    """A float32 numpy view of ``t`` with its strides (a copy only for other dtypes); parameters
+    (leaves that require grad) are always copied (see :func:`_f32_numpy`)."""
+    if t.dtype != torch.float32:
+        t = t.detach().to(torch.float32)
+    elif t.is_leaf and t.requires_grad:
+        return t.detach().clone().numpy()
+    return t.detach().numpy()
+
+
+def _rows_and_offset(t: torch.Tensor):
+    """``(array, offset)`` with ``t == array[:, :, offset:offset + t.shape[2]]`` for a 3-D tensor and ``array`` C-contiguous
+    float32 where possible: a column slice of a contiguous ``(batch, L, width)`` tensor (x or z of the input
+    projection's output) is read through its whole rows, so numba sees contiguous rows, not an arbitrary stride."""
+    if t.dtype == torch.float32 and t.dim() == 3 and t.stride(2) == 1 and t.shape[1] > 0:
+        row = t.stride(1)
+        offset = t.storage_offset() % row if row > 0 else 0
+        if row >= offset + t.shape[2] and t.stride(0) == t.shape[1] * row:
+            try:
+                base = torch.as_strided(t.detach(), (t.shape[0], t.shape[1], row), (t.stride(0), row, 1),
+                                        t.storage_offset() - offset)
+            except RuntimeError:  # the whole rows would reach outside the storage
+                base = None
+            if base is not None:
+                return base.numpy(), offset
+    return _f32_view(t), 0
+
+
+def _inference_block(batch: int, groups: int, channels_per_group: int) -> int:
+    """Channels per task of the inference scan: one task per thread where that fits (a multiple of 16 channels, the
+    float32 lanes of a 512-bit vector, at most INFERENCE_MAX_BLOCK)."""
+    threads = numba.get_num_threads()
+    per_pair = max(1, -(-threads // (batch * groups)))
+    block = -(-channels_per_group // per_pair)
+    block = -(-block // 16) * 16
+    return max(1, min(block, INFERENCE_MAX_BLOCK, channels_per_group))
+
+
+def _index_np(index: Optional[torch.Tensor]):
+    if index is None:
+        return _NO_INDEX, False
+    return index.detach().to(torch.int64).contiguous().numpy(), True
+
+
+def selective_scan_inference_time_major(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                                        delta_softplus=False, index=None, out=None,
+                                        accumulate=False, return_last_state=False,
+                                        block: Optional[int] = None, channel_major: bool = False,
+                                        tile: int = INFERENCE_TILE):
+    """Forward-only fused scan (no autograd graph is recorded), on time-major tensors.
+
+    u, delta, z: ``(batch, L, dim)``, any strides (e.g. column slices of a projection);
+    A: ``(dim, N)``; B, C: ``(batch, L, N)`` or grouped ``(batch, L, G, N)``, any strides;
+    D, delta_bias: ``(dim,)``. With ``channel_major=True`` u, delta, z (and ``out``) are
+    ``(batch, dim, L)`` and B, C ``(batch, N, L)`` / ``(batch, G, N, L)`` instead (the layout of
+    :func:`selective_scan_cpu`; the kernel transposes tiles of them on the fly).
+    ``index``: optional ``(batch, L)`` permutation of the time steps per row; step p of the
+    recurrence then reads and writes time ``index[b, p]`` (a reversal index runs the scan
+    backwards in time without flipping anything). ``out``: optional float32 buffer (any strides)
+    written, or added to when ``accumulate``. ``block``: channels per task (default: as many as
+    keep every thread busy, at most ``INFERENCE_MAX_BLOCK``); ``tile``: time steps per tile.
+    Returns ``out`` (float32) or ``(out, last_state)``.
+    """
+    if numba is None:
+        raise RuntimeError("the CPU scan kernel needs numba: `pip install numba`.")
+    if channel_major:
+        batch, dim, length = u.shape
+        if B.dim() == 3:
+            B, C = B.unsqueeze(1), C.unsqueeze(1)
+        B_np = _f32_view(B).transpose(0, 1, 3, 2)  # (batch, G, L, N) view
+        C_np = _f32_view(C).transpose(0, 1, 3, 2)
+        out_shape = (batch, dim, length)
+    else:
+        batch, length, dim = u.shape
+        if B.dim() == 3:
+            B, C = B.unsqueeze(2), C.unsqueeze(2)
+        B_np = _f32_view(B).transpose(0, 2, 1, 3)  # (batch, G, L, N) view
+        C_np = _f32_view(C).transpose(0, 2, 1, 3)
+        out_shape = (batch, length, dim)
+    n_state = A.shape[1]
+    if out is None:
+        out = torch.empty(out_shape, dtype=torch.float32)
+        accumulate = False
+    index_np, use_index = _index_np(index)
+    last_state = np.empty((batch, dim, n_state), dtype=np.float32)
+    if z is None:
+        z_np, z_off = _EMPTY3, 0
+    elif channel_major:
+        z_np, z_off = _f32_view(z), 0
+    else:
+        z_np, z_off = _rows_and_offset(z)
+    torch_threads = _set_threads()
+    if block is None:
+        block = _inference_block(batch, B_np.shape[1], dim // B_np.shape[1])
+    _scan_inference_kernel(
+        _f32_view(u), _f32_view(delta), np.ascontiguousarray(_f32_numpy(A).T), B_np, C_np,
+        _f32_numpy(D) if D is not None else _EMPTY1, z_np, z_off,
+        _f32_numpy(delta_bias) if delta_bias is not None else _EMPTY1,
+        D is not None, z is not None, delta_bias is not None, bool(delta_softplus),
+        index_np, use_index, bool(channel_major), bool(accumulate), int(block), int(tile),
+        out.detach().numpy(), last_state)
+    _restore_torch_threads(torch_threads)
+    return (out, torch.from_numpy(last_state)) if return_last_state else out
+
+
+def causal_conv1d_inference_time_major(x, weight, bias=None, silu=True, index=None,
+                                       t_block: int = 256):
+    """Forward-only causal depthwise convolution (+ SiLU) on time-major ``x`` ``(batch, L, dim)``
+    (any strides); weight ``(dim, width)``, bias ``(dim,)``. With ``index`` (a ``(batch, L)``
+    permutation of time steps per row) the convolution runs along the permuted sequence and each
+    output lands at its original time, e.g. the anti-causal convolution of a reversal.
+    Returns a contiguous float32 ``(batch, L, dim)`` tensor."""
+    if numba is None:
+        raise RuntimeError("the CPU conv kernel needs numba: `pip install numba`.")
+    batch, length, dim = x.shape
+    out = torch.empty(batch, length, dim, dtype=torch.float32)
+    index_np, use_index = _index_np(index)
+    torch_threads = _set_threads()
+    x_np, x_off = _rows_and_offset(x)
+    _conv_inference_kernel(x_np, x_off, np.ascontiguousarray(_f32_numpy(weight).T),
+                           _f32_numpy(bias) if bias is not None else _EMPTY1, bias is not None,
+                           bool(silu), index_np, use_index, int(t_block), out.numpy())
+    _restore_torch_threads(torch_threads)
+    return out
+
+
 class _SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk):
@@ -546,9 +914,19 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     """The fused CPU scan; same arguments and results as ``selective_scan.selective_scan_fn``.
 
     Inputs are validated by the caller. ``chunk`` is the checkpoint interval of the backward pass.
+    When no gradient can be needed (grad mode off, or no input requires grad) the forward-only
+    kernel runs instead: no state checkpoints, vectorised across channels.
     """
     if numba is None:
         raise RuntimeError("the CPU scan kernel needs numba: `pip install numba`.")
+    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        # Nothing to differentiate: the forward-only kernel (no checkpoints, channel-vectorised).
+        out, last_state = selective_scan_inference_time_major(
+            u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+            return_last_state=True, channel_major=True, tile=8)
+        out = out.to(u.dtype)
+        return (out, last_state) if return_last_state else out
     out, last_state = _SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias,
                                               delta_softplus, int(chunk))
     return (out, last_state) if return_last_state else out

@@ -25,7 +25,7 @@ from transformers.cache_utils import Cache, DummyLayer, LinearAttentionLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .causal_conv1d import causal_conv1d_fn, causal_conv1d_update
-from .selective_scan import selective_scan_fn, selective_state_update
+from .selective_scan import _cpu_kernels, resolve_backend, selective_scan_fn, selective_state_update
 from .ssd import mamba2_state_update, mamba_chunk_scan_combined
 
 
@@ -358,6 +358,8 @@ class MambaMixer(nn.Module):
             raise ValueError(
                 f"hidden_states must be (batch, L, d_model={self.d_model}), got shape {tuple(hidden_states.shape)}."
             )
+        if cache is None and self._use_inference_kernels(hidden_states):
+            return self._forward_inference(hidden_states, attention_mask, reverse_lengths)
         hidden_states = mask_padding(hidden_states, attention_mask)
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2 * d_inner, L)
         x, z = xz.chunk(2, dim=1)
@@ -375,6 +377,55 @@ class MambaMixer(nn.Module):
         if cache is not None and self.layer_idx == 0:
             cache.advance(hidden_states.shape[1])
         return self.out_proj(y.transpose(1, 2).to(hidden_states.dtype))
+
+    def _use_inference_kernels(self, hidden_states: torch.Tensor) -> bool:
+        """Whether this forward can take the fused CPU inference path: the CPU kernels are selected (numba), nothing
+        needs gradients (grad mode off, or no input or parameter requires grad) and everything is float32."""
+        if hidden_states.device.type != "cpu" or hidden_states.dtype != torch.float32:
+            return False
+        if self.backend not in ("auto", "cpu") or resolve_backend(hidden_states, backend=self.backend) != "cpu":
+            return False
+        params = list(self.parameters())
+        if any(p.dtype != torch.float32 for p in params):
+            return False
+        if torch.is_grad_enabled() and (hidden_states.requires_grad or any(p.requires_grad for p in params)):
+            return False
+        return True
+
+    def _forward_inference(self, hidden_states, attention_mask, reverse_lengths):
+        """The forward pass without autograd, on the fused CPU kernels, in the time-major `(batch, L, d_inner)` layout
+        throughout (no transposes): the backward branch never flips anything; its convolution and scan walk the time
+        steps through the reversal index (anti-causal conv, scan from the end) and write at the original times, so
+        its output adds to the forward branch's in place. Same results as the general path; projections are still
+        called as modules (LoRA)."""
+        kernels = _cpu_kernels()
+        hidden_states = mask_padding(hidden_states, attention_mask)
+        xz = self.in_proj(hidden_states)  # (batch, L, 2 * d_inner)
+        x, z = xz[..., : self.d_inner], xz[..., self.d_inner:]
+        y = self._inference_branch(kernels, x, z, attention_mask, None, "", None)
+        if self.bidirectional:
+            batch, seq_len = hidden_states.shape[:2]
+            index = self._reversal_index(attention_mask, reverse_lengths, seq_len)
+            if index is None:
+                index = torch.arange(seq_len - 1, -1, -1).expand(batch, seq_len)
+            self._inference_branch(kernels, x, z, attention_mask, index, "_b", y)
+            if self.divide_out:
+                y = y / 2
+        return self.out_proj(y)
+
+    def _inference_branch(self, kernels, x, z, attention_mask, index, suffix, out):
+        """One conv + scan branch on time-major x, z `(batch, L, d_inner)` (column slices of the input projection).
+        `index` (batch, L): the order in which the branch visits the time steps (None: forward). Returns the gated
+        output `(batch, L, d_inner)`, written into (added to) `out` when given."""
+        conv1d, x_proj, dt_proj, A_log, D = self._branch(suffix)
+        A = -torch.exp(A_log.float())
+        x = kernels.causal_conv1d_inference_time_major(x, conv1d.weight.squeeze(1), conv1d.bias, silu=True, index=index)
+        x = mask_padding(x, attention_mask)
+        dt, B, C = torch.split(x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = dt_proj(dt)  # (batch, L, d_inner); the dt bias is inside the projection
+        return kernels.selective_scan_inference_time_major(
+            x, dt, A, B, C, D=D.float(), z=z, delta_softplus=True, index=index, out=out, accumulate=out is not None
+        )
 
     @staticmethod
     def _reversal_index(attention_mask, reverse_lengths, seq_len):

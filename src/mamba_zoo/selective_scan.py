@@ -77,12 +77,23 @@ def _cpu_kernels():
     else ``None``. The import is written ``from .cpu_scan_kernels import ...`` on purpose: transformers' remote-code
     loader only copies sibling modules imported that way, so a Hub checkpoint keeps its fused CPU path."""
     try:
-        from .cpu_scan_kernels import is_available, selective_scan_cpu, selective_state_update_cpu
+        from .cpu_scan_kernels import (
+            causal_conv1d_inference_time_major,
+            is_available,
+            selective_scan_cpu,
+            selective_scan_inference_time_major,
+            selective_state_update_cpu,
+        )
     except ImportError:
         return None
     if not is_available():
         return None
-    return SimpleNamespace(selective_scan_cpu=selective_scan_cpu, selective_state_update_cpu=selective_state_update_cpu)
+    return SimpleNamespace(
+        selective_scan_cpu=selective_scan_cpu,
+        selective_state_update_cpu=selective_state_update_cpu,
+        selective_scan_inference_time_major=selective_scan_inference_time_major,
+        causal_conv1d_inference_time_major=causal_conv1d_inference_time_major,
+    )
 
 
 def available_backends(device: Union[str, torch.device, None] = None) -> Tuple[str, ...]:
