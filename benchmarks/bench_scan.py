@@ -11,6 +11,12 @@ Scan table (batch 4, dim 384, N 16, fp32 by default), forward and forward+backwa
 Mixer table (``--mixer``; batch 4, d_model 192): mamba-zoo's ``MambaMixer`` against transformers'
 ``MambaMixer`` on its default CPU path and with ``use_mambapy=True`` (needs ``pip install mambapy``).
 
+Inference table (``--inference``; no grad, ``--batch`` / ``--dim`` as above): the forward-only
+kernels against the training kernels that no-grad calls ran before them
+(``cpu_scan_kernels.INFERENCE_KERNELS = False``): the scan on ``(batch, dim, L)`` inputs
+(``selective_scan_fn(backend="cpu")``), the scan on time-major inputs (the mixer's layout), and a
+bidirectional ``MambaMixer`` (d_model ``dim / 2``) on its general path vs its fused time-major path.
+
 How things are measured:
 - time: each table row (one L, one pass) runs in a fresh subprocess holding all its methods, so
   they are measured side by side in one process (same thread count as this process unless
@@ -29,6 +35,7 @@ Usage::
     python benchmarks/bench_scan.py                      # scan table at L = 512 2048 8192
     python benchmarks/bench_scan.py --quick              # L = 512 only, fewer repeats
     python benchmarks/bench_scan.py --mixer              # also the MambaMixer table
+    python benchmarks/bench_scan.py --inference --batch 2 --lengths 8192   # no-grad: old vs new
     python benchmarks/bench_scan.py --lengths 2048 --slow-max-length 8192
 """
 
@@ -290,6 +297,77 @@ def mixer_parity(d_model: int, length: int = 64) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# Inference (no grad): forward-only kernels vs the training kernels
+# ----------------------------------------------------------------------------------------------
+
+INFERENCE_METHODS = ("scan_train_kernel", "scan_inference", "scan_inference_tm",
+                     "mixer_general", "mixer_fused")
+
+
+def inference_worker(spec: dict) -> dict:
+    """The scan and a bidirectional mixer without grad, old (training kernels) vs new, in this process."""
+    from mamba_zoo import cpu_scan_kernels as kernels
+    from mamba_zoo.mamba_layers import MambaMixer
+    from mamba_zoo.selective_scan import selective_scan_fn
+
+    batch, dim, length = spec["batch"], spec["dim"], spec["length"]
+    inputs = make_scan_inputs(batch, dim, spec["n_state"], length)
+    tm = {k: (v.transpose(1, 2).contiguous() if k in ("u", "delta", "z", "B", "C") else v)
+          for k, v in inputs.items()}
+    torch.manual_seed(0)
+    mixer = MambaMixer(dim // 2, d_state=spec["n_state"], bidirectional=True).eval()
+    x = torch.randn(batch, length, dim // 2, generator=torch.Generator().manual_seed(1))
+
+    def with_kernels(enabled, fn):
+        def run():
+            kernels.INFERENCE_KERNELS = enabled
+            try:
+                with torch.no_grad():
+                    fn()
+            finally:
+                kernels.INFERENCE_KERNELS = True
+        return run
+
+    scan = lambda: selective_scan_fn(**inputs, delta_softplus=True, backend="cpu")  # noqa: E731
+    calls = {
+        "scan_train_kernel": with_kernels(False, scan),
+        "scan_inference": with_kernels(True, scan),
+        "scan_inference_tm": with_kernels(True, lambda: kernels.selective_scan_inference_time_major(
+            **tm, delta_softplus=True)),
+        "mixer_general": with_kernels(False, lambda: mixer(x)),
+        "mixer_fused": with_kernels(True, lambda: mixer(x)),
+    }
+    for run in calls.values():
+        run()  # numba JIT / cache load
+    return measure_side_by_side(calls, {m: spec["repeats"] for m in calls})
+
+
+def bench_inference(args) -> None:
+    rows, errors = [], []
+    for length in args.lengths:
+        spec = dict(repeats=args.repeats, length=length, batch=args.batch, dim=args.dim,
+                    n_state=args.state)
+        results = _cell_results("inference", INFERENCE_METHODS, spec, args)
+        errors += [f"L={length}: {r['error']}" for r in results.values() if "error" in r]
+        get = results.get
+        rows.append([length] + [_fmt_time(get(m)) for m in INFERENCE_METHODS]
+                    + [_ratio(get("scan_train_kernel"), get("scan_inference")),
+                       _ratio(get("scan_train_kernel"), get("scan_inference_tm")),
+                       _ratio(get("mixer_general"), get("mixer_fused"))])
+    notes = ["scan_train_kernel / mixer_general: INFERENCE_KERNELS = False (the checkpointing "
+             "training kernel, as no-grad calls ran before the forward-only kernels); scan_inference: "
+             "(batch, dim, L) inputs; scan_inference_tm: time-major (batch, L, dim) inputs.",
+             f"time: best of {args.repeats} calls, all methods in one fresh process, interleaved."]
+    notes.extend(sorted(set(errors)))
+    print_table(
+        f"no-grad inference, scan batch {args.batch}, dim {args.dim}, N {args.state}; bidirectional "
+        f"MambaMixer d_model {args.dim // 2}; fp32, {args.threads} threads",
+        ["L", "scan train kernel", "scan inference", "scan inference TM", "mixer general",
+         "mixer fused", "scan old/new", "scan TM old/new", "mixer old/new"],
+        rows, notes)
+
+
+# ----------------------------------------------------------------------------------------------
 # Driver
 # ----------------------------------------------------------------------------------------------
 
@@ -465,6 +543,8 @@ def main(argv=None) -> None:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per table row")
     parser.add_argument("--mixer", action="store_true", help="also benchmark MambaMixer")
     parser.add_argument("--mixer-only", action="store_true")
+    parser.add_argument("--inference", action="store_true",
+                        help="only the no-grad table: forward-only kernels vs training kernels")
     parser.add_argument("--d-model", type=int, default=192)
     parser.add_argument("--mixer-lengths", type=int, nargs="+", default=[512, 2048, 8192])
     parser.add_argument("--hf-default-max-length", type=int, default=512)
@@ -475,7 +555,8 @@ def main(argv=None) -> None:
     if args._worker:
         kind, spec = args._worker[0], json.loads(args._worker[1])
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-        result = scan_worker(spec) if kind == "scan" else mixer_worker(spec)
+        workers = {"scan": scan_worker, "mixer": mixer_worker, "inference": inference_worker}
+        result = workers[kind](spec)
         print(json.dumps(result))
         return
 
@@ -484,6 +565,9 @@ def main(argv=None) -> None:
         args.mixer_lengths = [512]
         args.repeats = 2
         args.slow_repeats = 1
+    if args.inference:
+        bench_inference(args)
+        return
     if not args.mixer_only:
         bench_scan(args)
     if args.mixer or args.mixer_only:

@@ -30,10 +30,20 @@ except ImportError:  # numba is optional: the "cpu" backend is then unavailable
     numba = None
 
 __all__ = ["is_available", "selective_scan_cpu", "selective_state_update_cpu", "DEFAULT_CHUNK",
-           "selective_scan_inference_time_major", "causal_conv1d_inference_time_major"]
+           "selective_scan_inference_time_major", "causal_conv1d_inference_time_major",
+           "inference_kernels_enabled", "INFERENCE_KERNELS"]
 
 # Checkpoint interval of the forward pass (time steps between saved states).
 DEFAULT_CHUNK = 64
+
+# Whether calls that need no gradient run the forward-only kernels (no checkpoints, vectorised
+# across channels; MambaMixer's time-major path). False runs the training kernels instead (for
+# A/B benchmarks and debugging); results agree to float32 rounding.
+INFERENCE_KERNELS = True
+
+
+def inference_kernels_enabled() -> bool:
+    return numba is not None and INFERENCE_KERNELS
 
 
 def is_available() -> bool:
@@ -920,7 +930,8 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     if numba is None:
         raise RuntimeError("the CPU scan kernel needs numba: `pip install numba`.")
     tensors = (u, delta, A, B, C, D, z, delta_bias)
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+    if INFERENCE_KERNELS and not (torch.is_grad_enabled()
+                                  and any(t is not None and t.requires_grad for t in tensors)):
         # Nothing to differentiate: the forward-only kernel (no checkpoints, channel-vectorised).
         out, last_state = selective_scan_inference_time_major(
             u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,

@@ -385,6 +385,8 @@ class MambaMixer(nn.Module):
             return False
         if self.backend not in ("auto", "cpu") or resolve_backend(hidden_states, backend=self.backend) != "cpu":
             return False
+        if not _cpu_kernels().inference_kernels_enabled():
+            return False
         params = list(self.parameters())
         if any(p.dtype != torch.float32 for p in params):
             return False
@@ -410,7 +412,7 @@ class MambaMixer(nn.Module):
                 index = torch.arange(seq_len - 1, -1, -1).expand(batch, seq_len)
             self._inference_branch(kernels, x, z, attention_mask, index, "_b", y)
             if self.divide_out:
-                y = y / 2
+                y.div_(2)  # y is this call's own buffer
         return self.out_proj(y)
 
     def _inference_branch(self, kernels, x, z, attention_mask, index, suffix, out):

@@ -79,6 +79,7 @@ def _cpu_kernels():
     try:
         from .cpu_scan_kernels import (
             causal_conv1d_inference_time_major,
+            inference_kernels_enabled,
             is_available,
             selective_scan_cpu,
             selective_scan_inference_time_major,
@@ -93,6 +94,7 @@ def _cpu_kernels():
         selective_state_update_cpu=selective_state_update_cpu,
         selective_scan_inference_time_major=selective_scan_inference_time_major,
         causal_conv1d_inference_time_major=causal_conv1d_inference_time_major,
+        inference_kernels_enabled=inference_kernels_enabled,
     )
 
 
