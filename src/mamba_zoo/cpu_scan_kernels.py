@@ -10,6 +10,12 @@ The ``exp`` of ``delta * A`` (batch * dim * L * N of them: the bulk of the work)
 polynomial (Cephes ``expf``, about 1 ulp) written so that LLVM vectorises it; numba's own ``exp``
 is a scalar libm call unless llvmlite was built with Intel SVML.
 
+Calls that need no gradient use forward-only kernels instead (:func:`selective_scan_inference_time_major`,
+:func:`causal_conv1d_inference_time_major`): no checkpoints, the channels as the vector lanes, the state of a block of
+channels in a small (N, block) buffer, time-major ``(batch, L, dim)`` data read in place (column slices of a
+projection included), and an optional per-row time permutation, so a reversed branch walks time backwards without
+flipping copies. ``MambaMixer`` runs its whole no-grad forward on them.
+
 numba is optional: this module imports without it and :func:`is_available` says whether the
 kernels can run. Kernels are compiled on first use and cached on disk (``cache=True``).
 """
