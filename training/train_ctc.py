@@ -53,9 +53,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mamba_zoo  # noqa: E402  (registers the Auto* classes)
 from mamba_zoo import MambaCTCConfig, MambaCTCProcessor, MambaForCTC, normalize_transcript  # noqa: E402
+from script_arguments import parse_script_args  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -310,15 +312,10 @@ TRAINING_DEFAULTS = dict(
 def parse_args(argv=None):
     """`(model_args, data_args, run_args, training_args)` from `argv` (default: sys.argv[1:]) or one `.json` file.
     The old flags all kept their names (those of TrainingArguments fields are now TrainingArguments')."""
-    from transformers import HfArgumentParser, TrainingArguments
+    from transformers import TrainingArguments
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments),
-                              description=__doc__.split("\n\n")[0])
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_dict({**TRAINING_DEFAULTS, **json.loads(Path(argv[0]).read_text())})
-    parser.set_defaults(**TRAINING_DEFAULTS)  # argparse defaults: a flag that is passed wins
-    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    return parse_script_args((ModelArguments, DataArguments, RunArguments, TrainingArguments), TRAINING_DEFAULTS,
+                             argv, description=__doc__.split("\n\n")[0])
 
 
 def process_cpu_seconds() -> float:

@@ -49,9 +49,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mamba_zoo  # noqa: E402,F401  (registers the Auto* classes and the ASR pipeline)
 from mamba_zoo import MambaASRConfig, MambaASRProcessor, MambaDecoderOnlyASR  # noqa: E402
+from script_arguments import parse_script_args  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -204,50 +206,16 @@ def default_warmup(max_steps: int) -> float:
     return min(100, max_steps // 10) if max_steps > 0 else 0.1
 
 
-def script_defaults(passed: set[str]) -> dict:
-    """TRAINING_DEFAULTS for the fields not in `passed`; no step default when only `--num_train_epochs` is given."""
-    defaults = {k: v for k, v in TRAINING_DEFAULTS.items() if k not in passed}
-    if "num_train_epochs" in passed:
-        defaults.pop("max_steps", None)
-    return defaults
-
-
-def rename_aliases(argv: list[str], aliases: dict[str, str]) -> list[str]:
-    """`--old v` / `--old=v` -> `--new v` / `--new=v`."""
-    out = []
-    for token in argv:
-        name, sep, value = token.partition("=")
-        out.append(aliases[name] + sep + value if name in aliases else token)
-    return out
-
-
-def passed_fields(parser, argv: list[str]) -> set[str]:
-    """Dataclass fields named by the flags in `argv` (`--x`, `--x=v`, `--no_x`, dashed spellings)."""
-    actions = parser._option_string_actions  # argparse's flag -> action table
-    return {actions[t.split("=", 1)[0]].dest for t in argv if t.split("=", 1)[0] in actions}
-
-
 def parse_args(argv=None):
     """`(model_args, data_args, run_args, training_args)` from `argv` (default: sys.argv[1:]) or one `.json` file."""
-    from transformers import HfArgumentParser, TrainingArguments
+    from transformers import TrainingArguments
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments),
-                              description=__doc__.split("\n\n")[0])
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        given = json.loads(Path(argv[0]).read_text())
-        given = {FLAG_ALIASES.get("--" + k, "--" + k)[2:]: v for k, v in given.items()}
-        passed = set(given)
-        parsed = parser.parse_dict({**script_defaults(passed), **given})
-    else:
-        argv = rename_aliases(argv, FLAG_ALIASES)
-        passed = passed_fields(parser, argv)
-        parser.set_defaults(**script_defaults(passed))
-        parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    training_args = parsed[-1]
-    if "warmup_steps" not in passed:
-        training_args.warmup_steps = default_warmup(training_args.max_steps)
-    return parsed
+    def resolve_warmup(parsed, passed):
+        if "warmup_steps" not in passed:
+            parsed[-1].warmup_steps = default_warmup(parsed[-1].max_steps)
+
+    return parse_script_args((ModelArguments, DataArguments, RunArguments, TrainingArguments), TRAINING_DEFAULTS,
+                             argv, FLAG_ALIASES, __doc__.split("\n\n")[0], resolve_warmup)
 
 
 def flat_args(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments, training_args):
