@@ -203,6 +203,8 @@ def test_save_load_round_trip_tuple_outputs_and_hidden_states(tmp_path):
     assert config["model_type"] == "mamba_decoder_asr"
     assert config["custom_pipelines"]["automatic-speech-recognition"]["impl"] == "pipeline_mamba_asr.MambaASRPipeline"
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "pipeline_mamba_asr.py").exists()
+    # the pipeline's relative imports travel with it (processing -> audio_utils), even without a saved processor
+    assert (tmp_path / "processing_mamba_asr.py").exists() and (tmp_path / "audio_utils.py").exists()
     loaded = MambaDecoderOnlyASR.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         expected = model(**inputs)

@@ -495,7 +495,7 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
             del self.config.custom_pipelines
         if getattr(self, "_auto_class", None) is not None and os.path.isdir(save_directory):
             here = os.path.dirname(os.path.abspath(__file__))
-            for name in ("pipeline_mamba_asr.py", "processing_mamba_asr.py"):
+            for name in ("pipeline_mamba_asr.py", "processing_mamba_asr.py", "audio_utils.py"):  # + their imports
                 shutil.copy(os.path.join(here, name), os.path.join(save_directory, name))
         return result
 
