@@ -103,24 +103,28 @@ if numba is not None:
     _L7 = _f32(-2.4999993993e-1)
     _L8 = _f32(3.3333331174e-1)
 
+    @njit(cache=True, error_model="numpy")
+    def _log1p_unit(e):
+        """log1p(e) for e in [0, 1] in float32 (branch-free, so loops over it vectorise)."""
+        w = _ONE + e
+        big = w > _SQRT2
+        m = w * _HALF if big else w
+        k = _ONE if big else _ZERO
+        x = m - _ONE
+        z = x * x
+        p = (((((((_L0 * x + _L1) * x + _L2) * x + _L3) * x + _L4) * x + _L5) * x + _L6) * x
+             + _L7) * x + _L8
+        y = p * x * z + k * _LN2_LO - _HALF * z
+        log_w = x + y + k * _LN2_HI
+        # Kahan's trick: log1p(e) = log(w) * e / (w - 1) recovers the bits lost in 1 + e.
+        denom = w - _ONE
+        return e if denom == _ZERO else log_w * (e / denom)
+
     @njit(cache=True)
     def _log1p_unit_inplace(values, count):
         """values[:count] = log1p(values[:count]) for values in [0, 1] (float32, vectorisable)."""
         for i in range(count):
-            e = values[i]
-            w = _ONE + e
-            big = w > _SQRT2
-            m = w * _HALF if big else w
-            k = _ONE if big else _ZERO
-            x = m - _ONE
-            z = x * x
-            p = (((((((_L0 * x + _L1) * x + _L2) * x + _L3) * x + _L4) * x + _L5) * x + _L6) * x
-                 + _L7) * x + _L8
-            y = p * x * z + k * _LN2_LO - _HALF * z
-            log_w = x + y + k * _LN2_HI
-            # Kahan's trick: log1p(e) = log(w) * e / (w - 1) recovers the bits lost in 1 + e.
-            denom = w - _ONE
-            values[i] = e if denom == _ZERO else log_w * (e / denom)
+            values[i] = _log1p_unit(values[i])
 
     @njit(cache=True)
     def _softplus_inplace(values, scratch, exponent_bits, grad, count, want_grad):
@@ -388,22 +392,6 @@ if numba is not None:
         f = v - k
         p = (((((_E2_6 * f + _E2_5) * f + _E2_4) * f + _E2_3) * f + _E2_2) * f + _E2_1) * f + _E2_0
         return p * _bits_to_f32((np.int32(k) + 127) << 23)
-
-    @njit(cache=True, error_model="numpy")
-    def _log1p_unit(e):
-        """log1p(e) for e in [0, 1] (as :func:`_log1p_unit_inplace`)."""
-        w = _ONE + e
-        big = w > _SQRT2
-        m = w * _HALF if big else w
-        k = _ONE if big else _ZERO
-        x = m - _ONE
-        z = x * x
-        p = (((((((_L0 * x + _L1) * x + _L2) * x + _L3) * x + _L4) * x + _L5) * x + _L6) * x
-             + _L7) * x + _L8
-        y = p * x * z + k * _LN2_LO - _HALF * z
-        log_w = x + y + k * _LN2_HI
-        denom = w - _ONE
-        return e if denom == _ZERO else log_w * (e / denom)
 
     @njit(cache=True, error_model="numpy")
     def _softplus1(x):
@@ -702,15 +690,22 @@ def _restore_torch_threads(torch_threads: int) -> None:
         torch.set_num_threads(torch_threads)
 
 
-def _f32_numpy(t: Optional[torch.Tensor]) -> np.ndarray:
-    """A float32 C-contiguous numpy array of ``t`` (a view when ``t`` already is one).
+def _f32_view(t: torch.Tensor) -> np.ndarray:
+    """A float32 numpy view of ``t`` with its strides (a copy only for other dtypes).
 
     Parameters (leaves that require grad: A, D, the time-step bias: small) are copied, never viewed: ``Tensor.numpy()``
     marks a storage non-resizable for good, and FSDP2 frees and re-gathers parameters by resizing their storage."""
+    if t.dtype != torch.float32:
+        t = t.detach().to(torch.float32)
+    elif t.is_leaf and t.requires_grad:
+        return t.detach().clone().numpy()
+    return t.detach().numpy()
+
+
+def _f32_numpy(t: Optional[torch.Tensor]) -> np.ndarray:
+    """A float32 C-contiguous numpy array of ``t`` (a view when ``t`` already is one; parameters: see `_f32_view`)."""
     if t.dtype == torch.float32 and t.is_contiguous():
-        if t.is_leaf and t.requires_grad:
-            return t.detach().clone().numpy()
-        return t.detach().numpy()
+        return _f32_view(t)
     return t.detach().to(torch.float32).contiguous().numpy()
 
 
@@ -738,16 +733,6 @@ INFERENCE_MAX_BLOCK = 384
 # Time steps per tile of the inference scan.
 INFERENCE_TILE = 16
 _NO_INDEX = np.zeros((1, 1), dtype=np.int64)
-
-
-def _f32_view(t: torch.Tensor) -> np.ndarray:
-    """A float32 numpy view of ``t`` with its strides (a copy only for other dtypes); parameters
-    (leaves that require grad) are always copied (see :func:`_f32_numpy`)."""
-    if t.dtype != torch.float32:
-        t = t.detach().to(torch.float32)
-    elif t.is_leaf and t.requires_grad:
-        return t.detach().clone().numpy()
-    return t.detach().numpy()
 
 
 def _rows_and_offset(t: torch.Tensor):
