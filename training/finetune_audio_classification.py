@@ -33,6 +33,7 @@ from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArg
 
 import mamba_zoo  # noqa: F401  (registers SSAMBA with the Auto* classes)
 from mamba_zoo import SSAMBAConfig, SSAMBAFeatureExtractor, SSAMBAForAudioClassification
+from mamba_zoo.configuration_ssamba import patch_shape
 
 logger = logging.getLogger("finetune_audio_classification")
 
@@ -256,10 +257,11 @@ def build_model(model_args: ModelArguments, num_labels, id2label, label2id, max_
     overrides = {k: v for k, v in (("num_hidden_layers", model_args.num_hidden_layers),
                                    ("hidden_size", model_args.hidden_size)) if v is not None}
     patch = [num_mel_bins, model_args.patch_frames] if model_args.patch_frames else 16
-    frequency, time = (patch, patch) if isinstance(patch, int) else patch
+    patch_frequency, patch_time = patch_shape(patch)
     config = SSAMBAConfig.from_preset(
         model_args.model_size, max_length=max_length, num_mel_bins=num_mel_bins, patch_size=patch,
-        frequency_stride=model_args.frequency_stride or frequency, time_stride=model_args.time_stride or time,
+        frequency_stride=model_args.frequency_stride or patch_frequency,
+        time_stride=model_args.time_stride or patch_time,
         drop_path_rate=model_args.drop_path_rate, bidirectional_layer_pairing=model_args.bidirectional_layer_pairing,
         **overrides, **labels,
     )

@@ -176,7 +176,7 @@ class SSAMBAConfig(PreTrainedConfig):
                 raise ValueError(f"SSAMBAConfig.{name} must be a positive integer, got {value!r}.")
         patch = self.patch_size
         is_pair = isinstance(patch, list) and len(patch) == 2 and all(isinstance(v, int) for v in patch)
-        if not (isinstance(patch, int) or is_pair) or min(patch_shape(patch) if is_pair else (patch,)) <= 0:
+        if not (isinstance(patch, int) or is_pair) or min(patch_shape(patch)) <= 0:
             raise ValueError(
                 f"SSAMBAConfig.patch_size must be a positive integer (square patches) or a [frequency, time] pair of "
                 f"positive integers, got {patch!r}."
