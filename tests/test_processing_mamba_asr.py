@@ -106,6 +106,19 @@ def test_pipeline_end_to_end_batched_chunked_and_bad_audio(unit_processor, tmp_p
     assert [out["text"] for out in asr(audio, batch_size=3, max_new_tokens=6)] == expected  # padding-safe batching
     resampled = asr({"array": audio[0][::2].copy(), "sampling_rate": 8000}, max_new_tokens=6)
     assert isinstance(resampled["text"], str)
+    # a stereo 8 kHz file, by path and as bytes: mixed down and resampled exactly as scipy does it by hand
+    soundfile = pytest.importorskip("soundfile")
+    from scipy.signal import resample_poly
+
+    stereo = np.stack([audio[1][::2], 0.5 * audio[1][::2]], axis=1).astype(np.float32)
+    path = tmp_path / "stereo_8k.wav"
+    soundfile.write(path, stereo, 8000, subtype="FLOAT")
+    by_hand = resample_poly(stereo.mean(axis=1), 2, 1).astype(np.float32)
+    for source in (str(path), path.read_bytes()):
+        np.testing.assert_allclose(asr._load_audio(source), by_hand, rtol=0, atol=1e-6)
+    inputs = unit_processor(audio=by_hand, sampling_rate=16000)
+    expected_file = unit_processor.batch_decode(model.generate(**inputs, max_new_tokens=6))[0]
+    assert asr(str(path), max_new_tokens=6)["text"] == expected_file
     long = np.concatenate(audio * 3)
     chunked = asr(long, chunk_length_s=1.5, return_timestamps=True, max_new_tokens=4)
     assert len(chunked["chunks"]) >= 3

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from transformers import AutomaticSpeechRecognitionPipeline, GenerationConfig
 
+from .audio_utils import read_audio_file, resample_audio
 from .processing_mamba_asr import MambaASRProcessor, validate_audio
 
 MODEL_TYPE = "mamba_decoder_asr"
@@ -98,34 +99,18 @@ class MambaASRPipeline(AutomaticSpeechRecognitionPipeline):
     # ------------------------------------------------------------------------------------------------ steps
 
     def _load_audio(self, inputs) -> np.ndarray:
+        """A path / file bytes (decoded, mixed down and resampled by `read_audio_file`), an `{"array" | "raw",
+        "sampling_rate"}` dict (checked at its own rate, then resampled) or an array at the model's rate ->
+        a checked float32 `(num_samples,)` array at the model's rate."""
         rate = self.feature_extractor.sampling_rate
-        if isinstance(inputs, str):
-            import soundfile
-
-            inputs, file_rate = soundfile.read(inputs, dtype="float32", always_2d=False)
-            if inputs.ndim == 2:
-                inputs = inputs.mean(axis=1)
-            inputs = {"array": inputs, "sampling_rate": file_rate}
-        if isinstance(inputs, bytes):
-            import io
-
-            import soundfile
-
-            data, file_rate = soundfile.read(io.BytesIO(inputs), dtype="float32", always_2d=False)
-            inputs = {"array": data.mean(axis=1) if data.ndim == 2 else data, "sampling_rate": file_rate}
+        if isinstance(inputs, (str, bytes)):
+            inputs = read_audio_file(inputs, rate)
         if isinstance(inputs, dict):
             if "sampling_rate" not in inputs or not ("array" in inputs or "raw" in inputs):
                 raise ValueError('Audio dicts need "array" (or "raw") and "sampling_rate" keys.')
             array = inputs["array"] if "array" in inputs else inputs["raw"]
             array = validate_audio(array, None, inputs["sampling_rate"])[0]
-            if int(inputs["sampling_rate"]) != rate:
-                from math import gcd
-
-                from scipy.signal import resample_poly
-
-                factor = gcd(int(inputs["sampling_rate"]), rate)
-                array = resample_poly(array, rate // factor, int(inputs["sampling_rate"]) // factor).astype(np.float32)
-            inputs = array
+            inputs = resample_audio(array, int(inputs["sampling_rate"]), rate)
         return validate_audio(inputs, rate, rate)[0]
 
     @staticmethod
