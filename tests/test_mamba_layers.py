@@ -216,6 +216,107 @@ def test_mixer_inference_path_is_used_only_without_grad(monkeypatch):
         selective_scan._cpu_kernels.cache_clear()
 
 
+def _reverse_rows(x, lengths):
+    """Each row of `x` (batch, L, D) reversed within its first lengths[b] steps, written plainly."""
+    out = x.clone()
+    for b, n in enumerate(lengths.tolist()):
+        out[b, :n] = x[b, :n].flip(0)
+    return out
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_mixer_reverse_equals_flipped_call(bidirectional):
+    """reverse=True (Vim's odd layers) == reverse(mixer(reverse(x))) with each row reversed within its length, on
+    the autograd path (gradients included) and on the no-grad fused path, which walks time backwards instead."""
+    torch.manual_seed(1)
+    mixer = MambaMixer(16, d_state=4, bidirectional=bidirectional).eval()
+    _randomize(mixer, seed=8)
+    x = torch.randn(3, 11, 16)
+    lengths = torch.tensor([11, 7, 2])
+    mask = (torch.arange(11)[None, :] < lengths[:, None]).long()
+    for kwargs, rows in (({}, torch.full((3,), 11)), ({"attention_mask": mask}, lengths)):
+        mixer.backend = "reference"
+        with torch.no_grad():
+            expected = _reverse_rows(mixer(_reverse_rows(x, rows), **kwargs), rows)
+        mixer.backend = "auto"
+        x_grad = x.clone().requires_grad_(True)
+        trained = mixer(x_grad, reverse=True, **kwargs)
+        trained.pow(2).sum().backward()
+        with torch.no_grad():
+            fast = mixer(x, reverse=True, **kwargs)
+        assert rel_err(trained.detach(), expected) < 1e-5, kwargs
+        assert rel_err(fast, expected) < 1e-5, kwargs
+        assert not torch.allclose(fast, mixer(x, **kwargs).detach(), atol=1e-3)  # the direction matters
+        assert x_grad.grad is not None and torch.isfinite(x_grad.grad).all()
+    with pytest.raises(ValueError, match="reverse=True"):
+        mixer(x, reverse=True, reverse_lengths=lengths)
+
+
+@pytest.mark.skipif(not _numba_available(), reason="the fused CPU kernels need numba")
+def test_inference_workspace_reuses_buffers_and_changes_nothing():
+    """Inside `inference_workspace()` the no-grad mixers write their intermediates into shared buffers: outputs are
+    identical to fresh tensors, the second mixer reuses the first one's buffers, and the context frees them."""
+    from mamba_zoo.mamba_layers import _ACTIVE_WORKSPACE, inference_workspace
+
+    torch.manual_seed(2)
+    mixers = [MambaMixer(16, d_state=4, bidirectional=True).eval() for _ in range(2)]
+    for i, mixer in enumerate(mixers):
+        _randomize(mixer, seed=10 + i)
+    x = torch.randn(2, 13, 16)
+    with torch.no_grad():
+        plain = [mixer(x) for mixer in mixers]
+        with inference_workspace() as workspace:
+            first = mixers[0](x)
+            pointers = {name: buf.data_ptr() for name, buf in workspace._buffers.items()}
+            second = mixers[1](x)
+            assert set(pointers) == {"xz", "y", "conv", "dt"}
+            assert {name: buf.data_ptr() for name, buf in workspace._buffers.items()} == pointers
+            with inference_workspace() as inner:
+                assert inner is workspace  # nested uses share the outer workspace
+    assert _ACTIVE_WORKSPACE.get() is None
+    assert torch.equal(first, plain[0]) and torch.equal(second, plain[1])
+    assert first.data_ptr() not in pointers.values()  # the output is the caller's own tensor
+
+
+@pytest.mark.skipif(not _numba_available(), reason="the fused CPU kernels need numba")
+def test_inference_workspace_calls_wrapped_projections():
+    """A hooked projection (or a LoRA-wrapped one) is still called as a module inside the workspace."""
+    from mamba_zoo.mamba_layers import inference_workspace
+
+    mixer = MambaMixer(16, d_state=4, bidirectional=True).eval()
+    seen = []
+    mixer.in_proj.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    mixer.dt_proj_b.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    with torch.no_grad(), inference_workspace():
+        mixer(torch.randn(2, 5, 16))
+    assert seen == [torch.Size([2, 5, 64]), torch.Size([2, 5, 32])]
+
+
+@pytest.mark.skipif(not _numba_available(), reason="the fused CPU kernels need numba")
+def test_inference_path_runs_long_batches_in_row_chunks(monkeypatch):
+    """Batches over INFERENCE_CHUNK_TOKENS tokens run a few rows at a time, with the same outputs (padding and
+    reverse included)."""
+    from mamba_zoo import mamba_layers
+
+    torch.manual_seed(3)
+    mixer = MambaMixer(16, d_state=4, bidirectional=True).eval()
+    _randomize(mixer, seed=12)
+    x = torch.randn(5, 9, 16)
+    mask = (torch.arange(9)[None, :] < torch.tensor([9, 4, 9, 1, 6])[:, None]).long()
+    calls = []
+    original = mixer._forward_inference_rows
+    monkeypatch.setattr(mixer, "_forward_inference_rows", lambda h, *a: calls.append(h.shape[0]) or original(h, *a))
+    for kwargs in ({}, {"attention_mask": mask}, {"attention_mask": mask, "reverse": True}):
+        with torch.no_grad():
+            whole = mixer(x, **kwargs)
+            monkeypatch.setattr(mamba_layers, "INFERENCE_CHUNK_TOKENS", 18)  # 2 rows of 9 tokens
+            calls.clear()
+            chunked = mixer(x, **kwargs)
+            monkeypatch.setattr(mamba_layers, "INFERENCE_CHUNK_TOKENS", 8192)
+        assert calls == [2, 2, 1]
+        assert rel_err(chunked, whole) < 1e-6, kwargs  # matmuls of other row counts may round differently
+
+
 # ---------------------------------------------------------------------------------------------- cached decoding
 
 

@@ -831,16 +831,21 @@ def selective_scan_inference_time_major(u, delta, A, B, C, D=None, z=None, delta
 
 
 def causal_conv1d_inference_time_major(x, weight, bias=None, silu=True, index=None,
-                                       t_block: int = 256):
+                                       t_block: int = 256, out=None):
     """Forward-only causal depthwise convolution (+ SiLU) on time-major ``x`` ``(batch, L, dim)``
     (any strides); weight ``(dim, width)``, bias ``(dim,)``. With ``index`` (a ``(batch, L)``
     permutation of time steps per row) the convolution runs along the permuted sequence and each
     output lands at its original time, e.g. the anti-causal convolution of a reversal.
-    Returns a contiguous float32 ``(batch, L, dim)`` tensor."""
+    ``out``: optional contiguous float32 ``(batch, L, dim)`` buffer to write (must not overlap ``x``).
+    Returns the float32 ``(batch, L, dim)`` result (``out`` when given)."""
     if numba is None:
         raise RuntimeError("the CPU conv kernel needs numba: `pip install numba`.")
     batch, length, dim = x.shape
-    out = torch.empty(batch, length, dim, dtype=torch.float32)
+    if out is None:
+        out = torch.empty(batch, length, dim, dtype=torch.float32)
+    elif out.shape != (batch, length, dim) or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous float32 tensor of shape {(batch, length, dim)}, got "
+                         f"{out.dtype} {tuple(out.shape)}.")
     index_np, use_index = _index_np(index)
     torch_threads = _set_threads()
     x_np, x_off = _rows_and_offset(x)

@@ -13,6 +13,8 @@ Kernels live in `selective_scan.py`, `causal_conv1d.py` and `ssd.py`; this file 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Optional, Sequence
 
@@ -27,6 +29,73 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from .causal_conv1d import causal_conv1d_fn, causal_conv1d_update
 from .selective_scan import _cpu_kernels, resolve_backend, selective_scan_fn, selective_state_update
 from .ssd import mamba2_state_update, mamba_chunk_scan_combined
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Scratch buffers shared by the mixers of one no-grad forward pass
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class InferenceWorkspace:
+    """Named float32 scratch buffers that every mixer of one forward pass reuses (the input projection's output, the
+    convolution output, dt, the scan output). A fresh multi-MiB tensor per layer costs the kernel's page faults on
+    first touch (an `mmap`ed allocation is zeroed page by page), about 15% of a CPU forward at 8k tokens; reusing one
+    buffer per role pays them once per forward. Buffers only grow, and are dropped with the workspace."""
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def buffer(self, name: str, shape: Sequence[int]) -> torch.Tensor:
+        """A contiguous float32 tensor of `shape` backed by the buffer `name` (contents undefined)."""
+        numel = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel:
+            buf = self._buffers[name] = torch.empty(numel, dtype=torch.float32)
+        return buf[:numel].view(*shape)
+
+
+# The CPU inference path runs a batch a few rows at a time so that rows x length stays within this many tokens.
+INFERENCE_CHUNK_TOKENS = 8192
+
+_ACTIVE_WORKSPACE: contextvars.ContextVar[Optional[InferenceWorkspace]] = contextvars.ContextVar(
+    "mamba_zoo_inference_workspace", default=None
+)
+
+
+@contextlib.contextmanager
+def inference_workspace():
+    """Within this context, mixers on the fused CPU inference path (no gradients) write their intermediates into one
+    shared `InferenceWorkspace` instead of fresh tensors; models open it around their layer loop. Nested uses share
+    the outer workspace; leaving the outermost context frees the buffers."""
+    if _ACTIVE_WORKSPACE.get() is not None:
+        yield _ACTIVE_WORKSPACE.get()
+        return
+    token = _ACTIVE_WORKSPACE.set(InferenceWorkspace())
+    try:
+        yield _ACTIVE_WORKSPACE.get()
+    finally:
+        _ACTIVE_WORKSPACE.reset(token)
+
+
+def _linear_into(linear: nn.Module, x: torch.Tensor, workspace: Optional[InferenceWorkspace], name: str) -> torch.Tensor:
+    """`linear(x)`, written into the workspace buffer `name` when there is a workspace and `linear` is a plain
+    `nn.Linear` without hooks; anything else (a LoRA-wrapped layer, a hooked or quantised one) is called as is."""
+    if (
+        workspace is None
+        or type(linear) is not nn.Linear
+        or linear._forward_hooks
+        or linear._forward_pre_hooks
+        or linear.weight.dtype != torch.float32
+        or x.dtype != torch.float32
+    ):
+        return linear(x)
+    out = workspace.buffer(name, (*x.shape[:-1], linear.out_features))
+    rows = x.reshape(-1, x.shape[-1])
+    if linear.bias is None:
+        torch.mm(rows, linear.weight.t(), out=out.view(-1, linear.out_features))
+    else:
+        torch.addmm(linear.bias, rows, linear.weight.t(), out=out.view(-1, linear.out_features))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -337,6 +406,7 @@ class MambaMixer(nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         cache: Optional[MambaZooCache] = None,
         reverse_lengths: Optional[torch.Tensor] = None,
+        reverse: bool = False,
         **kwargs,
     ) -> torch.Tensor:
         """
@@ -349,6 +419,9 @@ class MambaMixer(nn.Module):
             reverse_lengths: `(batch,)`, bidirectional only: the backward branch reverses positions
                 `[0, reverse_lengths[b])` and keeps later positions in order (MADEON's speech prefix). Defaults to the
                 valid lengths from `attention_mask`, or the whole sequence.
+            reverse: compute `reverse(mixer(reverse(hidden_states)))`, with `reverse` flipping each sequence within its
+                valid length (Vim's layer pairing: odd layers read the reversed sequence). On the CPU inference path
+                nothing is flipped; the branches walk the time steps in the other order.
 
         Returns:
             `(batch, L, d_model)`.
@@ -358,8 +431,14 @@ class MambaMixer(nn.Module):
             raise ValueError(
                 f"hidden_states must be (batch, L, d_model={self.d_model}), got shape {tuple(hidden_states.shape)}."
             )
+        if reverse and (cache is not None or reverse_lengths is not None):
+            raise ValueError("reverse=True reads the whole sequence backwards: it takes neither a cache nor reverse_lengths.")
         if cache is None and self._use_inference_kernels(hidden_states):
-            return self._forward_inference(hidden_states, attention_mask, reverse_lengths)
+            return self._forward_inference(hidden_states, attention_mask, reverse_lengths, reverse)
+        if reverse:
+            index = self._reversal_index(attention_mask, None, hidden_states.shape[1])
+            output = self.forward(reverse_within_lengths(hidden_states, index, 1), attention_mask)
+            return reverse_within_lengths(output, index, 1)
         hidden_states = mask_padding(hidden_states, attention_mask)
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2 * d_inner, L)
         x, z = xz.chunk(2, dim=1)
@@ -394,39 +473,66 @@ class MambaMixer(nn.Module):
             return False
         return True
 
-    def _forward_inference(self, hidden_states, attention_mask, reverse_lengths):
+    def _forward_inference(self, hidden_states, attention_mask, reverse_lengths, reverse=False):
+        """The no-grad CPU forward (`_forward_inference_rows`), a few rows at a time when the batch holds more than
+        `INFERENCE_CHUNK_TOKENS` tokens, so the intermediates (about 6 x d_inner floats per token) stay bounded."""
+        batch, seq_len = hidden_states.shape[:2]
+        rows = max(1, INFERENCE_CHUNK_TOKENS // max(seq_len, 1))
+        if rows >= batch:
+            return self._forward_inference_rows(hidden_states, attention_mask, reverse_lengths, reverse)
+        output = hidden_states.new_empty(batch, seq_len, self.d_model)
+        for start in range(0, batch, rows):
+            chunk = slice(start, start + rows)
+            output[chunk] = self._forward_inference_rows(
+                hidden_states[chunk],
+                None if attention_mask is None else attention_mask[chunk],
+                None if reverse_lengths is None else reverse_lengths[chunk],
+                reverse,
+            )
+        return output
+
+    def _forward_inference_rows(self, hidden_states, attention_mask, reverse_lengths, reverse=False):
         """The forward pass without autograd, on the fused CPU kernels, in the time-major `(batch, L, d_inner)` layout
         throughout (no transposes): the backward branch never flips anything; its convolution and scan walk the time
         steps through the reversal index (anti-causal conv, scan from the end) and write at the original times, so
-        its output adds to the forward branch's in place. Same results as the general path; projections are still
-        called as modules (LoRA)."""
+        its output adds to the forward branch's in place. With `reverse` the two branches swap walking orders. Same
+        results as the general path; projections are still called as modules (LoRA)."""
         kernels = _cpu_kernels()
+        workspace = _ACTIVE_WORKSPACE.get()  # None: fresh tensors
         hidden_states = mask_padding(hidden_states, attention_mask)
-        xz = self.in_proj(hidden_states)  # (batch, L, 2 * d_inner)
+        xz = _linear_into(self.in_proj, hidden_states, workspace, "xz")  # (batch, L, 2 * d_inner)
         x, z = xz[..., : self.d_inner], xz[..., self.d_inner:]
-        y = self._inference_branch(kernels, x, z, attention_mask, None, "", None)
-        if self.bidirectional:
+        backward_index = None
+        if self.bidirectional or reverse:
             batch, seq_len = hidden_states.shape[:2]
-            index = self._reversal_index(attention_mask, reverse_lengths, seq_len)
-            if index is None:
-                index = torch.arange(seq_len - 1, -1, -1).expand(batch, seq_len)
-            self._inference_branch(kernels, x, z, attention_mask, index, "_b", y)
+            backward_index = self._reversal_index(attention_mask, reverse_lengths, seq_len)
+            if backward_index is None:
+                backward_index = torch.arange(seq_len - 1, -1, -1).expand(batch, seq_len)
+        forward_index, backward_index = (backward_index, None) if reverse else (None, backward_index)
+        y = None if workspace is None else workspace.buffer("y", x.shape)
+        y = self._inference_branch(kernels, x, z, attention_mask, forward_index, "", y, False, workspace)
+        if self.bidirectional:
+            self._inference_branch(kernels, x, z, attention_mask, backward_index, "_b", y, True, workspace)
             if self.divide_out:
                 y.div_(2)  # y is this call's own buffer
         return self.out_proj(y)
 
-    def _inference_branch(self, kernels, x, z, attention_mask, index, suffix, out):
+    def _inference_branch(self, kernels, x, z, attention_mask, index, suffix, out, accumulate, workspace):
         """One conv + scan branch on time-major x, z `(batch, L, d_inner)` (column slices of the input projection).
         `index` (batch, L): the order in which the branch visits the time steps (None: forward). Returns the gated
-        output `(batch, L, d_inner)`, written into (added to) `out` when given."""
+        output `(batch, L, d_inner)`, written into `out` when given (added to it with `accumulate`). Intermediates go
+        to the `workspace` buffers when there is one."""
         conv1d, x_proj, dt_proj, A_log, D = self._branch(suffix)
         A = -torch.exp(A_log.float())
-        x = kernels.causal_conv1d_inference_time_major(x, conv1d.weight.squeeze(1), conv1d.bias, silu=True, index=index)
+        x = kernels.causal_conv1d_inference_time_major(
+            x, conv1d.weight.squeeze(1), conv1d.bias, silu=True, index=index,
+            out=None if workspace is None else workspace.buffer("conv", x.shape),
+        )
         x = mask_padding(x, attention_mask)
         dt, B, C = torch.split(x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = dt_proj(dt)  # (batch, L, d_inner); the dt bias is inside the projection
+        dt = _linear_into(dt_proj, dt, workspace, "dt")  # (batch, L, d_inner); the dt bias is inside the projection
         return kernels.selective_scan_inference_time_major(
-            x, dt, A, B, C, D=D.float(), z=z, delta_softplus=True, index=index, out=out, accumulate=out is not None
+            x, dt, A, B, C, D=D.float(), z=z, delta_softplus=True, index=index, out=out, accumulate=accumulate
         )
 
     @staticmethod

@@ -25,7 +25,16 @@ from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from .configuration_mamba_ctc import MambaCTCConfig
-from .mamba_layers import DropPath, Mamba2Mixer, MambaBlock, MambaMixer, RMSNorm, build_norm, mask_padding
+from .mamba_layers import (
+    DropPath,
+    Mamba2Mixer,
+    MambaBlock,
+    MambaMixer,
+    RMSNorm,
+    build_norm,
+    inference_workspace,
+    mask_padding,
+)
 
 
 def subsampled_lengths(lengths: torch.Tensor, num_layers: int) -> torch.Tensor:
@@ -277,15 +286,16 @@ class MambaCTCModel(MambaCTCPreTrainedModel):
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         residual = None
-        for layer in self.layers:
-            if self.norm_f is None:
-                hidden_states = layer(hidden_states, attention_mask=mixer_mask)
-                stream = hidden_states
-            else:
-                hidden_states, residual = layer(hidden_states, residual, attention_mask=mixer_mask)
-                stream = hidden_states + residual
-            if output_hidden_states:
-                all_hidden_states += (mask_padding(stream, encoder_mask),)
+        with inference_workspace():  # no-grad CPU mixers share their scratch buffers across layers
+            for layer in self.layers:
+                if self.norm_f is None:
+                    hidden_states = layer(hidden_states, attention_mask=mixer_mask)
+                    stream = hidden_states
+                else:
+                    hidden_states, residual = layer(hidden_states, residual, attention_mask=mixer_mask)
+                    stream = hidden_states + residual
+                if output_hidden_states:
+                    all_hidden_states += (mask_padding(stream, encoder_mask),)
         if self.norm_f is not None:
             hidden_states = self.norm_f((hidden_states + residual).to(self.norm_f.weight.dtype))
         hidden_states = mask_padding(hidden_states, encoder_mask)

@@ -27,9 +27,8 @@ from .mamba_layers import (
     MambaBlock,
     MambaMixer,
     build_norm,
+    inference_workspace,
     lengths_from_attention_mask,
-    reversal_index,
-    reverse_within_lengths,
 )
 
 
@@ -382,33 +381,33 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
             hidden_states = hidden_states.gather(1, order[:, :, None].expand_as(hidden_states))
             lengths = token_mask.sum(1)
             sequence_mask = (torch.arange(seq_len, device=lengths.device)[None, :] < lengths[:, None]).long()
-            index = reversal_index(lengths, seq_len)
         else:
             sequence_mask = None
-            index = None
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         residual = None
         mixer_kwargs = {"attention_mask": sequence_mask} if sequence_mask is not None else {}
-        if self.config.bidirectional_layer_pairing:
-            for i in range(len(self.layers) // 2):
-                forward_out, forward_residual = self.layers[2 * i](hidden_states, residual, **mixer_kwargs)
-                if output_hidden_states:  # layer 2i: the forward layer's residual stream
-                    all_hidden_states += (forward_residual + forward_out,)
-                backward_out, backward_residual = self.layers[2 * i + 1](
-                    reverse_within_lengths(hidden_states, index, 1),
-                    None if residual is None else reverse_within_lengths(residual, index, 1),
-                    **mixer_kwargs,
-                )
-                hidden_states = forward_out + reverse_within_lengths(backward_out, index, 1)
-                residual = forward_residual + reverse_within_lengths(backward_residual, index, 1)
-                if output_hidden_states and i < len(self.layers) // 2 - 1:  # layer 2i+1: the combined stream
-                    all_hidden_states += (residual + hidden_states,)
-        else:
-            for i, layer in enumerate(self.layers):
-                hidden_states, residual = layer(hidden_states, residual, **mixer_kwargs)
-                if output_hidden_states and i < len(self.layers) - 1:
-                    all_hidden_states += (residual + hidden_states,)
+        with inference_workspace():  # no-grad CPU mixers share their scratch buffers across layers
+            if self.config.bidirectional_layer_pairing:
+                for i in range(len(self.layers) // 2):
+                    forward_out, forward_residual = self.layers[2 * i](hidden_states, residual, **mixer_kwargs)
+                    if output_hidden_states:  # layer 2i: the forward layer's residual stream
+                        all_hidden_states += (forward_residual + forward_out,)
+                    # layer 2i+1 reads each sequence reversed within its length; its mixer walks the time steps
+                    # backwards instead of flipping (norms and residual adds are per position), so the outputs
+                    # come back in the original order
+                    backward_out, backward_residual = self.layers[2 * i + 1](
+                        hidden_states, residual, reverse=True, **mixer_kwargs
+                    )
+                    hidden_states = forward_out + backward_out
+                    residual = forward_residual + backward_residual
+                    if output_hidden_states and i < len(self.layers) // 2 - 1:  # layer 2i+1: the combined stream
+                        all_hidden_states += (residual + hidden_states,)
+            else:
+                for i, layer in enumerate(self.layers):
+                    hidden_states, residual = layer(hidden_states, residual, **mixer_kwargs)
+                    if output_hidden_states and i < len(self.layers) - 1:
+                        all_hidden_states += (residual + hidden_states,)
 
         residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
         hidden_states = self.norm_f(residual.to(dtype=self.norm_f.weight.dtype))
