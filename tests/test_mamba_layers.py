@@ -304,6 +304,7 @@ def test_inference_path_runs_long_batches_in_row_chunks(monkeypatch):
     x = torch.randn(5, 9, 16)
     mask = (torch.arange(9)[None, :] < torch.tensor([9, 4, 9, 1, 6])[:, None]).long()
     calls = []
+    default_chunk = mamba_layers.INFERENCE_CHUNK_TOKENS
     original = mixer._forward_inference_rows
     monkeypatch.setattr(mixer, "_forward_inference_rows", lambda h, *a: calls.append(h.shape[0]) or original(h, *a))
     for kwargs in ({}, {"attention_mask": mask}, {"attention_mask": mask, "reverse": True}):
@@ -312,7 +313,7 @@ def test_inference_path_runs_long_batches_in_row_chunks(monkeypatch):
             monkeypatch.setattr(mamba_layers, "INFERENCE_CHUNK_TOKENS", 18)  # 2 rows of 9 tokens
             calls.clear()
             chunked = mixer(x, **kwargs)
-            monkeypatch.setattr(mamba_layers, "INFERENCE_CHUNK_TOKENS", 8192)
+            monkeypatch.setattr(mamba_layers, "INFERENCE_CHUNK_TOKENS", default_chunk)
         assert calls == [2, 2, 1]
         assert rel_err(chunked, whole) < 1e-6, kwargs  # matmuls of other row counts may round differently
 

@@ -55,7 +55,7 @@ class InferenceWorkspace:
 
 
 # The CPU inference path runs a batch a few rows at a time so that rows x length stays within this many tokens.
-INFERENCE_CHUNK_TOKENS = 8192
+INFERENCE_CHUNK_TOKENS = 2048
 
 _ACTIVE_WORKSPACE: contextvars.ContextVar[Optional[InferenceWorkspace]] = contextvars.ContextVar(
     "mamba_zoo_inference_workspace", default=None
