@@ -276,6 +276,30 @@ def test_text_corpus_and_unlabeled_audio(cache):
     assert unlabeled.column_names == ["audio"] and len(unlabeled) == 12 * 4
 
 
+def test_text_corpus_facts_are_fixed_per_entity():
+    """kind="facts": every statement about an entity gives the same answer in every split (memorisable), the
+    answers differ between entities, and the entities are the given words."""
+    import re
+
+    words = ["vabonu", "kisa", "mapeniko", "fobiso", "lusafo", "rero"]
+    corpus = load_text_corpus(num_sentences=600, kind="facts", seed=3, words=words)
+    patterns = {"home": r"the (\w+) lives near the (\w+)\.", "adj": r"the (\w+) is (\w+)\.", "owner": r"(\w+) owns the (\w+)\."}
+    answers = {}
+    for split in ("train", "validation", "test"):
+        for line in corpus[split]["text"]:
+            matches = [(rel, re.fullmatch(p, line)) for rel, p in patterns.items() if re.fullmatch(p, line)]
+            assert len(matches) == 1, line
+            rel, m = matches[0]
+            entity, answer = (m.group(2), m.group(1)) if rel == "owner" else (m.group(1), m.group(2))
+            assert entity in words
+            assert answers.setdefault((entity, rel), answer) == answer, line
+    assert len(answers) == 3 * len(words)
+    assert len({answers[(w, "home")] + answers[(w, "adj")] + answers[(w, "owner")] for w in words}) > 1
+    assert load_text_corpus(num_sentences=600, kind="facts", seed=3, words=words)["train"]["text"] == corpus["train"]["text"]
+    with pytest.raises(ValueError, match="Unknown kind"):
+        load_text_corpus(kind="fact")
+
+
 def test_command_line_writes_wavs_and_manifest(cache, tmp_path):
     out = tmp_path / "kw"
     assert cli_main(["keywords", "--out", str(out), "--num-per-class", "4", "--num-eval-per-class", "2",

@@ -4,6 +4,8 @@
 
 Defaults: the embedded text corpus (`mamba_zoo.corpora.load_text_corpus`: grammar sentences, arithmetic, digit strings),
 a byte-pair tokenizer trained on its training split (no hub), texts packed into blocks of `--block_size` tokens.
+`--corpus_kind facts --lexicon_size N` trains on statements of fixed facts about N pseudo-words instead ("the vabonu
+lives near the river."): a knowledge-bound corpus, where capacity (the MoE's extra experts) can pay off.
 
     python training/train_causal_lm.py --arch moe   --max_minutes 4 --output_dir outputs/blackmamba-moe
     python training/train_causal_lm.py --arch dense --max_minutes 4 --output_dir outputs/blackmamba-dense
@@ -252,7 +254,7 @@ class DataArguments:
                                                     "help": "byte-level BPE or character tokenizer, trained locally"})
     vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary size"})
     num_sentences: int = field(default=20000, metadata={"help": "size of the embedded text corpus"})
-    corpus_kind: str = field(default="mixed", metadata={"choices": ["mixed", "sentences", "arithmetic"],
+    corpus_kind: str = field(default="mixed", metadata={"choices": ["mixed", "sentences", "arithmetic", "facts"],
                                                         "help": "which texts of the embedded corpus"})
     lexicon_size: int = field(default=0, metadata={"help": "replace the nouns by this many pseudo-words (0: off)"})
     block_size: int = field(default=128, metadata={"help": "tokens per packed training block"})

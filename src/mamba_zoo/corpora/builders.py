@@ -33,7 +33,7 @@ from .augment import (
     trim_silence,
 )
 from .synth import Voice, espeak_version, list_voices, parse_voice, synthesize, variant_base_pitch
-from .vocabulary import COMMANDS, DIGITS, NUMBER_WORDS, UNKNOWN_WORDS, digit_string, make_sentence
+from .vocabulary import COMMANDS, DIGITS, NUMBER_WORDS, UNKNOWN_WORDS, digit_string, fact_book, make_fact, make_sentence
 
 __all__ = [
     "CORPUS_VERSION",
@@ -764,10 +764,14 @@ def load_text_corpus(
 
     ``kind="sentences"``: the grammar of :func:`load_transcribed`; ``"arithmetic"``: "three plus four is
     seven." (the answer is predictable, so it shows whether a model learned); ``"mixed"``: both, plus
-    digit strings. Built in memory (it takes well under a second), so it is not cached.
+    digit strings; ``"facts"``: statements of fixed facts about every noun (``words``, default the
+    grammar's nouns), "the X lives near the Y.", "the X is Z.", "N owns the X." (see
+    :func:`~mamba_zoo.corpora.vocabulary.fact_book`): the same facts recur in every split, so a model
+    predicts them only as well as it memorised them. Built in memory (it takes well under a second), so it
+    is not cached.
     """
-    if kind not in ("sentences", "arithmetic", "mixed"):
-        raise ValueError(f"Unknown kind {kind!r}; choose 'sentences', 'arithmetic' or 'mixed'.")
+    if kind not in ("sentences", "arithmetic", "mixed", "facts"):
+        raise ValueError(f"Unknown kind {kind!r}; choose 'sentences', 'arithmetic', 'mixed' or 'facts'.")
     _check_common(1, seed, split)
     _check_count("num_sentences", num_sentences, minimum=3)
     if not 0 < eval_fraction <= 1 / 3:
@@ -777,8 +781,12 @@ def load_text_corpus(
     from datasets import Dataset, DatasetDict
 
     rng = np.random.default_rng([seed, 5])
+    book = fact_book(np.random.default_rng([seed, 6]), words) if kind == "facts" else None
     texts = []
     for _ in range(num_sentences):
+        if book is not None:
+            texts.append(make_fact(rng, book))
+            continue
         choice = {"sentences": 0, "arithmetic": 1}.get(kind, int(rng.choice(3, p=[0.6, 0.3, 0.1])))
         if choice == 0:
             text, punctuation = make_sentence(rng, words)

@@ -15,6 +15,8 @@ __all__ = [
     "SPEECH_COMMANDS_AUXILIARY",
     "UNKNOWN_WORDS",
     "digit_string",
+    "fact_book",
+    "make_fact",
     "make_sentence",
     "sentence_words",
 ]
@@ -100,6 +102,35 @@ def make_sentence(rng: np.random.Generator, words: tuple[str, ...] | list[str] |
         else:
             out.append(token)
     return " ".join(out), punctuation
+
+
+_FACT_TEMPLATES: tuple[str, ...] = (
+    "the {entity} lives near the {home}.",
+    "the {entity} is {adj}.",
+    "{owner} owns the {entity}.",
+)
+
+
+def fact_book(rng: np.random.Generator, words: tuple[str, ...] | list[str] | None = None) -> dict[str, dict]:
+    """Fixed facts about every entity (``words``, default the grammar's nouns): a home (a built-in noun), an
+    adjective and an owner (a name), drawn once. Returns ``{entity: {"home": ..., "adj": ..., "owner": ...}}``."""
+    entities = NOUNS if words is None else tuple(words)
+    if len(entities) == 0:
+        raise ValueError("The word list is empty; pass at least one word or words=None for the built-in list.")
+    return {
+        entity: {"home": NOUNS[rng.integers(len(NOUNS))], "adj": ADJECTIVES[rng.integers(len(ADJECTIVES))],
+                 "owner": NAMES[rng.integers(len(NAMES))]}
+        for entity in entities
+    }
+
+
+def make_fact(rng: np.random.Generator, book: dict[str, dict]) -> str:
+    """One statement of a fact from a :func:`fact_book`, e.g. ``"the vabonu lives near the river."``: the entity
+    and the relation are random, the answer is fixed by the book, so it is predictable only by memorising it."""
+    entities = list(book)
+    entity = entities[rng.integers(len(entities))]
+    template = _FACT_TEMPLATES[rng.integers(len(_FACT_TEMPLATES))]
+    return template.format(entity=entity, **book[entity])
 
 
 def digit_string(rng: np.random.Generator, min_digits: int = 1, max_digits: int = 7) -> str:
