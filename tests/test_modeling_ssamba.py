@@ -359,11 +359,12 @@ def test_lora_trains_adapters_and_head_and_merges_exactly(saved_classifier):
 
     path, _ = saved_classifier
     model = SSAMBAForAudioClassification.from_pretrained(path)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["in_proj", "out_proj", "x_proj", "x_proj_b"],
-                      modules_to_save=["classifier"])
+    lora = LoraConfig(r=4, lora_alpha=8, modules_to_save=["classifier"],
+                      target_modules=["in_proj", "out_proj", "x_proj", "x_proj_b", "dt_proj", "dt_proj_b"])
     peft_model = get_peft_model(model, lora)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
+    assert any("dt_proj_b.lora_A" in n for n in trainable)
     # one optimisation step moves the adapters (B starts at zero) so the merge check is not vacuous
     x, labels = torch.randn(2, 128, 128), torch.tensor([0, 1])
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
