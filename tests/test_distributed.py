@@ -187,11 +187,11 @@ def test_fsdp2_fully_shard_mamba_blocks_on_cpu_gloo(tmp_path):
     """FSDP2 itself on CPU: `fully_shard` on every `MambaBlock` and the root, gloo, 2 processes x batch 2, AdamW.
 
     Same losses as the unsharded 1-process loop; the gathered full state dict saves with `save_pretrained` and loads
-    back with `from_pretrained`. Runs the numba CPU scan kernels (scan_backend="cpu"), which must leave parameter storage
+    back with `from_pretrained`. Runs the numba CPU scan kernels (kernel_backend="cpu"), which must leave parameter storage
     resizable (see the test below)."""
     output_dir = tmp_path / "fsdp2"
     output_dir.mkdir()
-    script_args = ["--output_dir", str(output_dir), "--scan_backend", "cpu"]
+    script_args = ["--output_dir", str(output_dir), "--kernel_backend", "cpu"]
     _run(_torchrun_command(2, FSDP2_LOOP_SCRIPT, script_args), "torchrun (fully_shard loop)")
     run = json.loads((output_dir / "fsdp2.json").read_text())
 

@@ -48,6 +48,21 @@ def test_config_defaults_presets_and_layer_types():
     assert BlackMambaConfig(layer_types=["linear_attention", "moe"]).layer_types == ["mamba", "moe"]
 
 
+def test_config_old_backend_field_name_still_loads(tmp_path):
+    """`scan_backend` was renamed `kernel_backend` (the name every mamba-zoo config uses); saved configs with the old
+    key load into the new field, and the old key is not written again."""
+    BlackMambaConfig(num_hidden_layers=2).save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["scan_backend"] = data.pop("kernel_backend")
+    data["scan_backend"] = "reference"
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    config = BlackMambaConfig.from_pretrained(tmp_path)
+    assert config.kernel_backend == "reference" and not hasattr(config, "scan_backend")
+    assert BlackMambaConfig(scan_backend="cpu").kernel_backend == "cpu"
+    config.save_pretrained(tmp_path / "again")
+    assert "scan_backend" not in json.loads((tmp_path / "again" / "config.json").read_text())
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -58,7 +73,7 @@ def test_config_defaults_presets_and_layer_types():
         (dict(hidden_act="not-an-activation"), "hidden_act"),
         (dict(router_aux_loss_coef=-1.0), "router_aux_loss_coef"),
         (dict(time_step_rank=0), "time_step_rank"),
-        (dict(scan_backend="gpu"), "scan_backend"),
+        (dict(kernel_backend="gpu"), "kernel_backend"),
     ],
 )
 def test_bad_config_values_raise_clear_errors(kwargs, match):

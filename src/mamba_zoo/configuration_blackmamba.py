@@ -59,7 +59,8 @@ class BlackMambaConfig(PreTrainedConfig):
         residual_in_fp32: keep the residual stream in float32 (released: True).
         initializer_range: std of the normal init of embeddings and linear layers; rescale_prenorm_residual: divide the
             std of the residual-branch output projections (`out_proj`, `linear_fc2`) by sqrt(num_hidden_layers).
-        scan_backend: selective-scan backend, `"auto" | "cuda" | "cpu" | "reference"`.
+        kernel_backend: selective-scan backend, `"auto" | "cuda" | "cpu" | "reference"` (the same field name as the
+            other mamba-zoo configs; `scan_backend`, its old name, is accepted).
     """
 
     model_type = "blackmamba"
@@ -93,7 +94,7 @@ class BlackMambaConfig(PreTrainedConfig):
     residual_in_fp32: bool = True
     initializer_range: float = 0.02
     rescale_prenorm_residual: bool = True
-    scan_backend: str = "auto"
+    kernel_backend: str = "auto"
     use_cache: bool = True
     tie_word_embeddings: bool = True
     pad_token_id: int | None = 1
@@ -101,6 +102,8 @@ class BlackMambaConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = 0
 
     def __post_init__(self, **kwargs):
+        if "scan_backend" in kwargs:  # the field's name before 2026-11 (configs saved then still load)
+            self.kernel_backend = kwargs.pop("scan_backend")
         if self.layer_types is None:
             num_layers = 36 if self.num_hidden_layers is None else self.num_hidden_layers
             if not isinstance(num_layers, int) or num_layers < 1:
@@ -134,8 +137,10 @@ class BlackMambaConfig(PreTrainedConfig):
             raise ValueError(f"Need 0 < time_step_min <= time_step_max, got {self.time_step_min}, {self.time_step_max}.")
         if self.router_aux_loss_coef < 0:
             raise ValueError(f"router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}.")
-        if self.scan_backend not in ("auto", "cuda", "cpu", "reference"):
-            raise ValueError(f"scan_backend must be 'auto', 'cuda', 'cpu' or 'reference', got {self.scan_backend!r}.")
+        if self.kernel_backend not in ("auto", "cuda", "cpu", "reference"):
+            raise ValueError(
+                f"kernel_backend must be 'auto', 'cuda', 'cpu' or 'reference', got {self.kernel_backend!r}."
+            )
         from transformers.activations import ACT2FN
 
         if self.hidden_act not in ACT2FN:

@@ -78,7 +78,8 @@ class SSAMBAConfig(PreTrainedConfig):
             `uniform{3, ..., 3 + factor - 1}` patches (SSAST's cluster masking); 0 masks patches one by one at random.
         discriminative_loss_weight (`float`, defaults to 1.0): weight of the InfoNCE (masked patch classification) loss.
         generative_loss_weight (`float`, defaults to 10.0): weight of the MSE (masked patch reconstruction) loss.
-        backend (`str`, defaults to `"auto"`): selective-scan backend (`"auto"`, `"cuda"`, `"cpu"`, `"reference"`).
+        kernel_backend (`str`, defaults to `"auto"`): selective-scan backend (`"auto"`, `"cuda"`, `"cpu"`,
+            `"reference"`); the same field name as the other mamba-zoo configs (`backend`, its old name, is accepted).
 
     Example:
 
@@ -124,9 +125,11 @@ class SSAMBAConfig(PreTrainedConfig):
     mask_cluster_factor: int = 3
     discriminative_loss_weight: float = 1.0
     generative_loss_weight: float = 10.0
-    backend: str = "auto"
+    kernel_backend: str = "auto"
 
     def __post_init__(self, **kwargs):
+        if "backend" in kwargs:  # the field's name before 2026-11 (configs saved then still load)
+            self.kernel_backend = kwargs.pop("backend")
         if isinstance(self.patch_size, tuple):
             self.patch_size = list(self.patch_size)
         if isinstance(self.patch_size, list) and len(self.patch_size) == 2 and self.patch_size[0] == self.patch_size[1]:
@@ -203,8 +206,10 @@ class SSAMBAConfig(PreTrainedConfig):
             raise ValueError("pooling='cls' needs use_cls_token=True.")
         if self.norm_type not in _NORM_TYPES:
             raise ValueError(f"norm_type must be one of {_NORM_TYPES}, got {self.norm_type!r}.")
-        if self.backend not in ("auto", "cuda", "cpu", "reference"):
-            raise ValueError(f"backend must be 'auto', 'cuda', 'cpu' or 'reference', got {self.backend!r}.")
+        if self.kernel_backend not in ("auto", "cuda", "cpu", "reference"):
+            raise ValueError(
+                f"kernel_backend must be 'auto', 'cuda', 'cpu' or 'reference', got {self.kernel_backend!r}."
+            )
         for name in ("drop_path_rate", "hidden_dropout_prob"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")

@@ -73,7 +73,7 @@ def _build_layer(config: BlackMambaConfig, layer_idx: int) -> MambaBlock:
             conv_bias=config.use_conv_bias,
             bias=config.use_bias,
             layer_idx=layer_idx,
-            backend=config.scan_backend,
+            backend=config.kernel_backend,
         )
     elif layer_type == "moe":
         mixer = SwitchMoE(

@@ -281,7 +281,7 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
                         bidirectional=config.bidirectional_mixer,
                         divide_out=config.divide_out,
                         layer_idx=i,
-                        backend=config.backend,
+                        backend=config.kernel_backend,
                     ),
                     norm_type=config.norm_type,
                     norm_eps=config.layer_norm_eps,

@@ -34,12 +34,12 @@ class SequentialTrainer(Trainer):
         return SequentialSampler(self.train_dataset)
 
 
-def build_model(scan_backend: str = "auto") -> BlackMambaForCausalLM:
+def build_model(kernel_backend: str = "auto") -> BlackMambaForCausalLM:
     """The tiny seeded BlackMamba (4 `MambaBlock`s, MoE) that every launcher test trains."""
     torch.manual_seed(0)
     config = BlackMambaConfig(vocab_size=61, hidden_size=32, num_hidden_layers=4, state_size=8, ffn_hidden_size=40,
                               num_experts=4, sinkhorn_in_training=False, pad_token_id=1, bos_token_id=0, eos_token_id=0,
-                              scan_backend=scan_backend)
+                              kernel_backend=kernel_backend)
     return BlackMambaForCausalLM(config)
 
 

@@ -7,7 +7,7 @@ batch; with a world of 1 it is the plain 1-process run), gathers the full state 
 `save_pretrained` to `<output_dir>/final`. Writes `<output_dir>/fsdp2.json` on rank 0.
 
 Usage: torchrun --nproc_per_node N fsdp2_loop_tiny.py --output_dir DIR [--steps 4] [--global_batch 4]
-       [--scan_backend auto|cpu|reference]
+       [--kernel_backend auto|cpu|reference]
 """
 
 import argparse
@@ -26,7 +26,7 @@ def main():
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--global_batch", type=int, default=4)
-    parser.add_argument("--scan_backend", default="auto")
+    parser.add_argument("--kernel_backend", default="auto")
     args = parser.parse_args()
     output_dir, steps, global_batch = args.output_dir, args.steps, args.global_batch
     dist.init_process_group("gloo")
@@ -37,7 +37,7 @@ def main():
     from torch.distributed.fsdp import FSDPModule, fully_shard
     from torch.distributed.tensor import DTensor
 
-    model = build_model(args.scan_backend)
+    model = build_model(args.kernel_backend)
     model.train()
     mesh = init_device_mesh("cpu", (world,))
     blocks = [m for m in model.modules() if isinstance(m, MambaBlock)]
@@ -67,7 +67,7 @@ def main():
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
-        plain = build_model(args.scan_backend)
+        plain = build_model(args.kernel_backend)
         missing, unexpected = plain.load_state_dict(state, strict=False)
         plain.save_pretrained(os.path.join(output_dir, "final"))
         info = {

@@ -41,7 +41,7 @@ def _fsdp_report(model: torch.nn.Module) -> dict:
 
 def main():
     (args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(sys.argv[1:])
-    model = build_model(scan_backend="reference")
+    model = build_model(kernel_backend="reference")
     dataset = TokenDataset()
     trainer = SequentialTrainer(model=model, args=args, train_dataset=dataset)
     trainer.train()
