@@ -111,26 +111,26 @@ _FACT_TEMPLATES: tuple[str, ...] = (
 )
 
 
-def fact_book(rng: np.random.Generator, words: tuple[str, ...] | list[str] | None = None) -> dict[str, dict]:
+def fact_book(rng: np.random.Generator, words: tuple[str, ...] | list[str] | None = None) -> tuple[tuple[str, dict], ...]:
     """Fixed facts about every entity (``words``, default the grammar's nouns): a home (a built-in noun), an
-    adjective and an owner (a name), drawn once. Returns ``{entity: {"home": ..., "adj": ..., "owner": ...}}``."""
+    adjective and an owner (a name), drawn once. Returns ``((entity, {"home": ..., "adj": ..., "owner": ...}), ...)``
+    in the order of ``words``."""
     entities = NOUNS if words is None else tuple(words)
     if len(entities) == 0:
         raise ValueError("The word list is empty; pass at least one word or words=None for the built-in list.")
-    return {
-        entity: {"home": NOUNS[rng.integers(len(NOUNS))], "adj": ADJECTIVES[rng.integers(len(ADJECTIVES))],
-                 "owner": NAMES[rng.integers(len(NAMES))]}
+    return tuple(
+        (entity, {"home": NOUNS[rng.integers(len(NOUNS))], "adj": ADJECTIVES[rng.integers(len(ADJECTIVES))],
+                  "owner": NAMES[rng.integers(len(NAMES))]})
         for entity in entities
-    }
+    )
 
 
-def make_fact(rng: np.random.Generator, book: dict[str, dict]) -> str:
+def make_fact(rng: np.random.Generator, book: tuple[tuple[str, dict], ...]) -> str:
     """One statement of a fact from a :func:`fact_book`, e.g. ``"the vabonu lives near the river."``: the entity
     and the relation are random, the answer is fixed by the book, so it is predictable only by memorising it."""
-    entities = list(book)
-    entity = entities[rng.integers(len(entities))]
+    entity, facts = book[rng.integers(len(book))]
     template = _FACT_TEMPLATES[rng.integers(len(_FACT_TEMPLATES))]
-    return template.format(entity=entity, **book[entity])
+    return template.format(entity=entity, **facts)
 
 
 def digit_string(rng: np.random.Generator, min_digits: int = 1, max_digits: int = 7) -> str:
