@@ -13,12 +13,11 @@ Usage: torchrun --nproc_per_node N fsdp2_loop_tiny.py --output_dir DIR [--steps 
 import argparse
 import json
 import os
-import sys
 
 import torch
 import torch.distributed as dist
 
-from ddp_train_tiny import TokenDataset, build_model
+from ddp_train_tiny import TokenDataset, build_model, exit_without_finalisation
 from mamba_zoo.mamba_layers import MambaBlock
 
 
@@ -79,14 +78,7 @@ def main():
         }
         with open(os.path.join(output_dir, "fsdp2.json"), "w") as f:
             json.dump(info, f)
-    dist.barrier()
-    dist.destroy_process_group()
-    # Everything is written. Leave without the interpreter's finalisation: there, gloo's worker threads occasionally
-    # abort the process ("terminate called without an active exception", SIGABRT; seen once in CI after the results were
-    # saved, also in manual DDP runs), which would fail the test for a teardown problem outside the code under test.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_without_finalisation()
 
 
 if __name__ == "__main__":
