@@ -72,6 +72,34 @@ def test_causal_lm_tiny_run_writes_output_dir(tmp_path):
     assert model.config.layer_types == ["mamba", "moe"] and model.config.hidden_size == 32
 
 
+@pytest.mark.parametrize("freeze", [False, True])
+def test_causal_lm_freeze_router_keeps_routers_at_init(tmp_path, freeze):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "lm"
+    metrics = causal_lm.main([
+        "--output_dir", str(out), "--hidden_size", "32", "--num_layers", "2", "--ffn_hidden_size", "32",
+        "--num_experts", "2", "--num_sentences", "300", "--vocab_size", "300", "--block_size", "32",
+        "--max_steps", "3", "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--warmup_steps", "0",
+    ] + (["--freeze_router"] if freeze else []))
+    router_size = 32 * 2 + 2  # one MoE layer: weight (2, 32) + bias (2,)
+    params = metrics["parameters"]
+    assert metrics["router_frozen"] is freeze
+    assert params["trainable"] == params["total"] - (router_size if freeze else 0)
+    weights = load_file(out / "model.safetensors")
+    router_bias = [v for k, v in weights.items() if k.endswith("router.bias")]
+    assert len(router_bias) == 1
+    # the router bias is initialised to zero: three Adam steps at lr 1e-2 move it unless it is frozen
+    assert bool((router_bias[0] == 0).all()) is freeze
+
+
+def test_causal_lm_freeze_router_without_moe_layers_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="--arch moe"):
+        causal_lm.main(["--arch", "dense", "--freeze_router", "--output_dir", str(tmp_path), "--hidden_size", "32",
+                        "--num_layers", "2", "--ffn_hidden_size", "32", "--num_sentences", "300",
+                        "--vocab_size", "300", "--block_size", "32", "--max_steps", "1"])
+
+
 # ---------------------------------------------------------------------------------------------- train_decoder_asr
 
 

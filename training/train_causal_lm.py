@@ -153,7 +153,23 @@ def count_parameters(model: BlackMambaForCausalLM) -> dict[str, int]:
         if layer_type == "moe":
             expert = sum(p.numel() for p in layer.mixer.local_experts[0].parameters())
             inactive += (config.num_experts - 1) * expert
-    return {"total": total, "active": total - inactive}
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "active": total - inactive, "trainable": trainable}
+
+
+def freeze_routers(model: BlackMambaForCausalLM) -> int:
+    """Stop training every MoE router (`requires_grad=False`), so each token keeps the expert a fixed random
+    projection of its hidden state picks, as in hash-layer routing. Returns the number of frozen parameters.
+
+    Why: a learned top-1 router keeps re-assigning tokens while the model is small and young (in a 1500-step CPU run,
+    a fifth to two thirds of the tokens changed expert every 100 steps until step 800), so what an expert has stored
+    about a token is lost to another expert. The inference computation is unchanged (sigmoid scores, top-1, output scaled by the score)."""
+    frozen = [p for name, p in model.named_parameters() if name.split(".")[-2] == "router"]
+    if not frozen:
+        raise ValueError("--freeze_router needs MoE layers: use --arch moe (this model has no router).")
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    return sum(p.numel() for p in frozen)
 
 
 def build_config(args, vocab_size: int) -> BlackMambaConfig:
@@ -246,6 +262,8 @@ class ModelArguments:
     hidden_act: str = field(default="gelu", metadata={"help": "MLP activation"})
     router_aux_loss_coef: float = field(default=0.0, metadata={"help": "load-balancing loss weight (0: off)"})
     no_sinkhorn: bool = field(default=False, metadata={"help": "arg-max routing in training too"})
+    freeze_router: bool = field(default=False, metadata={
+        "help": "keep every router at its random initialisation (stable routing, as hash layers; see the model card)"})
 
 
 @dataclass
@@ -300,12 +318,16 @@ def main(argv=None):
     else:
         tokenizer = build_tokenizer(texts["train"], data_args.vocab_size, data_args.tokenizer)
         model = BlackMambaForCausalLM(build_config(model_args, len(tokenizer)))
+    if model_args.freeze_router:
+        freeze_routers(model)
     if model_args.lora:
         if not model_args.init_from:
             raise ValueError("--lora fine-tunes a trained model: pass --init_from.")
         import peft
 
         targets = ["in_proj", "x_proj", "dt_proj", "out_proj", "router", "linear_fc1", "linear_fc2"]
+        if model_args.freeze_router:
+            targets.remove("router")
         present = {name.split(".")[-1] for name, _ in model.named_modules()}
         model = peft.get_peft_model(model, peft.LoraConfig(r=model_args.lora_rank, lora_alpha=2 * model_args.lora_rank,
                                                            target_modules=[t for t in targets if t in present]))
@@ -329,7 +351,8 @@ def main(argv=None):
     global_batch = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                     * training_args.world_size)
     metrics = {
-        "arch": model_args.arch, "lora": model_args.lora, "layer_types": model.config.layer_types,
+        "arch": model_args.arch, "lora": model_args.lora, "router_frozen": model_args.freeze_router,
+        "layer_types": model.config.layer_types,
         "parameters": params, "steps": result.global_step, "train_seconds": round(train_seconds, 1),
         "train_tokens_seen": result.global_step * global_batch * data_args.block_size,
         "validation_before": before, "validation": after,
