@@ -81,6 +81,7 @@ def test_causal_lm_freeze_router_keeps_routers_at_init(tmp_path, freeze):
         "--output_dir", str(out), "--hidden_size", "32", "--num_layers", "2", "--ffn_hidden_size", "32",
         "--num_experts", "2", "--num_sentences", "300", "--vocab_size", "300", "--block_size", "32",
         "--max_steps", "3", "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--warmup_steps", "0",
+        "--logging_steps", "1",
     ] + (["--freeze_router"] if freeze else []))
     router_size = 32 * 2 + 2  # one MoE layer: weight (2, 32) + bias (2,)
     params = metrics["parameters"]
@@ -91,6 +92,19 @@ def test_causal_lm_freeze_router_keeps_routers_at_init(tmp_path, freeze):
     assert len(router_bias) == 1
     # the router bias is initialised to zero: three Adam steps at lr 1e-2 move it unless it is frozen
     assert bool((router_bias[0] == 0).all()) is freeze
+    # routing churn is checked every logging step (here 1): one fraction per MoE layer
+    assert [entry["step"] for entry in metrics["routing_churn"]] == [1, 2, 3]
+    assert all(len(entry["changed"]) == 1 and 0 <= entry["changed"][0] <= 1 for entry in metrics["routing_churn"])
+
+
+def test_causal_lm_routing_churn_is_zero_when_nothing_trains(tmp_path):
+    common = ["--hidden_size", "32", "--num_layers", "2", "--ffn_hidden_size", "32", "--num_experts", "4",
+              "--num_sentences", "300", "--vocab_size", "300", "--block_size", "32", "--max_steps", "4",
+              "--per_device_train_batch_size", "4", "--warmup_steps", "0", "--logging_steps", "2"]
+    still = causal_lm.main(common + ["--output_dir", str(tmp_path / "still"), "--learning_rate", "0"])
+    assert [entry["changed"] for entry in still["routing_churn"]] == [[0.0], [0.0]]
+    moving = causal_lm.main(common + ["--output_dir", str(tmp_path / "moving"), "--learning_rate", "0.1"])
+    assert sum(entry["changed"][0] for entry in moving["routing_churn"]) > 0
 
 
 def test_causal_lm_freeze_router_without_moe_layers_is_a_clear_error(tmp_path):

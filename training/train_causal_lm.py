@@ -243,6 +243,41 @@ def time_budget_callback(max_minutes: float):
     return StopAfter()
 
 
+class RoutingChurn:
+    """How settled top-1 routing is: every `every` steps (`TrainerCallback`), route a fixed batch `blocks`
+    `(batch, block_size)` in eval mode and record, per MoE layer, the fraction of its tokens whose expert changed since
+    the previous check. `history` is `[{"step": s, "changed": [fraction per MoE layer]}, ...]`."""
+
+    def __init__(self, blocks: torch.Tensor, every: int):
+        from transformers import TrainerCallback
+
+        self.blocks, self.every, self.history, self.previous = blocks, max(1, every), [], None
+        owner = self
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                if model is not None and state.global_step % owner.every == 0:
+                    owner.check(model, state.global_step)
+
+        self.callback = Callback()
+
+    @torch.no_grad()
+    def assignments(self, model) -> list[torch.Tensor]:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        was_training = base.training
+        base.eval()
+        logits = base(self.blocks.to(base.device), use_cache=False, output_router_logits=True).router_logits
+        base.train(was_training)
+        return [layer_logits.argmax(-1).cpu() for layer_logits in (logits or ())]
+
+    def check(self, model, step: int):
+        current = self.assignments(model)
+        if self.previous is not None and current:
+            changed = [round((now != before).float().mean().item(), 4) for now, before in zip(current, self.previous)]
+            self.history.append({"step": step, "changed": changed})
+        self.previous = current
+
+
 # ---------------------------------------------------------------------------------------------------------- main
 
 
@@ -341,6 +376,12 @@ def main(argv=None):
     eval_batch_size = training_args.per_device_eval_batch_size
     before = evaluate_perplexity(model, valid_set, eval_batch_size)
     callbacks = [time_budget_callback(run_args.max_minutes)] if run_args.max_minutes else []
+    churn = None
+    if "moe" in model.config.layer_types:
+        every = training_args.logging_steps if training_args.logging_steps >= 1 else 50  # a ratio: every 50 steps
+        churn = RoutingChurn(valid_set.blocks[:8], int(every))
+        churn.check(model, 0)
+        callbacks.append(churn.callback)
     trainer = Trainer(model=model, args=training_args, train_dataset=train_set, callbacks=callbacks,
                       processing_class=tokenizer)
     start = time.time()
@@ -357,6 +398,8 @@ def main(argv=None):
         "train_tokens_seen": result.global_step * global_batch * data_args.block_size,
         "validation_before": before, "validation": after,
     }
+    if churn is not None:
+        metrics["routing_churn"] = churn.history
     out = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
         print(json.dumps(metrics, indent=1))
