@@ -300,6 +300,26 @@ def test_text_corpus_facts_are_fixed_per_entity():
         load_text_corpus(kind="fact")
 
 
+def test_fact_answer_span_marks_the_recallable_answer():
+    from mamba_zoo.corpora.vocabulary import fact_answer_span, fact_book, make_fact
+
+    text = "the vabonu lives near the river."
+    start, end = fact_answer_span(text)
+    assert text[start:end] == "river"
+    text = "the kisa is cold."
+    assert text[slice(*fact_answer_span(text))] == "cold"
+    assert fact_answer_span("emma owns the kisa.") is None  # the owner precedes its entity
+    rng = np.random.default_rng(0)
+    book = fact_book(rng, ["vabonu", "kisa"])
+    facts = dict(book)
+    for _ in range(30):
+        line = make_fact(rng, book)
+        span = fact_answer_span(line)
+        entity = line.split()[1] if span else line.split()[-1][:-1]
+        if span:
+            assert line[span[0]:span[1]] in (facts[entity]["home"], facts[entity]["adj"])
+
+
 def test_command_line_writes_wavs_and_manifest(cache, tmp_path):
     out = tmp_path / "kw"
     assert cli_main(["keywords", "--out", str(out), "--num-per-class", "4", "--num-eval-per-class", "2",

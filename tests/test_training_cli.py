@@ -114,6 +114,42 @@ def test_causal_lm_freeze_router_without_moe_layers_is_a_clear_error(tmp_path):
                         "--vocab_size", "300", "--block_size", "32", "--max_steps", "1"])
 
 
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_fact_recall_scores_answer_tokens_only(kind):
+    """evaluate_fact_recall against a plain per-sentence computation: the answer's tokens found by tokenising the text
+    before the answer and the whole text separately, one unpadded sentence at a time."""
+    import math
+
+    import torch
+
+    from mamba_zoo import BlackMambaConfig, BlackMambaForCausalLM
+
+    texts = ["the vabonu lives near the river.", "emma owns the kisa.", "the kisa is cold.",
+             "the mapeniko lives near the garden.", "the vabonu is quiet."]
+    tokenizer = causal_lm.build_tokenizer(texts * 20, 300, kind)
+    torch.manual_seed(0)
+    model = BlackMambaForCausalLM(BlackMambaConfig(layer_types=["mamba", "moe"], hidden_size=32, ffn_hidden_size=32,
+                                                   num_experts=2, vocab_size=len(tokenizer))).eval()
+    result = causal_lm.evaluate_fact_recall(model, tokenizer, texts, batch_size=2)
+    losses, recalled = [], 0
+    for text in texts:
+        if " owns " in text:
+            continue
+        prefix = text[:text.rindex(" ")]  # the answer's tokens (from the space before it) follow the prefix's, up to "."
+        ids = [tokenizer.eos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+        first = 1 + len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+        last = len(ids) - 1  # the final "." token
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        token_losses = [-log_probs[i - 1, ids[i]].item() for i in range(first, last)]
+        losses.extend(token_losses)
+        recalled += all(log_probs[i - 1].argmax().item() == ids[i] for i in range(first, last))
+    assert result["num_answers"] == 4
+    assert result["answer_tokens"] == len(losses)
+    assert math.isclose(result["answer_loss"], sum(losses) / 4, rel_tol=1e-5)  # nats per answer
+    assert result["answer_accuracy"] == recalled / 4
+
+
 # ---------------------------------------------------------------------------------------------- train_decoder_asr
 
 

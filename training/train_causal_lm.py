@@ -228,6 +228,50 @@ def evaluate_perplexity(model, dataset: PackedBlocks, batch_size: int) -> dict:
     return result
 
 
+@torch.no_grad()
+def evaluate_fact_recall(model, tokenizer, texts: list[str], batch_size: int, max_texts: int = 2000) -> dict:
+    """How much of the facts corpus' knowledge the model holds, on the fact statements among `texts` (at most
+    `max_texts`) whose answer follows its entity (the home in "the X lives near the HOME.", the adjective in "the X is
+    ADJ."; `mamba_zoo.corpora.vocabulary.fact_answer_span`):
+    - `answer_loss`: next-token cross-entropy summed over the answer's tokens, in nats per answer (about ln 30 = 3.4
+      for a home the model does not know, 0 for one it recalls with certainty);
+    - `answer_accuracy`: the fraction of answers whose every token is the model's arg-max (teacher-forced).
+    The answer's tokens run from the space before it to the final "." (byte-level BPE may give that space its own token,
+    whose choice already says something about the answer). Each statement follows an eos token, as in the packed
+    blocks."""
+    from mamba_zoo.corpora.vocabulary import fact_answer_span
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    was_training = base.training
+    base.eval()
+    items = [(text, span) for text in texts[:max_texts] if (span := fact_answer_span(text)) is not None]
+    total_loss, total_tokens, correct = 0.0, 0, 0
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        encoded = tokenizer([text for text, _ in batch], add_special_tokens=False, return_offsets_mapping=True)
+        length = 1 + max(len(ids) for ids in encoded["input_ids"])
+        ids = torch.full((len(batch), length), tokenizer.pad_token_id, dtype=torch.long)
+        answer = torch.zeros((len(batch), length), dtype=torch.bool)
+        for row, ((_, (begin, end)), token_ids, offsets) in enumerate(
+                zip(batch, encoded["input_ids"], encoded["offset_mapping"])):
+            ids[row, 0] = tokenizer.eos_token_id
+            ids[row, 1:1 + len(token_ids)] = torch.tensor(token_ids)
+            for position, (_, token_end) in enumerate(offsets):  # by its last character: the space before, or the answer
+                answer[row, 1 + position] = begin - 1 <= token_end - 1 < end
+        logits = base(ids.to(base.device), use_cache=False, output_router_logits=False).logits[:, :-1].float().cpu()
+        targets, mask = ids[:, 1:], answer[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        total_loss += nll[mask].sum().item()
+        total_tokens += int(mask.sum())
+        hit = (logits.argmax(-1) == targets) | ~mask
+        correct += int(hit.all(dim=1).sum())
+    base.train(was_training)
+    if not items:
+        return {"num_answers": 0}
+    return {"num_answers": len(items), "answer_loss": total_loss / len(items), "answer_tokens": total_tokens,
+            "answer_accuracy": correct / len(items)}
+
+
 def time_budget_callback(max_minutes: float):
     from transformers import TrainerCallback
 
@@ -388,6 +432,8 @@ def main(argv=None):
     result = trainer.train()
     train_seconds = time.time() - start
     after = evaluate_perplexity(model, valid_set, eval_batch_size)
+    if data_args.corpus_kind == "facts":
+        after["facts"] = evaluate_fact_recall(model, tokenizer, texts["validation"], eval_batch_size)
 
     global_batch = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                     * training_args.world_size)

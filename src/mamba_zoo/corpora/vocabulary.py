@@ -15,6 +15,7 @@ __all__ = [
     "SPEECH_COMMANDS_AUXILIARY",
     "UNKNOWN_WORDS",
     "digit_string",
+    "fact_answer_span",
     "fact_book",
     "make_fact",
     "make_sentence",
@@ -131,6 +132,16 @@ def make_fact(rng: np.random.Generator, book: tuple[tuple[str, dict], ...]) -> s
     entity, facts = book[rng.integers(len(book))]
     template = _FACT_TEMPLATES[rng.integers(len(_FACT_TEMPLATES))]
     return template.format(entity=entity, **facts)
+
+
+def fact_answer_span(text: str) -> tuple[int, int] | None:
+    """Character span ``(start, end)`` of the memorised answer in a :func:`make_fact` statement: the home of
+    ``"the X lives near the HOME."`` or the adjective of ``"the X is ADJ."``. ``None`` for ``"OWNER owns the X."``,
+    whose fact (the owner) comes before the entity it belongs to, so it cannot be recalled."""
+    if not text.endswith(".") or " owns the " in text:
+        return None
+    start = text.rindex(" ") + 1
+    return start, len(text) - 1
 
 
 def digit_string(rng: np.random.Generator, min_digits: int = 1, max_digits: int = 7) -> str:
