@@ -135,7 +135,7 @@ def test_fact_recall_scores_answer_tokens_only(kind):
     for text in texts:
         if " owns " in text:
             continue
-        prefix = text[:text.rindex(" ")]  # the answer's tokens (from the space before it) follow the prefix's, up to "."
+        prefix = text[:text.rindex(" ")]  # the answer's tokens (from the space before it) follow the prefix's, to "."
         ids = [tokenizer.eos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
         first = 1 + len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
         last = len(ids) - 1  # the final "." token
