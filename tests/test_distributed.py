@@ -227,3 +227,18 @@ def test_cpu_scan_kernels_leave_parameter_storage_resizable():
         except RuntimeError:
             frozen.append(name)
     assert not frozen, f"parameters with non-resizable storage after the numba scan: {frozen}"
+
+
+def test_user_training_script_under_torchrun_finishes_cleanly(tmp_path):
+    """The documented `torchrun --nproc_per_node 2 training/train_causal_lm.py ...` on CPU: both processes train,
+    rank 0 writes metrics and the checkpoint, and the launcher sees exit code 0 (the script ends with
+    `end_distributed_run()`, which leaves without gloo's occasional exit-time abort)."""
+    script = Path(__file__).resolve().parents[1] / "training" / "train_causal_lm.py"
+    out = tmp_path / "lm"
+    args = ["--output_dir", str(out), "--hidden_size", "32", "--num_layers", "2", "--ffn_hidden_size", "32",
+            "--num_experts", "2", "--num_sentences", "300", "--vocab_size", "300", "--block_size", "32",
+            "--max_steps", "3", "--per_device_train_batch_size", "2", "--use_cpu", "--logging_steps", "1"]
+    _run(_torchrun_command(2, script, args), "torchrun training/train_causal_lm.py")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["train_tokens_seen"] == 3 * 2 * 2 * 32  # global batch = 2 processes x 2
+    assert (out / "model.safetensors").is_file()

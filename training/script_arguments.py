@@ -64,3 +64,26 @@ def parse_script_args(
     if after_parse is not None:
         after_parse(parsed, passed)
     return tuple(parsed)
+
+
+def end_distributed_run() -> None:
+    """Call last in a training script's `__main__` block, after every output is written.
+
+    Single process: does nothing. Under a launcher (`torchrun`, `accelerate launch`) on gloo (CPU): waits for every
+    process, destroys the process group, flushes and leaves with `os._exit(0)`. gloo's worker threads occasionally
+    abort Python's finalisation ("terminate called without an active exception", SIGABRT), which would turn a finished
+    run into a failed one for the launcher (see docs/distributed.md). Other backends only destroy the process group.
+    """
+    import os
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    on_gloo = dist.get_backend() == "gloo"
+    dist.barrier()
+    dist.destroy_process_group()
+    if on_gloo:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

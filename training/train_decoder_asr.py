@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mamba_zoo  # noqa: E402,F401  (registers the Auto* classes and the ASR pipeline)
 from mamba_zoo import MambaASRConfig, MambaASRProcessor, MambaDecoderOnlyASR  # noqa: E402
-from script_arguments import parse_script_args  # noqa: E402
+from script_arguments import end_distributed_run, parse_script_args  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -348,3 +348,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    end_distributed_run()  # under torchrun on CPU: leave without gloo's exit-time abort
