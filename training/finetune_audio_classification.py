@@ -446,3 +446,6 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    from script_arguments import end_distributed_run  # this script's directory is on sys.path
+
+    end_distributed_run()  # under torchrun on CPU: leave without gloo's exit-time abort
