@@ -14,6 +14,11 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from mamba_zoo import BlackMambaConfig, BlackMambaForCausalLM
 
+# the training scripts' own ending (on gloo: leave with os._exit, past gloo's occasional exit-time abort); the FSDP test
+# scripts import it from here too
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "training"))
+from script_arguments import end_distributed_run  # noqa: E402
+
 
 class TokenDataset(Dataset):
     def __init__(self, size=32, length=24, vocab=61, seed=0):
@@ -25,21 +30,6 @@ class TokenDataset(Dataset):
 
     def __getitem__(self, i):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
-
-
-def exit_without_finalisation() -> None:
-    """End a launched test process once its results are written: destroy the process group, flush, and leave with
-    `os._exit(0)`, skipping the interpreter's finalisation. There, gloo's worker threads occasionally abort the process
-    ("terminate called without an active exception", SIGABRT; seen in CI for the Trainer DDP run and the FSDP2 loop,
-    after every result was saved), which would fail a test for a teardown problem outside the code under test."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 class SequentialTrainer(Trainer):
@@ -72,4 +62,4 @@ def main():
 
 if __name__ == "__main__":
     main()
-    exit_without_finalisation()
+    end_distributed_run()

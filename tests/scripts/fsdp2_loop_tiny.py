@@ -17,7 +17,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from ddp_train_tiny import TokenDataset, build_model, exit_without_finalisation
+from ddp_train_tiny import TokenDataset, build_model, end_distributed_run
 from mamba_zoo.mamba_layers import MambaBlock
 
 
@@ -78,7 +78,7 @@ def main():
         }
         with open(os.path.join(output_dir, "fsdp2.json"), "w") as f:
             json.dump(info, f)
-    exit_without_finalisation()
+    end_distributed_run()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import accelerate
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-from ddp_train_tiny import SequentialTrainer, TokenDataset, build_model, exit_without_finalisation
+from ddp_train_tiny import SequentialTrainer, TokenDataset, build_model, end_distributed_run
 from mamba_zoo.mamba_layers import MambaBlock
 
 
@@ -67,4 +67,4 @@ def main():
 
 if __name__ == "__main__":
     main()
-    exit_without_finalisation()
+    end_distributed_run()
