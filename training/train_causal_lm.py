@@ -51,6 +51,7 @@ import json
 import math
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -161,9 +162,9 @@ def count_parameters(model: BlackMambaForCausalLM) -> dict[str, int]:
     return {"total": total, "active": total - inactive, "trainable": trainable}
 
 
-def freeze_routers(model: BlackMambaForCausalLM) -> int:
+def freeze_routers(model: BlackMambaForCausalLM) -> None:
     """Stop training every MoE router (`requires_grad=False`), so each token keeps the expert a fixed random
-    projection of its hidden state picks, as in hash-layer routing. Returns the number of frozen parameters.
+    projection of its hidden state picks, as in hash-layer routing.
 
     Why: a learned top-1 router keeps re-assigning tokens while the learning rate is high (in a 1500-step CPU run,
     21-77% of the tokens changed expert between checks 100 steps apart up to step 600), so what an expert has stored
@@ -174,7 +175,6 @@ def freeze_routers(model: BlackMambaForCausalLM) -> int:
         raise ValueError("--freeze_router needs MoE layers: use --arch moe (this model has no router).")
     for parameter in frozen:
         parameter.requires_grad_(False)
-    return sum(p.numel() for p in frozen)
 
 
 def build_config(args, vocab_size: int) -> BlackMambaConfig:
@@ -206,24 +206,34 @@ def build_config(args, vocab_size: int) -> BlackMambaConfig:
 # ---------------------------------------------------------------------------------------------------------- metrics
 
 
-@torch.no_grad()
-def evaluate_perplexity(model, dataset: PackedBlocks, batch_size: int) -> dict:
-    """Token-weighted next-token cross-entropy over `dataset` (no auxiliary loss) and the expert load it caused."""
+@contextmanager
+def evaluating(model):
+    """`with evaluating(model) as base:` the model itself (its PEFT base model for a LoRA model) in eval mode, put back
+    in the train/eval mode it had when the block ends."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     was_training = base.training
     base.eval()
+    try:
+        yield base
+    finally:
+        base.train(was_training)
+
+
+@torch.no_grad()
+def evaluate_perplexity(model, dataset: PackedBlocks, batch_size: int) -> dict:
+    """Token-weighted next-token cross-entropy over `dataset` (no auxiliary loss) and the expert load it caused."""
     total_loss, total_tokens, load = 0.0, 0, None
-    for start in range(0, len(dataset), batch_size):
-        ids = dataset.blocks[start:start + batch_size].to(base.device)
-        logits = base(ids, use_cache=False, output_router_logits=False).logits
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
-        )
-        total_loss += loss.item()
-        total_tokens += ids[:, 1:].numel()
-        batch_load = base.expert_load()
-        load = batch_load if load is None else load + batch_load
-    base.train(was_training)
+    with evaluating(model) as base:
+        for start in range(0, len(dataset), batch_size):
+            ids = dataset.blocks[start:start + batch_size].to(base.device)
+            logits = base(ids, use_cache=False, output_router_logits=False).logits
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+            )
+            total_loss += loss.item()
+            total_tokens += ids[:, 1:].numel()
+            batch_load = base.expert_load()
+            load = batch_load if load is None else load + batch_load
     mean = total_loss / total_tokens
     result = {"loss": mean, "perplexity": math.exp(mean)}
     if load is not None and load.numel():
@@ -246,31 +256,30 @@ def evaluate_fact_recall(model, tokenizer, texts: list[str], batch_size: int, ma
     blocks."""
     from mamba_zoo.corpora.vocabulary import fact_answer_span
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    was_training = base.training
-    base.eval()
     items = [(text, span) for text in texts[:max_texts] if (span := fact_answer_span(text)) is not None]
     total_loss, total_tokens, correct = 0.0, 0, 0
-    for start in range(0, len(items), batch_size):
-        batch = items[start:start + batch_size]
-        encoded = tokenizer([text for text, _ in batch], add_special_tokens=False, return_offsets_mapping=True)
-        length = 1 + max(len(ids) for ids in encoded["input_ids"])
-        ids = torch.full((len(batch), length), tokenizer.pad_token_id, dtype=torch.long)
-        answer = torch.zeros((len(batch), length), dtype=torch.bool)
-        for row, ((_, (begin, end)), token_ids, offsets) in enumerate(
-                zip(batch, encoded["input_ids"], encoded["offset_mapping"])):
-            ids[row, 0] = tokenizer.eos_token_id
-            ids[row, 1:1 + len(token_ids)] = torch.tensor(token_ids)
-            for position, (_, token_end) in enumerate(offsets):  # by its last character: the space before or the answer
-                answer[row, 1 + position] = begin - 1 <= token_end - 1 < end
-        logits = base(ids.to(base.device), use_cache=False, output_router_logits=False).logits[:, :-1].float().cpu()
-        targets, mask = ids[:, 1:], answer[:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-        total_loss += nll[mask].sum().item()
-        total_tokens += int(mask.sum())
-        hit = (logits.argmax(-1) == targets) | ~mask
-        correct += int(hit.all(dim=1).sum())
-    base.train(was_training)
+    with evaluating(model) as base:
+        for start in range(0, len(items), batch_size):
+            batch = items[start:start + batch_size]
+            encoded = tokenizer([text for text, _ in batch], add_special_tokens=False, return_offsets_mapping=True)
+            length = 1 + max(len(ids) for ids in encoded["input_ids"])
+            ids = torch.full((len(batch), length), tokenizer.pad_token_id, dtype=torch.long)
+            answer = torch.zeros((len(batch), length), dtype=torch.bool)
+            for row, ((_, (begin, end)), token_ids, offsets) in enumerate(
+                    zip(batch, encoded["input_ids"], encoded["offset_mapping"])):
+                ids[row, 0] = tokenizer.eos_token_id
+                ids[row, 1:1 + len(token_ids)] = torch.tensor(token_ids)
+                # a token is the answer's by its last character: the space before the answer, or the answer
+                for position, (_, token_end) in enumerate(offsets):
+                    answer[row, 1 + position] = begin - 1 <= token_end - 1 < end
+            logits = base(ids.to(base.device), use_cache=False, output_router_logits=False).logits
+            logits = logits[:, :-1].float().cpu()
+            targets, mask = ids[:, 1:], answer[:, 1:]
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+            total_loss += nll[mask].sum().item()
+            total_tokens += int(mask.sum())
+            hit = (logits.argmax(-1) == targets) | ~mask
+            correct += int(hit.all(dim=1).sum())
     if not items:
         return {"num_answers": 0}
     return {"num_answers": len(items), "answer_loss": total_loss / len(items), "answer_tokens": total_tokens,
@@ -312,11 +321,8 @@ class RoutingChurn:
 
     @torch.no_grad()
     def assignments(self, model) -> list[torch.Tensor]:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        was_training = base.training
-        base.eval()
-        logits = base(self.blocks.to(base.device), use_cache=False, output_router_logits=True).router_logits
-        base.train(was_training)
+        with evaluating(model) as base:
+            logits = base(self.blocks.to(base.device), use_cache=False, output_router_logits=True).router_logits
         return [layer_logits.argmax(-1).cpu() for layer_logits in (logits or ())]
 
     def check(self, model, step: int):
