@@ -53,7 +53,7 @@ def test_config_old_backend_field_name_still_loads(tmp_path):
     key load into the new field, and the old key is not written again."""
     BlackMambaConfig(num_hidden_layers=2).save_pretrained(tmp_path)
     data = json.loads((tmp_path / "config.json").read_text())
-    data["scan_backend"] = data.pop("kernel_backend")
+    data.pop("kernel_backend")
     data["scan_backend"] = "reference"
     (tmp_path / "config.json").write_text(json.dumps(data))
     config = BlackMambaConfig.from_pretrained(tmp_path)
