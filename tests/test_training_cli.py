@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+import compare_moe_dense  # noqa: E402
 import train_causal_lm as causal_lm  # noqa: E402
 import train_ctc as ctc  # noqa: E402
 import train_decoder_asr as decoder_asr  # noqa: E402
@@ -148,6 +149,86 @@ def test_fact_recall_scores_answer_tokens_only(kind):
     assert result["answer_tokens"] == len(losses)
     assert math.isclose(result["answer_loss"], sum(losses) / 4, rel_tol=1e-5)  # nats per answer
     assert result["answer_accuracy"] == recalled / 4
+
+
+# ---------------------------------------------------------------------------------------------- compare_moe_dense
+
+
+def _fake_metrics(perplexity, recall=None, active=100, total=400):
+    validation = {"perplexity": perplexity}
+    if recall is not None:
+        validation["facts"] = {"answer_accuracy": recall, "answer_loss": 1 - recall}
+    return {"validation": validation, "parameters": {"active": active, "total": total}, "train_seconds": 1.0}
+
+
+def test_compare_summary_pairs_seeds_and_counts_wins():
+    results = {
+        "moe": {0: _fake_metrics(2.0, 0.5), 1: _fake_metrics(3.3, 0.4), 2: _fake_metrics(2.7, 0.6)},
+        "dense": {0: _fake_metrics(2.5, 0.3), 1: _fake_metrics(3.0, 0.5), 2: _fake_metrics(3.0, 0.2)},
+    }
+    summary = compare_moe_dense.summarise(results, "dense")
+    moe = summary["archs"]["moe"]
+    assert moe["vs_baseline_percent"] == pytest.approx([-20.0, 10.0, -10.0])
+    assert moe["mean_vs_baseline_percent"] == pytest.approx(-20 / 3)
+    assert (moe["wins"], moe["losses"]) == (2, 1)
+    assert moe["mean_perplexity"] == pytest.approx(8.0 / 3) and moe["mean_fact_recall"] == pytest.approx(0.5)
+    assert summary["archs"]["dense"]["vs_baseline_percent"] == [0.0, 0.0, 0.0]
+    table = compare_moe_dense.format_table(summary)
+    assert "| 1 | 3.300 / 40.0% | 3.000 / 50.0% | +10.0% |" in table
+    assert "moe: lower perplexity than dense in 2 of 3 seeds (higher in 1" in table
+    # unpaired seeds are refused, not silently averaged
+    results["moe"].pop(2)
+    with pytest.raises(ValueError, match="pair every seed"):
+        compare_moe_dense.summarise(results, "dense")
+
+
+def test_compare_sign_test_against_binomial_tails():
+    # 6 of 6: 2 * 0.5**6; 5 of 6: 2 * 7/64; an even split or no decided seed: 1
+    assert compare_moe_dense.sign_test_p(6, 0) == pytest.approx(2 / 64)
+    assert compare_moe_dense.sign_test_p(1, 5) == pytest.approx(14 / 64)
+    assert compare_moe_dense.sign_test_p(3, 3) == 1.0 and compare_moe_dense.sign_test_p(0, 0) == 1.0
+
+
+def test_compare_runs_the_training_script_and_reuses_finished_runs(tmp_path, capsys):
+    tiny = ["--hidden_size", "32", "--num_layers", "2", "--ffn_hidden_size", "32", "--num_experts", "2",
+            "--num_sentences", "300", "--lexicon_size", "20", "--vocab_size", "300", "--block_size", "32",
+            "--max_steps", "2", "--per_device_train_batch_size", "4", "--warmup_steps", "0", "--logging_steps", "1"]
+    out = tmp_path / "cmp"
+    summary = compare_moe_dense.main(["--seeds", "0", "--jobs", "2", "--output_dir", str(out), "--", *tiny])
+    for arch in ("moe", "dense"):
+        metrics = json.loads((out / f"{arch}-seed0" / "metrics.json").read_text())
+        assert metrics["arch"] == arch and metrics["steps"] == 2
+        assert summary["archs"][arch]["perplexity"] == [metrics["validation"]["perplexity"]]
+        assert "fact_recall" in summary["archs"][arch]  # the recipe's facts corpus
+    assert summary["archs"]["moe"]["parameters"]["total"] > summary["archs"]["dense"]["parameters"]["total"]
+    assert json.loads((out / "summary.json").read_text())["archs"]["moe"]["perplexity"] == \
+        summary["archs"]["moe"]["perplexity"]
+    assert "| 0 |" in capsys.readouterr().out
+    # --reuse keeps runs of the same command and retrains a run whose command changed
+    moe_file, dense_file = out / "moe-seed0" / "metrics.json", out / "dense-seed0" / "metrics.json"
+    moe_before, dense_before = moe_file.stat().st_mtime_ns, dense_file.stat().st_mtime_ns
+    compare_moe_dense.main(["--seeds", "0", "--archs", "moe", "--baseline", "moe", "--reuse",
+                            "--output_dir", str(out), "--", *tiny])
+    assert moe_file.stat().st_mtime_ns == moe_before
+    compare_moe_dense.main(["--seeds", "0", "--archs", "dense", "--baseline", "dense", "--reuse",
+                            "--output_dir", str(out), "--", *tiny, "--max_steps", "3"])
+    assert dense_file.stat().st_mtime_ns != dense_before
+    assert json.loads(dense_file.read_text())["steps"] == 3
+
+
+def test_compare_bad_arguments_are_clear_errors(tmp_path, capsys):
+    for argv, message in [(["--archs", "moe", "--baseline", "dense"], "is not among --archs"),
+                          (["--seeds", "1", "1"], "repeats a seed"),
+                          (["--", "--seed", "3"], "set by this script per run")]:
+        with pytest.raises(SystemExit):
+            compare_moe_dense.main(argv + ([] if "--" in argv else ["--output_dir", str(tmp_path)]))
+        assert message in capsys.readouterr().err
+
+
+def test_compare_failed_run_reports_its_log(tmp_path):
+    with pytest.raises(RuntimeError, match="failed .exit code"):
+        compare_moe_dense.main(["--seeds", "0", "--archs", "dense", "--output_dir", str(tmp_path), "--",
+                                "--hidden_size", "not-a-number"])
 
 
 # ---------------------------------------------------------------------------------------------- train_decoder_asr
