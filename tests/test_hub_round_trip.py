@@ -76,3 +76,16 @@ def test_model_cards_have_valid_hub_metadata(card):
     assert data.get("license")
     assert "mamba" in " ".join(data.get("tags", [])).lower()
     assert len(parsed.text.strip()) > 200, "the card needs usage and measured numbers, not just metadata"
+
+
+def test_remote_code_runner_reports_a_timeout_with_the_output_so_far(tmp_path):
+    code = """
+    import sys, time
+    print("STARTED", flush=True)
+    time.sleep(30)
+    """
+    with pytest.raises(AssertionError, match=r"still running after 2 s(.|\n)*STARTED"):
+        run_without_mamba_zoo(code, hf_home=str(tmp_path), timeout=2)
+    # the runner's other contract: mamba_zoo cannot be imported in that process
+    with pytest.raises(AssertionError, match="mamba_zoo is hidden"):
+        run_without_mamba_zoo("import mamba_zoo", hf_home=str(tmp_path))
