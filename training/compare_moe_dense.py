@@ -9,6 +9,7 @@ percent with any change of their trajectory); the paired multi-seed table is the
     python training/compare_moe_dense.py                              # the capacity-bound recipe below, seeds 0-5
     python training/compare_moe_dense.py --archs moe dense mamba --seeds 0 1 2
     python training/compare_moe_dense.py --seeds 0 1 -- --hidden_size 64 --ffn_hidden_size 128 --num_layers 8
+    python training/compare_moe_dense.py -- --no_sinkhorn false --router_aux_loss_coef 0   # Sinkhorn routing, as released
 
 Flags after `--` go to every `train_causal_lm.py` run and win over `RECIPE` (argparse keeps a flag's last value); the
 script sets `--arch`, `--seed`, `--threads 1` and `--output_dir OUTPUT_DIR/ARCH-seedS` itself. `--reuse` keeps a run
