@@ -76,20 +76,33 @@ if numba is not None:
     _ZERO = _f32(0.0)
     _SOFTPLUS_THRESHOLD = _f32(20.0)  # torch.nn.functional.softplus: x > 20 -> x
 
+    @intrinsic
+    def _bits_to_f32(typingctx, bits):
+        """Reinterpret an int32 as the float32 with the same bits (a register move)."""
+        sig = _nb_types.float32(_nb_types.int32)
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], _llvm_ir.FloatType())
+
+        return sig, codegen
+
+    @njit(cache=True, error_model="numpy")
+    def _expf(x):
+        """exp(x) in float32 (Cephes expf): exp(r) on the Cody-Waite reduced r, times 2**k from the exponent bits.
+        Compiled strictly (its instructions keep strict semantics when LLVM inlines it into a kernel compiled with
+        fastmath flags), branch-free and with numpy's error model, so loops over it vectorise."""
+        x = min(max(x, _EXP_LO), _EXP_HI)
+        k = np.floor(x * _LOG2E + _HALF)
+        r = x - k * _LN2_HI
+        r = r - k * _LN2_LO
+        p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+        return (p * (r * r) + r + _ONE) * _bits_to_f32((np.int32(k) + 127) << 23)
+
     @njit(cache=True)
-    def _exp_inplace(values, exponent_bits, count):
-        """values[:count] = exp(values[:count]) in float32; exponent_bits is int32 scratch."""
+    def _exp_inplace(values, count):
+        """values[:count] = exp(values[:count]) in float32."""
         for i in range(count):
-            x = min(max(values[i], _EXP_LO), _EXP_HI)
-            k = np.floor(x * _LOG2E + _HALF)
-            r = x - k * _LN2_HI
-            r = r - k * _LN2_LO
-            p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
-            values[i] = p * (r * r) + r + _ONE
-            exponent_bits[i] = (np.int32(k) + 127) << 23  # the float32 bits of 2**k
-        scale = exponent_bits.view(np.float32)
-        for i in range(count):
-            values[i] = values[i] * scale[i]
+            values[i] = _expf(values[i])
 
     # Cephes logf polynomial, for log(w) with w reduced to [sqrt(1/2), sqrt(2)).
     _SQRT2 = _f32(1.41421356237)
@@ -127,7 +140,7 @@ if numba is not None:
             values[i] = _log1p_unit(values[i])
 
     @njit(cache=True)
-    def _softplus_inplace(values, scratch, exponent_bits, grad, count, want_grad):
+    def _softplus_inplace(values, scratch, grad, count, want_grad):
         """values[:count] = softplus(values[:count]) (torch semantics: x > 20 -> x).
 
         If want_grad, grad[:count] = sigmoid(x), the derivative (1 where x > 20).
@@ -135,7 +148,7 @@ if numba is not None:
         """
         for i in range(count):
             scratch[i] = -abs(values[i])
-        _exp_inplace(scratch, exponent_bits, count)  # exp(-|x|) in (0, 1]
+        _exp_inplace(scratch, count)  # exp(-|x|) in (0, 1]
         if want_grad:
             for i in range(count):
                 x = values[i]
@@ -148,17 +161,17 @@ if numba is not None:
             values[i] = x if x > _SOFTPLUS_THRESHOLD else max(x, _ZERO) + scratch[i]
 
     @njit(cache=True)
-    def _sigmoid_inplace(values, exponent_bits, count):
+    def _sigmoid_inplace(values, count):
         """values[:count] = sigmoid(values[:count])."""
         for i in range(count):
             values[i] = -values[i]
-        _exp_inplace(values, exponent_bits, count)
+        _exp_inplace(values, count)
         for i in range(count):
             values[i] = _ONE / (_ONE + values[i])
 
     @njit(cache=True)
     def _chunk_decay(delta, b, d, t0, n_steps, bias, softplus, want_grad, A, dt_buf,
-                     dt_grad_buf, decay, exponent_bits):
+                     dt_grad_buf, decay):
         """For steps t0 .. t0 + n_steps of lane (b, d): dt_buf = softplus(delta + bias) (or
         delta + bias), dt_grad_buf = d dt / d delta (if want_grad), decay = exp(dt * A) as a
         flat (n_steps, N) buffer. ``decay`` doubles as scratch space for the softplus."""
@@ -166,7 +179,7 @@ if numba is not None:
         for k in range(n_steps):
             dt_buf[k] = delta[b, d, t0 + k] + bias
         if softplus:
-            _softplus_inplace(dt_buf, decay, exponent_bits, dt_grad_buf, n_steps, want_grad)
+            _softplus_inplace(dt_buf, decay, dt_grad_buf, n_steps, want_grad)
         elif want_grad:
             for k in range(n_steps):
                 dt_grad_buf[k] = _ONE
@@ -174,7 +187,7 @@ if numba is not None:
             dt = dt_buf[k]
             for n in range(N):
                 decay[k * N + n] = dt * A[d, n]
-        _exp_inplace(decay, exponent_bits, n_steps * N)
+        _exp_inplace(decay, n_steps * N)
 
     # The kernels below are compiled with reassociation and FMA contraction (and nothing else:
     # no nnan/ninf/approximate functions), which lets LLVM vectorise their length-N reductions
@@ -207,18 +220,17 @@ if numba is not None:
             dt_grad_buf = np.empty(chunk, dtype=np.float32)
             gate = np.empty(chunk, dtype=np.float32)
             decay = np.empty(chunk * N, dtype=np.float32)
-            exponent_bits = np.empty(chunk * N, dtype=np.int32)
             for c in range(n_chunks):
                 t0 = c * chunk
                 n_steps = min(chunk, L - t0)
                 for n in range(N):
                     checkpoints[b, d, c, n] = h[n]
                 _chunk_decay(delta, b, d, t0, n_steps, bias, softplus, False, A, dt_buf,
-                             dt_grad_buf, decay, exponent_bits)
+                             dt_grad_buf, decay)
                 if has_z:
                     for k in range(n_steps):
                         gate[k] = z[b, d, t0 + k]
-                    _sigmoid_inplace(gate, exponent_bits, n_steps)
+                    _sigmoid_inplace(gate, n_steps)
                 for k in range(n_steps):
                     t = t0 + k
                     x = u[b, d, t]
@@ -270,7 +282,6 @@ if numba is not None:
             dt_grad_buf = np.empty(chunk, dtype=np.float32)
             gate = np.empty(chunk, dtype=np.float32)
             decay = np.empty(chunk * N, dtype=np.float32)
-            exponent_bits = np.empty(chunk * N, dtype=np.int32)
             adjoint = np.empty(N, dtype=np.float32)
             dA_acc = np.empty(N, dtype=np.float32)
             for d in range(first, last):
@@ -285,11 +296,11 @@ if numba is not None:
                     t0 = c * chunk
                     n_steps = min(chunk, L - t0)
                     _chunk_decay(delta, b, d, t0, n_steps, bias, softplus, True, A, dt_buf,
-                                 dt_grad_buf, decay, exponent_bits)
+                                 dt_grad_buf, decay)
                     if has_z:
                         for k in range(n_steps):
                             gate[k] = z[b, d, t0 + k]
-                        _sigmoid_inplace(gate, exponent_bits, n_steps)  # sigmoid(z)
+                        _sigmoid_inplace(gate, n_steps)  # sigmoid(z)
                     # Recompute the chunk's states: states[k + 1] = h after step t0 + k.
                     for n in range(N):
                         h[n] = checkpoints[b, d, c, n]
@@ -347,30 +358,10 @@ if numba is not None:
                 dbias_lane[b, d] = dbias_acc
 
 
-    @intrinsic
-    def _bits_to_f32(typingctx, bits):
-        """Reinterpret an int32 as the float32 with the same bits (a register move)."""
-        sig = _nb_types.float32(_nb_types.int32)
-
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], _llvm_ir.FloatType())
-
-        return sig, codegen
-
-    # Scalar forms of the helpers above, for loops that fuse them with other work. Compiled
+    # Scalar forms of the helpers above (with _expf), for loops that fuse them with other work. Compiled
     # strictly (their instructions keep strict semantics when LLVM inlines them into a kernel
     # compiled with fastmath flags), branch-free and with numpy's error model (a float division
     # by zero gives inf instead of a ZeroDivisionError check, which would stop vectorisation).
-    @njit(cache=True, error_model="numpy")
-    def _expf(x):
-        """exp(x) in float32 (Cephes expf, as :func:`_exp_inplace`)."""
-        x = min(max(x, _EXP_LO), _EXP_HI)
-        k = np.floor(x * _LOG2E + _HALF)
-        r = x - k * _LN2_HI
-        r = r - k * _LN2_LO
-        p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
-        return (p * (r * r) + r + _ONE) * _bits_to_f32((np.int32(k) + 127) << 23)
-
     # 2**f = exp(f ln 2) on [-1/2, 1/2]: Taylor terms (ln 2)**i / i!, truncation error < 1.2e-7.
     _E2_0 = _f32(1.0)
     _E2_1 = _f32(0.6931471805599453)
@@ -604,7 +595,6 @@ if numba is not None:
         steps = np.empty(block, dtype=np.float32)
         gate = np.empty(block, dtype=np.float32)
         scratch = np.empty(block * N, dtype=np.float32)  # softplus scratch, then the decays
-        exponent_bits = np.empty(block * N, dtype=np.int32)
         # Lanes are walked in (b, h, p) order with counters: integer division per lane would
         # cost more than the arithmetic.
         for start in range(0, lanes, block):
@@ -626,9 +616,9 @@ if numba is not None:
                         h = 0
                         b += 1
             if softplus:
-                _softplus_inplace(steps, scratch, exponent_bits, gate, count, False)
+                _softplus_inplace(steps, scratch, gate, count, False)
             if has_z:
-                _sigmoid_inplace(gate, exponent_bits, count)
+                _sigmoid_inplace(gate, count)
 
             b, h, p = b0, h0, p0
             for i in range(count):
@@ -640,7 +630,7 @@ if numba is not None:
                     h += 1
                     if h == heads:
                         h = 0
-            _exp_inplace(scratch, exponent_bits, count * N)
+            _exp_inplace(scratch, count * N)
 
             b, h, p = b0, h0, p0
             g = h // heads_per_group
