@@ -24,6 +24,7 @@ def test_causal_lm_no_flags_gives_script_defaults():
     assert (model_args.arch, model_args.hidden_size, model_args.num_layers, model_args.state_size,
             model_args.ffn_hidden_size, model_args.num_experts, model_args.lora, model_args.no_sinkhorn) == (
         "moe", 128, 8, 16, 256, 8, False, False)
+    assert (model_args.routing, model_args.router_aux_loss_coef) == ("argmax", 0.01)
     assert (data_args.tokenizer, data_args.vocab_size, data_args.num_sentences, data_args.block_size) == (
         "bpe", 512, 20000, 128)
     assert run_args.threads is None and run_args.max_minutes is None
@@ -54,6 +55,21 @@ def test_causal_lm_explicit_flags_win(tmp_path):
     model_args, _, _, ta = causal_lm.parse_args([str(config)])
     assert (ta.learning_rate, ta.max_steps, model_args.arch, ta.per_device_train_batch_size) == (3e-4, 11, "dense", 2)
     assert (ta.output_dir, ta.warmup_steps, ta.per_device_eval_batch_size) == ("outputs/blackmamba-text", 50, 32)
+
+
+def test_causal_lm_routing_flags_set_the_config():
+    def config(*flags):
+        model_args, *_ = causal_lm.parse_args(list(flags))
+        return causal_lm.build_config(model_args, vocab_size=40)
+
+    default = config()
+    assert default.sinkhorn_in_training is False and default.router_aux_loss_coef == 0.01
+    assert default.output_router_logits is True  # the aux loss needs the router logits
+    released = config("--routing", "sinkhorn", "--router_aux_loss_coef", "0")
+    assert released.sinkhorn_in_training is True and released.output_router_logits is False
+    assert config("--no_sinkhorn").sinkhorn_in_training is False  # the old flag still parses
+    with pytest.raises(ValueError, match="contradict"):
+        config("--no_sinkhorn", "--routing", "sinkhorn")
 
 
 def test_causal_lm_tiny_run_writes_output_dir(tmp_path):

@@ -9,7 +9,7 @@ percent with any change of their trajectory); the paired multi-seed table is the
     python training/compare_moe_dense.py                              # the capacity-bound recipe below, seeds 0-5
     python training/compare_moe_dense.py --archs moe dense mamba --seeds 0 1 2
     python training/compare_moe_dense.py --seeds 0 1 -- --hidden_size 64 --ffn_hidden_size 128 --num_layers 8
-    python training/compare_moe_dense.py -- --no_sinkhorn false --router_aux_loss_coef 0   # Sinkhorn routing, as released
+    python training/compare_moe_dense.py -- --routing sinkhorn --router_aux_loss_coef 0     # Sinkhorn routing, as released
 
 Flags after `--` go to every `train_causal_lm.py` run and win over `RECIPE` (argparse keeps a flag's last value); the
 script sets `--arch`, `--seed`, `--threads 1` and `--output_dir OUTPUT_DIR/ARCH-seedS` itself. `--reuse` keeps a run
@@ -37,7 +37,7 @@ RECIPE = [
     "--tokenizer", "bpe", "--corpus_kind", "facts", "--num_sentences", "60000", "--lexicon_size", "2000",
     "--hidden_size", "32", "--ffn_hidden_size", "64", "--num_layers", "4", "--num_experts", "8",
     "--per_device_train_batch_size", "16", "--max_steps", "3000", "--warmup_steps", "100", "--learning_rate", "3e-3",
-    "--no_sinkhorn", "--router_aux_loss_coef", "0.01", "--logging_steps", "200",
+    "--routing", "argmax", "--router_aux_loss_coef", "0.01", "--logging_steps", "200",
 ]
 
 
