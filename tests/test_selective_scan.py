@@ -2,6 +2,7 @@
 against finite differences, single-step decoding against the full scan, dtypes and input errors."""
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -382,6 +383,52 @@ def test_auto_falls_back_to_reference_and_logs_once(monkeypatch, caplog):
     assert relative_error(out, ss.selective_scan_reference(**inputs)) == 0.0
     with pytest.raises(RuntimeError, match="pip install numba"):
         resolve_backend(inputs["u"], backend="cpu")
+
+
+_COMPILE_HISTORY_SCRIPT = """
+import hashlib, sys
+import numpy as np, torch
+from mamba_zoo import cpu_scan_kernels as k
+
+if sys.argv[1] == "helper-first":
+    k._expf(np.float32(0.5))  # an earlier process compiles one helper on its own, then exits
+    sys.exit(0)
+torch.set_num_threads(1)
+gen = torch.Generator().manual_seed(0)
+batch, dim, n_state, length = 4, 16, 16, 96
+args = [torch.randn(batch, dim, length, generator=gen), torch.randn(batch, dim, length, generator=gen),
+        -(torch.rand(dim, n_state, generator=gen) * 3 + 0.1), torch.randn(batch, n_state, length, generator=gen),
+        torch.randn(batch, n_state, length, generator=gen), torch.randn(dim, generator=gen),
+        torch.randn(batch, dim, length, generator=gen), torch.randn(dim, generator=gen)]
+out = k.selective_scan_cpu(*args, delta_softplus=True)
+print("HASH", hashlib.sha256(out.numpy().tobytes()).hexdigest())
+"""
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_bits_do_not_depend_on_what_was_compiled_before(tmp_path):
+    """The fused kernels give the same bits whatever earlier processes compiled into the numba cache. Before the helpers
+    were left out of the disk cache, a kernel compiled against a cached helper (here `_expf`, compiled alone by an
+    earlier process) differed in the last bits from one compiled with every helper fresh, and long training runs
+    diverged with the cache's history."""
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+
+    def run(cache_dir, mode):
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), PYTHONPATH=src)
+        result = subprocess.run([sys.executable, "-c", _COMPILE_HISTORY_SCRIPT, mode], env=env, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return [line for line in result.stdout.splitlines() if line.startswith("HASH")]
+
+    fresh = run(tmp_path / "fresh", "scan")
+    assert len(fresh) == 1
+    assert run(tmp_path / "fresh", "scan") == fresh  # loaded from the cache it filled
+    assert run(tmp_path / "helper", "helper-first") == []
+    assert run(tmp_path / "helper", "scan") == fresh
 
 
 @pytest.mark.cuda

@@ -17,7 +17,11 @@ projection included), and an optional per-row time permutation, so a reversed br
 flipping copies. ``MambaMixer`` runs its whole no-grad forward on them.
 
 numba is optional: this module imports without it and :func:`is_available` says whether the
-kernels can run. Kernels are compiled on first use and cached on disk (``cache=True``).
+kernels can run. Kernels are compiled on first use and cached on disk (``cache=True``). The helpers they call
+(``_expf``, ``_chunk_decay``, ...) are not cached themselves: a kernel compiled against a helper loaded from the disk
+cache gets different machine code (different last bits) from one compiled against the same helper compiled in
+memory, so results would depend on what earlier processes happened to compile first. Uncached, a helper is always
+compiled in memory, and a kernel's code is the same whatever ran before; a cached kernel carries its helpers' code.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ if numba is not None:
 
         return sig, codegen
 
-    @njit(cache=True, error_model="numpy")
+    @njit(error_model="numpy")
     def _expf(x):
         """exp(x) in float32 (Cephes expf): exp(r) on the Cody-Waite reduced r, times 2**k from the exponent bits.
         Compiled strictly (its instructions keep strict semantics when LLVM inlines it into a kernel compiled with
@@ -98,7 +102,7 @@ if numba is not None:
         p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
         return (p * (r * r) + r + _ONE) * _bits_to_f32((np.int32(k) + 127) << 23)
 
-    @njit(cache=True)
+    @njit
     def _exp_inplace(values, count):
         """values[:count] = exp(values[:count]) in float32."""
         for i in range(count):
@@ -116,7 +120,7 @@ if numba is not None:
     _L7 = _f32(-2.4999993993e-1)
     _L8 = _f32(3.3333331174e-1)
 
-    @njit(cache=True, error_model="numpy")
+    @njit(error_model="numpy")
     def _log1p_unit(e):
         """log1p(e) for e in [0, 1] in float32 (branch-free, so loops over it vectorise)."""
         w = _ONE + e
@@ -133,13 +137,13 @@ if numba is not None:
         denom = w - _ONE
         return e if denom == _ZERO else log_w * (e / denom)
 
-    @njit(cache=True)
+    @njit
     def _log1p_unit_inplace(values, count):
         """values[:count] = log1p(values[:count]) for values in [0, 1] (float32, vectorisable)."""
         for i in range(count):
             values[i] = _log1p_unit(values[i])
 
-    @njit(cache=True)
+    @njit
     def _softplus_inplace(values, scratch, grad, count, want_grad):
         """values[:count] = softplus(values[:count]) (torch semantics: x > 20 -> x).
 
@@ -160,7 +164,7 @@ if numba is not None:
             x = values[i]
             values[i] = x if x > _SOFTPLUS_THRESHOLD else max(x, _ZERO) + scratch[i]
 
-    @njit(cache=True)
+    @njit
     def _sigmoid_inplace(values, count):
         """values[:count] = sigmoid(values[:count])."""
         for i in range(count):
@@ -169,7 +173,7 @@ if numba is not None:
         for i in range(count):
             values[i] = _ONE / (_ONE + values[i])
 
-    @njit(cache=True)
+    @njit
     def _chunk_decay(delta, b, d, t0, n_steps, bias, softplus, want_grad, A, dt_buf,
                      dt_grad_buf, decay):
         """For steps t0 .. t0 + n_steps of lane (b, d): dt_buf = softplus(delta + bias) (or
@@ -373,7 +377,7 @@ if numba is not None:
     _EXP2_LO = _f32(-126.0)
     _EXP2_HI = _f32(127.0)
 
-    @njit(cache=True, error_model="numpy")
+    @njit(error_model="numpy")
     def _exp2f(v):
         """2**v in float32: 2**round(v) from the exponent bits times a degree-6 polynomial in the rest.
         Cheaper than :func:`_expf` (no Cody-Waite reduction); exp(x) = _exp2f(x * log2(e)), where the extra
@@ -384,13 +388,13 @@ if numba is not None:
         p = (((((_E2_6 * f + _E2_5) * f + _E2_4) * f + _E2_3) * f + _E2_2) * f + _E2_1) * f + _E2_0
         return p * _bits_to_f32((np.int32(k) + 127) << 23)
 
-    @njit(cache=True, error_model="numpy")
+    @njit(error_model="numpy")
     def _softplus1(x):
         """softplus(x), torch semantics (x > 20 -> x)."""
         sp = max(x, _ZERO) + _log1p_unit(_expf(-abs(x)))
         return x if x > _SOFTPLUS_THRESHOLD else sp
 
-    @njit(cache=True, error_model="numpy")
+    @njit(error_model="numpy")
     def _silu1(x):
         """x * sigmoid(x)."""
         return x / (_ONE + _expf(-x))
