@@ -69,7 +69,8 @@ def test_causal_lm_routing_flags_set_the_config():
     assert released.sinkhorn_in_training is True and released.output_router_logits is False
     assert config("--no_sinkhorn").sinkhorn_in_training is False  # the old flag still parses
     with pytest.raises(ValueError, match="contradict"):
-        config("--no_sinkhorn", "--routing", "sinkhorn")
+        # refused when parsed, so also with --init_from (which never calls build_config)
+        causal_lm.parse_args(["--no_sinkhorn", "--routing", "sinkhorn"])
 
 
 def test_causal_lm_tiny_run_writes_output_dir(tmp_path):

@@ -9,7 +9,7 @@ percent with any change of their trajectory); the paired multi-seed table is the
     python training/compare_moe_dense.py                              # the capacity-bound recipe below, seeds 0-5
     python training/compare_moe_dense.py --archs moe dense mamba --seeds 0 1 2
     python training/compare_moe_dense.py --seeds 0 1 -- --hidden_size 64 --ffn_hidden_size 128 --num_layers 8
-    python training/compare_moe_dense.py -- --routing sinkhorn --router_aux_loss_coef 0     # Sinkhorn routing, as released
+    python training/compare_moe_dense.py -- --routing sinkhorn --router_aux_loss_coef 0   # Sinkhorn, as released
 
 Flags after `--` go to every `train_causal_lm.py` run and win over `RECIPE` (argparse keeps a flag's last value); the
 script sets `--arch`, `--seed`, `--threads 1` and `--output_dir OUTPUT_DIR/ARCH-seedS` itself. `--reuse` keeps a run
@@ -85,12 +85,12 @@ def summarise(results: dict[str, dict[int, dict]], baseline: str) -> dict:
     with a lower / higher perplexity than the baseline, the sign-test p-value, and the fact-recall means when the
     runs report them."""
     seeds = sorted(results[baseline])
+    base = [results[baseline][s]["validation"]["perplexity"] for s in seeds]
     summary = {"baseline": baseline, "seeds": seeds, "archs": {}}
     for arch, runs in results.items():
         if sorted(runs) != seeds:
             raise ValueError(f"{arch} has seeds {sorted(runs)}, the baseline {baseline} has {seeds}: pair every seed.")
         ppl = [runs[s]["validation"]["perplexity"] for s in seeds]
-        base = [results[baseline][s]["validation"]["perplexity"] for s in seeds]
         diff = [100 * (p / b - 1) for p, b in zip(ppl, base)]
         wins, losses = sum(d < 0 for d in diff), sum(d > 0 for d in diff)
         entry = {

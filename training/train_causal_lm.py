@@ -180,8 +180,6 @@ def freeze_routers(model: BlackMambaForCausalLM) -> None:
 
 
 def build_config(args, vocab_size: int) -> BlackMambaConfig:
-    if args.no_sinkhorn and args.routing == "sinkhorn":
-        raise ValueError("--no_sinkhorn and --routing sinkhorn contradict each other: pass one of them.")
     common = dict(
         vocab_size=vocab_size, hidden_size=args.hidden_size, state_size=args.state_size,
         ffn_hidden_size=args.ffn_hidden_size, num_experts=args.num_experts, hidden_act=args.hidden_act,
@@ -400,7 +398,14 @@ def parse_args(argv=None):
     from transformers import TrainingArguments
 
     return parse_script_args((ModelArguments, DataArguments, RunArguments, TrainingArguments), TRAINING_DEFAULTS,
-                             argv, FLAG_ALIASES, __doc__.split("\n\n")[0])
+                             argv, FLAG_ALIASES, __doc__.split("\n\n")[0], after_parse=_check_routing_flags)
+
+
+def _check_routing_flags(parsed, passed) -> None:
+    """The old `--no_sinkhorn` and `--routing sinkhorn` ask for opposite things: refuse them together."""
+    model_args = parsed[0]
+    if model_args.no_sinkhorn and model_args.routing == "sinkhorn":
+        raise ValueError("--no_sinkhorn and --routing sinkhorn contradict each other: pass one of them.")
 
 
 def main(argv=None):
