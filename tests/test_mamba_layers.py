@@ -5,17 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from mamba_zoo.mamba_layers import (
-    DropPath,
-    Mamba2Mixer,
-    MambaBlock,
-    MambaMixer,
-    MambaZooCache,
-    RMSNormGated,
-    SwitchMoE,
-    load_balancing_loss,
-    reversal_index,
-)
+from mamba_zoo import cpu_inference
+from mamba_zoo.cpu_inference import cpu_inference_applies
+from mamba_zoo.mamba_cache import MambaZooCache
+from mamba_zoo.mamba_layers import DropPath, Mamba2Mixer, MambaBlock, MambaMixer, RMSNormGated
+from mamba_zoo.moe_layers import SwitchMoE, load_balancing_loss
+from mamba_zoo.sequence_utils import reversal_index
 
 
 def rel_err(a, b):
@@ -166,15 +161,15 @@ def test_mixer_inference_path_matches_reference(bidirectional, divide_out, lengt
                   {"attention_mask": mask, "reverse_lengths": (lengths + 1) // 2}]
     for kwargs in cases:
         mixer.backend = "auto"
-        assert mixer._use_inference_kernels(x) is False  # grad enabled and parameters require grad
+        assert cpu_inference_applies(mixer, x) is False  # grad enabled and parameters require grad
         with torch.no_grad():
-            assert mixer._use_inference_kernels(x)
+            assert cpu_inference_applies(mixer, x)
             fast = mixer(x, **kwargs)
         with torch.inference_mode():
             fast_im = mixer(x, **kwargs)
         mixer.backend = "reference"
         with torch.no_grad():
-            assert not mixer._use_inference_kernels(x)
+            assert not cpu_inference_applies(mixer, x)
             ref = mixer(x, **kwargs)
         mixer.backend = "auto"
         slow = mixer(x, **kwargs)  # the autograd path on the cpu kernels
@@ -195,9 +190,9 @@ def test_mixer_inference_path_is_used_only_without_grad(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(cpu_scan_kernels, "selective_scan_inference_time_major", counting)
-    from mamba_zoo import selective_scan
+    from mamba_zoo import kernel_backends
 
-    selective_scan._cpu_kernels.cache_clear()
+    kernel_backends.cpu_kernels.cache_clear()
     try:
         mixer = MambaMixer(16, d_state=4, bidirectional=True)
         x = torch.randn(2, 9, 16)
@@ -213,7 +208,7 @@ def test_mixer_inference_path_is_used_only_without_grad(monkeypatch):
         mixer(x)  # nothing requires grad: the fused path even with grad mode on
         assert calls == [False, False]
     finally:
-        selective_scan._cpu_kernels.cache_clear()
+        kernel_backends.cpu_kernels.cache_clear()
 
 
 def _reverse_rows(x, lengths):
@@ -224,17 +219,23 @@ def _reverse_rows(x, lengths):
     return out
 
 
+@pytest.mark.parametrize("mixer_class", [MambaMixer, Mamba2Mixer])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_mixer_reverse_equals_flipped_call(bidirectional):
-    """reverse=True (Vim's odd layers) == reverse(mixer(reverse(x))) with each row reversed within its length, on
-    the autograd path (gradients included) and on the no-grad fused path, which walks time backwards instead."""
+def test_mixer_reverse_equals_flipped_call(mixer_class, bidirectional):
+    """reverse=True (Vim's odd layers, MADEON's serial prefixing) == reverse(mixer(reverse(x))) with each row reversed
+    within its length, or within `reverse_lengths` when given (later positions keep their order), on the autograd path
+    (gradients included) and on the no-grad path (for MambaMixer the fused one, which walks time backwards instead)."""
     torch.manual_seed(1)
-    mixer = MambaMixer(16, d_state=4, bidirectional=bidirectional).eval()
+    extra = {"headdim": 8, "chunk_size": 4} if mixer_class is Mamba2Mixer else {}
+    mixer = mixer_class(16, d_state=4, bidirectional=bidirectional, **extra).eval()
     _randomize(mixer, seed=8)
     x = torch.randn(3, 11, 16)
     lengths = torch.tensor([11, 7, 2])
+    prefix = torch.tensor([4, 7, 1])
     mask = (torch.arange(11)[None, :] < lengths[:, None]).long()
-    for kwargs, rows in (({}, torch.full((3,), 11)), ({"attention_mask": mask}, lengths)):
+    cases = (({}, torch.full((3,), 11)), ({"attention_mask": mask}, lengths),
+             ({"attention_mask": mask, "reverse_lengths": prefix}, prefix), ({"reverse_lengths": prefix}, prefix))
+    for kwargs, rows in cases:
         mixer.backend = "reference"
         with torch.no_grad():
             expected = _reverse_rows(mixer(_reverse_rows(x, rows), **kwargs), rows)
@@ -248,8 +249,6 @@ def test_mixer_reverse_equals_flipped_call(bidirectional):
         assert rel_err(fast, expected) < 1e-5, kwargs
         assert not torch.allclose(fast, mixer(x, **kwargs).detach(), atol=1e-3)  # the direction matters
         assert x_grad.grad is not None and torch.isfinite(x_grad.grad).all()
-    with pytest.raises(ValueError, match="reverse=True"):
-        mixer(x, reverse=True, reverse_lengths=lengths)
 
 
 @pytest.mark.skipif(not _numba_available(), reason="the fused CPU kernels need numba")
@@ -258,7 +257,7 @@ def test_inference_workspace_reuses_buffers_and_changes_nothing():
     those from fresh tensors (to float32 rounding: the buffered projections call `torch.addmm(out=)` on contiguous
     rows where `nn.Linear` may take another GEMM path, which on some CPUs rounds a rank-1 `dt_proj` one ulp apart), the
     second mixer reuses the first one's buffers, and the context frees them."""
-    from mamba_zoo.mamba_layers import _ACTIVE_WORKSPACE, inference_workspace
+    from mamba_zoo.cpu_inference import _ACTIVE_WORKSPACE, inference_workspace
 
     torch.manual_seed(2)
     mixers = [MambaMixer(16, d_state=4, bidirectional=True).eval() for _ in range(2)]
@@ -285,7 +284,7 @@ def test_inference_workspace_reuses_buffers_and_changes_nothing():
 @pytest.mark.skipif(not _numba_available(), reason="the fused CPU kernels need numba")
 def test_inference_workspace_calls_wrapped_projections():
     """A hooked projection (or a LoRA-wrapped one) is still called as a module inside the workspace."""
-    from mamba_zoo.mamba_layers import inference_workspace
+    from mamba_zoo.cpu_inference import inference_workspace
 
     mixer = MambaMixer(16, d_state=4, bidirectional=True).eval()
     seen = []
@@ -300,24 +299,22 @@ def test_inference_workspace_calls_wrapped_projections():
 def test_inference_path_runs_long_batches_in_row_chunks(monkeypatch):
     """Batches over INFERENCE_CHUNK_TOKENS tokens run a few rows at a time, with the same outputs (padding and
     reverse included)."""
-    from mamba_zoo import mamba_layers
-
     torch.manual_seed(3)
     mixer = MambaMixer(16, d_state=4, bidirectional=True).eval()
     _randomize(mixer, seed=12)
     x = torch.randn(5, 9, 16)
     mask = (torch.arange(9)[None, :] < torch.tensor([9, 4, 9, 1, 6])[:, None]).long()
     calls = []
-    default_chunk = mamba_layers.INFERENCE_CHUNK_TOKENS
-    original = mixer._forward_inference_rows
-    monkeypatch.setattr(mixer, "_forward_inference_rows", lambda h, *a: calls.append(h.shape[0]) or original(h, *a))
+    default_chunk = cpu_inference.INFERENCE_CHUNK_TOKENS
+    original = cpu_inference._forward_rows
+    monkeypatch.setattr(cpu_inference, "_forward_rows", lambda m, h, *a: calls.append(h.shape[0]) or original(m, h, *a))
     for kwargs in ({}, {"attention_mask": mask}, {"attention_mask": mask, "reverse": True}):
         with torch.no_grad():
             whole = mixer(x, **kwargs)
-            monkeypatch.setattr(mamba_layers, "INFERENCE_CHUNK_TOKENS", 18)  # 2 rows of 9 tokens
+            monkeypatch.setattr(cpu_inference, "INFERENCE_CHUNK_TOKENS", 18)  # 2 rows of 9 tokens
             calls.clear()
             chunked = mixer(x, **kwargs)
-            monkeypatch.setattr(mamba_layers, "INFERENCE_CHUNK_TOKENS", default_chunk)
+            monkeypatch.setattr(cpu_inference, "INFERENCE_CHUNK_TOKENS", default_chunk)
         assert calls == [2, 2, 1]
         assert rel_err(chunked, whole) < 1e-6, kwargs  # matmuls of other row counts may round differently
 

@@ -93,20 +93,6 @@ def test_config_validation(kwargs, match):
         tiny_config(**kwargs)
 
 
-def test_config_old_backend_field_name_still_loads(tmp_path):
-    """`backend` was renamed `kernel_backend` (the name every mamba-zoo config uses); old configs still load."""
-    tiny_config().save_pretrained(tmp_path)
-    data = json.loads((tmp_path / "config.json").read_text())
-    data.pop("kernel_backend")
-    data["backend"] = "reference"
-    (tmp_path / "config.json").write_text(json.dumps(data))
-    config = SSAMBAConfig.from_pretrained(tmp_path)
-    assert config.kernel_backend == "reference" and not hasattr(config, "backend")
-    assert SSAMBAModel(config).layers[0].mixer.backend == "reference"
-    with pytest.raises(ValueError, match="kernel_backend must be"):
-        tiny_config(kernel_backend="gpu")
-
-
 def test_pretraining_geometry_errors():
     with pytest.raises(ValueError, match="non-overlapping patches"):
         SSAMBAForPreTraining(tiny_config(time_stride=10))
@@ -400,7 +386,8 @@ def test_remote_code_load_without_mamba_zoo(saved_classifier, tmp_path):
 
     path, model = saved_classifier
     for name in ("configuration_ssamba.py", "modeling_ssamba.py", "mamba_layers.py", "selective_scan.py",
-                 "feature_extraction_ssamba.py"):
+                 "feature_extraction_ssamba.py", "cpu_inference.py", "kernel_backends.py", "mamba_cache.py",
+                 "sequence_utils.py", "cpu_scan_kernels.py"):
         assert (path / name).exists(), name
     x = torch.randn(2, 128, 128)
     torch.save(x, tmp_path / "x.pt")

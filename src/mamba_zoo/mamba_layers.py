@@ -1,201 +1,34 @@
 # Copyright 2026 The mamba-zoo authors. Apache-2.0.
-"""Shared Mamba layers: every model in mamba-zoo composes these instead of copying them.
+"""The Mamba layers every model in mamba-zoo composes: the maths only.
 
-- `MambaMixer`: the Mamba-1 selective SSM mixer (mamba-ssm / transformers parameter names), optionally
-  bidirectional (Vim "v2": a second conv/SSM branch over the time-reversed sequence, shared in/out projections).
+- `MambaMixer`: the Mamba-1 selective SSM mixer (mamba-ssm / transformers parameter names), optionally bidirectional
+  (Vim "v2": a second conv/SSM branch over the time-reversed sequence, shared in/out projections).
 - `Mamba2Mixer`: the Mamba-2 (SSD) mixer, optionally bidirectional the same way.
+- `build_mixer(config, layer_idx, bidirectional)`: the one config-to-mixer mapping (`config.mixer_kwargs`).
 - `RMSNorm`, `RMSNormGated`, `DropPath`, `MambaBlock` (mamba-ssm's Add -> Norm -> Mixer residual block).
-- `SwitchMoE`: a top-1 mixture-of-experts MLP (BlackMamba's router and expert layout) + `load_balancing_loss`.
-- `MambaZooCache`: the inference cache (conv + SSM state per layer and branch) built on transformers' `Cache`.
 
-Kernels live in `selective_scan.py`, `causal_conv1d.py` and `ssd.py`; this file is modelling only.
+Elsewhere: kernels and their backends (`selective_scan.py`, `causal_conv1d.py`, `ssd.py`, `kernel_backends.py`), the
+fused no-grad CPU path of `MambaMixer` (`cpu_inference.py`), the cache (`mamba_cache.py`), mixture-of-experts MLPs
+(`moe_layers.py`), padding and reversal (`sequence_utils.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DummyLayer, LinearAttentionLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .causal_conv1d import causal_conv1d_fn, causal_conv1d_update
-from .selective_scan import _cpu_kernels, resolve_backend, selective_scan_fn, selective_state_update
+from .cpu_inference import cpu_inference_applies, mamba_mixer_cpu_forward
+from .mamba_cache import MambaZooCache, resolve_cache_kwarg
+from .selective_scan import selective_scan_fn, selective_state_update
+from .sequence_utils import mask_padding, reverse_within_lengths, sequence_reversal_index
 from .ssd import mamba2_state_update, mamba_chunk_scan_combined
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Scratch buffers shared by the mixers of one no-grad forward pass
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-class InferenceWorkspace:
-    """Named float32 scratch buffers that every mixer of one forward pass reuses (the input projection's output, the
-    convolution output, dt, the scan output). A fresh multi-MiB tensor per layer costs the kernel's page faults on
-    first touch (an `mmap`ed allocation is zeroed page by page), about 15% of a CPU forward at 8k tokens; reusing one
-    buffer per role pays them once per forward. Buffers only grow, and are dropped with the workspace."""
-
-    def __init__(self):
-        self._buffers: dict[str, torch.Tensor] = {}
-
-    def buffer(self, name: str, shape: Sequence[int]) -> torch.Tensor:
-        """A contiguous float32 tensor of `shape` backed by the buffer `name` (contents undefined)."""
-        numel = math.prod(shape)
-        buf = self._buffers.get(name)
-        if buf is None or buf.numel() < numel:
-            buf = self._buffers[name] = torch.empty(numel, dtype=torch.float32)
-        return buf[:numel].view(*shape)
-
-
-# The CPU inference path runs a batch a few rows at a time so that rows x length stays within this many tokens.
-INFERENCE_CHUNK_TOKENS = 2048
-
-_ACTIVE_WORKSPACE: contextvars.ContextVar[Optional[InferenceWorkspace]] = contextvars.ContextVar(
-    "mamba_zoo_inference_workspace", default=None
-)
-
-
-@contextlib.contextmanager
-def inference_workspace():
-    """Within this context, mixers on the fused CPU inference path (no gradients) write their intermediates into one
-    shared `InferenceWorkspace` instead of fresh tensors; models open it around their layer loop. Nested uses share
-    the outer workspace; leaving the outermost context frees the buffers."""
-    if _ACTIVE_WORKSPACE.get() is not None:
-        yield _ACTIVE_WORKSPACE.get()
-        return
-    token = _ACTIVE_WORKSPACE.set(InferenceWorkspace())
-    try:
-        yield _ACTIVE_WORKSPACE.get()
-    finally:
-        _ACTIVE_WORKSPACE.reset(token)
-
-
-def _linear_into(linear: nn.Module, x: torch.Tensor, workspace: Optional[InferenceWorkspace], name: str) -> torch.Tensor:
-    """`linear(x)`, written into the workspace buffer `name` when there is a workspace and `linear` is a plain
-    `nn.Linear` without hooks; anything else (a LoRA-wrapped layer, a hooked or quantised one) is called as is."""
-    if (
-        workspace is None
-        or type(linear) is not nn.Linear
-        or linear._forward_hooks
-        or linear._forward_pre_hooks
-        or linear.weight.dtype != torch.float32
-        or x.dtype != torch.float32
-    ):
-        return linear(x)
-    out = workspace.buffer(name, (*x.shape[:-1], linear.out_features))
-    rows = x.reshape(-1, x.shape[-1])
-    if linear.bias is None:
-        torch.mm(rows, linear.weight.t(), out=out.view(-1, linear.out_features))
-    else:
-        torch.addmm(linear.bias, rows, linear.weight.t(), out=out.view(-1, linear.out_features))
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Padding and per-sequence reversal helpers
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def mask_padding(hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor], time_dim: int = 1) -> torch.Tensor:
-    """Zero the padded time steps of `hidden_states`.
-
-    Args:
-        hidden_states: `(batch, L, dim)` when `time_dim == 1`, `(batch, dim, L)` when `time_dim == 2`.
-        attention_mask: `(batch, L)`, 1 for real tokens, 0 for padding; `None` leaves the input unchanged.
-    """
-    if attention_mask is None or attention_mask.shape[1] != hidden_states.shape[time_dim]:
-        return hidden_states
-    mask = attention_mask.to(hidden_states.dtype)
-    mask = mask[:, :, None] if time_dim == 1 else mask[:, None, :]
-    return hidden_states * mask
-
-
-def lengths_from_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Valid lengths `(batch,)` of a right-padded `(batch, L)` attention mask; raises for any other padding."""
-    attention_mask = attention_mask.to(torch.long)
-    lengths = attention_mask.sum(-1)
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    if not torch.equal(attention_mask, (positions[None, :] < lengths[:, None]).long()):
-        raise ValueError(
-            "Bidirectional Mamba layers need a right-padded attention_mask (ones followed by zeros in every row) "
-            "so that each sequence is reversed within its own length. Pad on the right (tokenizer/feature extractor "
-            "`padding_side='right'`)."
-        )
-    return lengths
-
-
-def reversal_index(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """Time indices `(batch, seq_len)` that reverse positions `[0, lengths[b])` of each row and keep the rest.
-
-    The permutation is its own inverse, so the same index maps a reversed sequence back.
-    """
-    positions = torch.arange(seq_len, device=lengths.device)[None, :]
-    lengths = lengths.to(positions.device)[:, None]
-    return torch.where(positions < lengths, lengths - 1 - positions, positions)
-
-
-def reverse_within_lengths(x: torch.Tensor, index: Optional[torch.Tensor], time_dim: int) -> torch.Tensor:
-    """Apply a `reversal_index` (or a plain flip when `index is None`) along `time_dim` (1 or 2) of a 3-D tensor."""
-    if index is None:
-        return x.flip(time_dim)
-    if time_dim == 1:
-        return x.gather(1, index[:, :, None].expand(-1, -1, x.shape[2]))
-    return x.gather(2, index[:, None, :].expand(-1, x.shape[1], -1))
-
-
-def _resolve_cache_kwarg(cache, kwargs: dict):
-    """Accept transformers' older names for the cache argument (`cache_params`, `past_key_values`)."""
-    for old_name in ("cache_params", "past_key_values"):
-        value = kwargs.pop(old_name, None)
-        if cache is None and value is not None:
-            cache = value
-    return cache
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Inference cache
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-class MambaZooCache(Cache):
-    """Inference cache for mamba-zoo models, a transformers `Cache` of linear-attention layers.
-
-    Layer `i` holds `states_per_layer[i]` (conv state, SSM state) pairs: 1 for a unidirectional mixer, 2 for a
-    bidirectional one (state 0 = forward branch, state 1 = backward branch), 0 for a layer without recurrent state (an
-    MoE/MLP layer, stored as a `DummyLayer`). Conv states are `(batch, conv_dim, d_conv)`; Mamba-1 SSM states are
-    `(batch, d_inner, d_state)`, Mamba-2 ones `(batch, nheads, headdim, d_state)`, always float32.
-    `reorder_cache(beam_idx)` (beam search) and `reset()` come from transformers' `Cache`.
-    """
-
-    def __init__(self, states_per_layer: Sequence[int]):
-        states_per_layer = list(states_per_layer)
-        if any(n < 0 for n in states_per_layer):
-            raise ValueError(f"states_per_layer must be >= 0 everywhere, got {states_per_layer}.")
-        layers = [LinearAttentionLayer(number_of_states=n) if n > 0 else DummyLayer() for n in states_per_layer]
-        super().__init__(layers=layers)
-        self.states_per_layer = states_per_layer
-
-    def has_state(self, layer_idx: int, state_idx: int = 0) -> bool:
-        layer = self.layers[layer_idx]
-        return isinstance(layer, LinearAttentionLayer) and bool(layer.has_previous_state[state_idx])
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return getattr(self, "_seen_tokens", 0)
-
-    def advance(self, num_tokens: int) -> None:
-        """Record that the model consumed `num_tokens` more positions (used for `get_seq_length`)."""
-        self._seen_tokens = getattr(self, "_seen_tokens", 0) + num_tokens
-
-    def reset(self) -> None:
-        super().reset()
-        self._seen_tokens = 0
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -282,7 +115,7 @@ def build_norm(norm_type: str, hidden_size: int, eps: float) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Mamba-1 mixer (unidirectional or bidirectional "v2")
+# What both mixers share: the forward contract, reversal, and the bidirectional combination
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -294,7 +127,89 @@ def _inverse_softplus_dt(size: int, dt_min: float, dt_max: float, dt_init_floor:
     return dt + torch.log(-torch.expm1(-dt))
 
 
-class MambaMixer(nn.Module):
+class _SelectiveMixerBase(nn.Module):
+    """The forward contract of `MambaMixer` and `Mamba2Mixer`: `(batch, L, d_model)` -> `(batch, L, d_model)`, with
+    padding, an optional cache, the layer-level `reverse` and (bidirectional) the sum of a forward branch and a branch
+    over the sequence reversed within each sequence's length. Subclasses define `_mix` and `_branch_forward`; a
+    subclass with a faster path for some inputs overrides `_fast_forward`."""
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        cache: Optional[MambaZooCache] = None,
+        reverse_lengths: Optional[torch.Tensor] = None,
+        reverse: bool = False,
+        **kwargs,
+    ) -> torch.Tensor:
+        """
+        Args:
+            hidden_states: `(batch, L, d_model)`.
+            attention_mask: `(batch, L)`, 1 = token, 0 = padding. Padded steps are zeroed so they never reach the state;
+                bidirectional and reversed mixers need right padding.
+            cache: a `MambaZooCache`; with states present the tokens are stepped one at a time from them, otherwise
+                the full sequence is scanned and the final states are stored (prefill).
+            reverse_lengths: `(batch,)`: what "reversed" means for this call: positions `[0, reverse_lengths[b])` are
+                reversed and later positions keep their order (MADEON's speech prefix). Defaults to the valid lengths
+                from `attention_mask`, or the whole sequence.
+            reverse: compute `reverse(mixer(reverse(hidden_states)))` (Vim's layer pairing and MADEON's serial speech
+                prefixing: a layer that reads the sequence backwards).
+
+        Returns:
+            `(batch, L, d_model)`.
+        """
+        cache = resolve_cache_kwarg(cache, kwargs)
+        if hidden_states.ndim != 3 or hidden_states.shape[-1] != self.d_model:
+            raise ValueError(
+                f"hidden_states must be (batch, L, d_model={self.d_model}), got shape {tuple(hidden_states.shape)}."
+            )
+        if cache is not None and self.layer_idx is None:
+            raise ValueError("A mixer used with a cache needs its layer_idx; pass layer_idx= when building it.")
+        output = self._fast_forward(hidden_states, attention_mask, cache, reverse_lengths, reverse)
+        if output is not None:
+            return output
+        index = sequence_reversal_index(attention_mask, reverse_lengths, hidden_states.shape[1]) if reverse else None
+        if reverse:
+            hidden_states = reverse_within_lengths(hidden_states, index, 1)
+        output = self._mix(mask_padding(hidden_states, attention_mask), attention_mask, cache, reverse_lengths)
+        if cache is not None and self.layer_idx == 0:
+            cache.advance(hidden_states.shape[1])
+        return reverse_within_lengths(output, index, 1) if reverse else output
+
+    def _fast_forward(self, hidden_states, attention_mask, cache, reverse_lengths, reverse) -> Optional[torch.Tensor]:
+        """The output from a faster path that computes the same function, or `None` to take the general path."""
+        return None
+
+    def _both_branches(self, inputs: tuple, time_dim: int, attention_mask, cache, reverse_lengths) -> torch.Tensor:
+        """`_branch_forward` over `inputs` (tensors with time on `time_dim`) and, when bidirectional, over the same
+        inputs reversed within each sequence's length; the backward output is reversed back, added and (with
+        `divide_out`) halved. Cache state 0 is the forward branch's, state 1 the backward branch's."""
+        y = self._branch_forward(*inputs, attention_mask, cache, 0, "")
+        if not self.bidirectional:
+            return y
+        index = sequence_reversal_index(attention_mask, reverse_lengths, inputs[0].shape[time_dim])
+        mask_b = None if attention_mask is None else reverse_within_lengths(attention_mask[:, :, None], index, 1)[..., 0]
+        y_b = self._branch_forward(*(reverse_within_lengths(t, index, time_dim) for t in inputs), mask_b, cache, 1, "_b")
+        y = y + reverse_within_lengths(y_b, index, time_dim)
+        return y / 2 if self.divide_out else y
+
+    @staticmethod
+    def _a_log_name(suffix: str) -> str:
+        return "A_log" if suffix == "" else "A_b_log"
+
+    def _store_conv_state(self, x: torch.Tensor, cache: MambaZooCache, state_idx: int) -> None:
+        """Keep the last `d_conv` inputs `(batch, channels, d_conv)` of a prefill (left zero-padded when shorter)."""
+        last = x[..., -self.d_conv:]
+        cache.update_conv_state(F.pad(last, (self.d_conv - last.shape[-1], 0)).detach().clone(), self.layer_idx,
+                                state_idx=state_idx)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Mamba-1 mixer (unidirectional or bidirectional "v2")
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class MambaMixer(_SelectiveMixerBase):
     """The Mamba selective state-space mixer (Gu & Dao 2023).
 
     Delta, B and C are computed from the input at every step (the "selective" part); A and D are input-independent
@@ -367,16 +282,15 @@ class MambaMixer(nn.Module):
         # time step projection (discretization)
         setattr(self, f"dt_proj{suffix}", nn.Linear(self.dt_rank, self.d_inner, bias=True))
         # S4D-real A (stored as log(-A)) and the skip connection D: not input-dependent
-        a_name = "A_log" if suffix == "" else "A_b_log"
+        a_name = self._a_log_name(suffix)
         setattr(self, a_name, nn.Parameter(torch.empty(self.d_inner, self.d_state)))
         setattr(self, f"D{suffix}", nn.Parameter(torch.empty(self.d_inner)))
         getattr(self, a_name)._no_weight_decay = True
         getattr(self, f"D{suffix}")._no_weight_decay = True
 
     def _branch(self, suffix: str):
-        a_name = "A_log" if suffix == "" else "A_b_log"
         return (getattr(self, f"conv1d{suffix}"), getattr(self, f"x_proj{suffix}"), getattr(self, f"dt_proj{suffix}"),
-                getattr(self, a_name), getattr(self, f"D{suffix}"))
+                getattr(self, self._a_log_name(suffix)), getattr(self, f"D{suffix}"))
 
     @torch.no_grad()
     def init_ssm_parameters(self) -> None:
@@ -400,157 +314,25 @@ class MambaMixer(nn.Module):
                 self.d_inner, self.dt_min, self.dt_max, self.dt_init_floor, device=dt_proj.bias.device
             ))
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        cache: Optional[MambaZooCache] = None,
-        reverse_lengths: Optional[torch.Tensor] = None,
-        reverse: bool = False,
-        **kwargs,
-    ) -> torch.Tensor:
-        """
-        Args:
-            hidden_states: `(batch, L, d_model)`.
-            attention_mask: `(batch, L)`, 1 = token, 0 = padding. Padded steps are zeroed so they never reach the state;
-                bidirectional mixers need right padding.
-            cache: a `MambaZooCache`; with states present the tokens are stepped one at a time from them, otherwise
-                the full sequence is scanned and the final states are stored (prefill).
-            reverse_lengths: `(batch,)`, bidirectional only: the backward branch reverses positions
-                `[0, reverse_lengths[b])` and keeps later positions in order (MADEON's speech prefix). Defaults to the
-                valid lengths from `attention_mask`, or the whole sequence.
-            reverse: compute `reverse(mixer(reverse(hidden_states)))`, with `reverse` flipping each sequence within its
-                valid length (Vim's layer pairing: odd layers read the reversed sequence). On the CPU inference path
-                nothing is flipped; the branches walk the time steps in the other order.
+    def _fast_forward(self, hidden_states, attention_mask, cache, reverse_lengths, reverse):
+        # no gradients on CPU: the fused inference kernels (`cpu_inference.py`), same function
+        if cache is None and cpu_inference_applies(self, hidden_states):
+            return mamba_mixer_cpu_forward(self, hidden_states, attention_mask, reverse_lengths, reverse)
+        return None
 
-        Returns:
-            `(batch, L, d_model)`.
-        """
-        cache = _resolve_cache_kwarg(cache, kwargs)
-        if hidden_states.ndim != 3 or hidden_states.shape[-1] != self.d_model:
-            raise ValueError(
-                f"hidden_states must be (batch, L, d_model={self.d_model}), got shape {tuple(hidden_states.shape)}."
-            )
-        if reverse and (cache is not None or reverse_lengths is not None):
-            raise ValueError("reverse=True reads the whole sequence backwards: it takes neither a cache nor reverse_lengths.")
-        if cache is None and self._use_inference_kernels(hidden_states):
-            return self._forward_inference(hidden_states, attention_mask, reverse_lengths, reverse)
-        if reverse:
-            index = self._reversal_index(attention_mask, None, hidden_states.shape[1])
-            output = self.forward(reverse_within_lengths(hidden_states, index, 1), attention_mask)
-            return reverse_within_lengths(output, index, 1)
-        hidden_states = mask_padding(hidden_states, attention_mask)
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2 * d_inner, L)
-        x, z = xz.chunk(2, dim=1)
-
-        y = self._ssm_branch(x, z, attention_mask, cache, state_idx=0, suffix="")
-        if self.bidirectional:
-            index = self._reversal_index(attention_mask, reverse_lengths, x.shape[-1])
-            mask_b = None if attention_mask is None else reverse_within_lengths(attention_mask[:, :, None], index, 1)[..., 0]
-            y_b = self._ssm_branch(
-                reverse_within_lengths(x, index, 2), reverse_within_lengths(z, index, 2), mask_b, cache, 1, "_b"
-            )
-            y = y + reverse_within_lengths(y_b, index, 2)
-            if self.divide_out:
-                y = y / 2
-        if cache is not None and self.layer_idx == 0:
-            cache.advance(hidden_states.shape[1])
+    def _mix(self, hidden_states, attention_mask, cache, reverse_lengths):
+        # 1. input projection to the SSM input x and the gate z, channels first: (batch, 2 * d_inner, L)
+        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
+        # 2. conv + selective scan + gate per branch, combined over both directions
+        y = self._both_branches((x, z), 2, attention_mask, cache, reverse_lengths)
+        # 3. output projection
         return self.out_proj(y.transpose(1, 2).to(hidden_states.dtype))
 
-    def _use_inference_kernels(self, hidden_states: torch.Tensor) -> bool:
-        """Whether this forward can take the fused CPU inference path: the CPU kernels are selected (numba), nothing
-        needs gradients (grad mode off, or no input or parameter requires grad) and everything is float32."""
-        if hidden_states.device.type != "cpu" or hidden_states.dtype != torch.float32:
-            return False
-        if self.backend not in ("auto", "cpu") or resolve_backend(hidden_states, backend=self.backend) != "cpu":
-            return False
-        if not _cpu_kernels().inference_kernels_enabled():
-            return False
-        params = list(self.parameters())
-        if any(p.dtype != torch.float32 for p in params):
-            return False
-        if torch.is_grad_enabled() and (hidden_states.requires_grad or any(p.requires_grad for p in params)):
-            return False
-        return True
-
-    def _forward_inference(self, hidden_states, attention_mask, reverse_lengths, reverse=False):
-        """The no-grad CPU forward (`_forward_inference_rows`), a few rows at a time when the batch holds more than
-        `INFERENCE_CHUNK_TOKENS` tokens, so the intermediates (about 6 x d_inner floats per token) stay bounded."""
-        batch, seq_len = hidden_states.shape[:2]
-        rows = max(1, INFERENCE_CHUNK_TOKENS // max(seq_len, 1))
-        if rows >= batch:
-            return self._forward_inference_rows(hidden_states, attention_mask, reverse_lengths, reverse)
-        output = hidden_states.new_empty(batch, seq_len, self.d_model)
-        for start in range(0, batch, rows):
-            chunk = slice(start, start + rows)
-            output[chunk] = self._forward_inference_rows(
-                hidden_states[chunk],
-                None if attention_mask is None else attention_mask[chunk],
-                None if reverse_lengths is None else reverse_lengths[chunk],
-                reverse,
-            )
-        return output
-
-    def _forward_inference_rows(self, hidden_states, attention_mask, reverse_lengths, reverse=False):
-        """The forward pass without autograd, on the fused CPU kernels, in the time-major `(batch, L, d_inner)` layout
-        throughout (no transposes): the backward branch never flips anything; its convolution and scan walk the time
-        steps through the reversal index (anti-causal conv, scan from the end) and write at the original times, so
-        its output adds to the forward branch's in place. With `reverse` the two branches swap walking orders. Same
-        results as the general path; projections are still called as modules (LoRA)."""
-        kernels = _cpu_kernels()
-        workspace = _ACTIVE_WORKSPACE.get()  # None: fresh tensors
-        hidden_states = mask_padding(hidden_states, attention_mask)
-        xz = _linear_into(self.in_proj, hidden_states, workspace, "xz")  # (batch, L, 2 * d_inner)
-        x, z = xz[..., : self.d_inner], xz[..., self.d_inner:]
-        backward_index = None
-        if self.bidirectional or reverse:
-            batch, seq_len = hidden_states.shape[:2]
-            backward_index = self._reversal_index(attention_mask, reverse_lengths, seq_len)
-            if backward_index is None:
-                backward_index = torch.arange(seq_len - 1, -1, -1).expand(batch, seq_len)
-        forward_index, backward_index = (backward_index, None) if reverse else (None, backward_index)
-        y = None if workspace is None else workspace.buffer("y", x.shape)
-        y = self._inference_branch(kernels, x, z, attention_mask, forward_index, "", y, False, workspace)
-        if self.bidirectional:
-            self._inference_branch(kernels, x, z, attention_mask, backward_index, "_b", y, True, workspace)
-            if self.divide_out:
-                y.div_(2)  # y is this call's own buffer
-        return self.out_proj(y)
-
-    def _inference_branch(self, kernels, x, z, attention_mask, index, suffix, out, accumulate, workspace):
-        """One conv + scan branch on time-major x, z `(batch, L, d_inner)` (column slices of the input projection).
-        `index` (batch, L): the order in which the branch visits the time steps (None: forward). Returns the gated
-        output `(batch, L, d_inner)`, written into `out` when given (added to it with `accumulate`). Intermediates go
-        to the `workspace` buffers when there is one."""
-        conv1d, x_proj, dt_proj, A_log, D = self._branch(suffix)
-        A = -torch.exp(A_log.float())
-        x = kernels.causal_conv1d_inference_time_major(
-            x, conv1d.weight.squeeze(1), conv1d.bias, silu=True, index=index,
-            out=None if workspace is None else workspace.buffer("conv", x.shape),
-        )
-        x = mask_padding(x, attention_mask)
-        dt, B, C = torch.split(x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = _linear_into(dt_proj, dt, workspace, "dt")  # (batch, L, d_inner); the dt bias is inside the projection
-        return kernels.selective_scan_inference_time_major(
-            x, dt, A, B, C, D=D.float(), z=z, delta_softplus=True, index=index, out=out, accumulate=accumulate
-        )
-
-    @staticmethod
-    def _reversal_index(attention_mask, reverse_lengths, seq_len):
-        if reverse_lengths is not None:
-            return reversal_index(reverse_lengths, seq_len)
-        if attention_mask is not None:
-            return reversal_index(lengths_from_attention_mask(attention_mask), seq_len)
-        return None  # plain flip
-
-    def _ssm_branch(self, x, z, attention_mask, cache, state_idx, suffix):
+    def _branch_forward(self, x, z, attention_mask, cache, state_idx, suffix):
         """One conv + selective-scan branch. x, z: `(batch, d_inner, L)` -> y `(batch, d_inner, L)` (gated, float32)."""
         conv1d, x_proj, dt_proj, A_log, D = self._branch(suffix)
         A = -torch.exp(A_log.float())
         conv_weight = conv1d.weight.squeeze(1)  # (d_inner, d_conv)
-        if cache is not None and self.layer_idx is None:
-            raise ValueError("A mixer used with a cache needs its layer_idx; pass layer_idx= when building it.")
-
         if cache is not None and cache.has_state(self.layer_idx, state_idx):
             conv_state = cache.get_conv_state(self.layer_idx, state_idx)
             ssm_state = cache.get_recurrent_state(self.layer_idx, state_idx)
@@ -564,9 +346,7 @@ class MambaMixer(nn.Module):
             return torch.stack(outputs, dim=-1)
 
         if cache is not None:
-            last = x[..., -self.d_conv:]
-            conv_state = F.pad(last, (self.d_conv - last.shape[-1], 0))
-            cache.update_conv_state(conv_state.detach().clone(), self.layer_idx, state_idx=state_idx)
+            self._store_conv_state(x, cache, state_idx)
         x = causal_conv1d_fn(x, conv_weight, conv1d.bias, activation="silu")
         x = mask_padding(x, attention_mask, time_dim=2)
         dt, B, C = torch.split(x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -587,7 +367,7 @@ class MambaMixer(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class Mamba2Mixer(nn.Module):
+class Mamba2Mixer(_SelectiveMixerBase):
     """The Mamba-2 mixer (Dao & Gu 2024, structured state-space duality).
 
     A is a scalar per head (times identity), so the scan is computed chunk-wise with matrix products (`ssd.py`); x, B, C
@@ -659,7 +439,7 @@ class Mamba2Mixer(nn.Module):
             self.conv_dim, self.conv_dim, kernel_size=self.d_conv, groups=self.conv_dim, padding=self.d_conv - 1,
             bias=conv_bias,
         ))
-        a_name = "A_log" if suffix == "" else "A_b_log"
+        a_name = self._a_log_name(suffix)
         setattr(self, f"dt_bias{suffix}", nn.Parameter(torch.empty(self.nheads)))
         setattr(self, a_name, nn.Parameter(torch.empty(self.nheads)))
         setattr(self, f"D{suffix}", nn.Parameter(torch.empty(self.nheads)))
@@ -667,9 +447,8 @@ class Mamba2Mixer(nn.Module):
             getattr(self, name)._no_weight_decay = True
 
     def _branch(self, suffix: str):
-        a_name = "A_log" if suffix == "" else "A_b_log"
-        return (getattr(self, f"conv1d{suffix}"), getattr(self, f"dt_bias{suffix}"), getattr(self, a_name),
-                getattr(self, f"D{suffix}"))
+        return (getattr(self, f"conv1d{suffix}"), getattr(self, f"dt_bias{suffix}"),
+                getattr(self, self._a_log_name(suffix)), getattr(self, f"D{suffix}"))
 
     @torch.no_grad()
     def init_ssm_parameters(self) -> None:
@@ -684,47 +463,20 @@ class Mamba2Mixer(nn.Module):
             init.copy_(A_log, torch.log(torch.empty(self.nheads, device=A_log.device).uniform_(low, high)))
             init.ones_(D)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        cache: Optional[MambaZooCache] = None,
-        reverse_lengths: Optional[torch.Tensor] = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        """Same contract as `MambaMixer.forward`: `(batch, L, d_model)` -> `(batch, L, d_model)`."""
-        cache = _resolve_cache_kwarg(cache, kwargs)
-        if hidden_states.ndim != 3 or hidden_states.shape[-1] != self.d_model:
-            raise ValueError(
-                f"hidden_states must be (batch, L, d_model={self.d_model}), got shape {tuple(hidden_states.shape)}."
-            )
-        hidden_states = mask_padding(hidden_states, attention_mask)
-        zxbcdt = self.in_proj(hidden_states)
-        z, xBC, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+    def _mix(self, hidden_states, attention_mask, cache, reverse_lengths):
+        # 1. one projection: gate z, conv input [x | B | C], per-head time step dt
+        z, xBC, dt = torch.split(self.in_proj(hidden_states), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        # 2. conv + SSD scan per branch, combined over both directions
+        y = self._both_branches((xBC, dt), 1, attention_mask, cache, reverse_lengths)
+        # 3. gated RMS norm and output projection
+        return self.out_proj(self.norm(y, z).to(hidden_states.dtype))
 
-        y = self._ssd_branch(xBC, dt, attention_mask, cache, 0, "")
-        if self.bidirectional:
-            index = MambaMixer._reversal_index(attention_mask, reverse_lengths, xBC.shape[1])
-            mask_b = None if attention_mask is None else reverse_within_lengths(attention_mask[:, :, None], index, 1)[..., 0]
-            y_b = self._ssd_branch(
-                reverse_within_lengths(xBC, index, 1), reverse_within_lengths(dt, index, 1), mask_b, cache, 1, "_b"
-            )
-            y = y + reverse_within_lengths(y_b, index, 1)
-            if self.divide_out:
-                y = y / 2
-        if cache is not None and self.layer_idx == 0:
-            cache.advance(hidden_states.shape[1])
-        y = self.norm(y, z)
-        return self.out_proj(y.to(hidden_states.dtype))
-
-    def _ssd_branch(self, xBC, dt, attention_mask, cache, state_idx, suffix):
+    def _branch_forward(self, xBC, dt, attention_mask, cache, state_idx, suffix):
         """xBC `(batch, L, conv_dim)`, dt `(batch, L, nheads)` -> y `(batch, L, d_inner)` (ungated)."""
         conv1d, dt_bias, A_log, D = self._branch(suffix)
         A = -torch.exp(A_log.float())
         conv_weight = conv1d.weight.squeeze(1)
         batch, seq_len, _ = xBC.shape
-        if cache is not None and self.layer_idx is None:
-            raise ValueError("A mixer used with a cache needs its layer_idx; pass layer_idx= when building it.")
 
         if cache is not None and cache.has_state(self.layer_idx, state_idx):
             conv_state = cache.get_conv_state(self.layer_idx, state_idx)
@@ -743,9 +495,7 @@ class Mamba2Mixer(nn.Module):
 
         xBC = xBC.transpose(1, 2)
         if cache is not None:
-            last = xBC[..., -self.d_conv:]
-            cache.update_conv_state(F.pad(last, (self.d_conv - last.shape[-1], 0)).detach().clone(), self.layer_idx,
-                                    state_idx=state_idx)
+            self._store_conv_state(xBC, cache, state_idx)
         xBC = causal_conv1d_fn(xBC, conv_weight, conv1d.bias, activation="silu").transpose(1, 2)
         xBC = mask_padding(xBC, attention_mask)
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
@@ -764,6 +514,13 @@ class Mamba2Mixer(nn.Module):
         else:
             y = result
         return y.reshape(batch, seq_len, self.d_inner)
+
+
+def build_mixer(config, layer_idx: int, bidirectional: bool = False) -> nn.Module:
+    """The one config-to-mixer mapping: `Mamba2Mixer` when `config.mixer_type == "mamba2"`, else `MambaMixer`, sized by
+    `config.mixer_kwargs(layer_idx, bidirectional)` (`configuration_mamba_common.MambaMixerConfigMixin`)."""
+    mixer_class = Mamba2Mixer if getattr(config, "mixer_type", "mamba") == "mamba2" else MambaMixer
+    return mixer_class(**config.mixer_kwargs(layer_idx, bidirectional))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -807,142 +564,3 @@ class MambaBlock(GradientCheckpointingLayer):
         if isinstance(mixer_output, tuple):
             return (mixer_output[0], residual, *mixer_output[1:])
         return mixer_output, residual
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Mixture of experts
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-class MoEExpert(nn.Module):
-    """One expert MLP (BlackMamba/Megatron layout): `linear_fc1` H -> 2F split `[gate | up]`, `act(gate) * up`,
-    `linear_fc2` F -> H, no biases. With `gated=False`, `linear_fc1` is H -> F and the MLP is `fc2(act(fc1(x)))`."""
-
-    def __init__(self, hidden_size: int, ffn_hidden_size: int, hidden_act: str = "gelu", gated: bool = True):
-        super().__init__()
-        self.gated = gated
-        self.linear_fc1 = nn.Linear(hidden_size, (2 if gated else 1) * ffn_hidden_size, bias=False)
-        self.linear_fc2 = nn.Linear(ffn_hidden_size, hidden_size, bias=False)
-        self.act = ACT2FN[hidden_act]
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.linear_fc1(hidden_states)
-        if self.gated:
-            gate, up = hidden_states.chunk(2, dim=-1)
-            return self.linear_fc2(self.act(gate) * up)
-        return self.linear_fc2(self.act(hidden_states))
-
-
-def sinkhorn(cost: torch.Tensor, tol: float = 1e-4, max_iters: int = 100) -> torch.Tensor:
-    """Sinkhorn-Knopp balancing of `exp(cost)` `(tokens, experts)` towards uniform row and column sums."""
-    cost = torch.exp(cost - cost.max())
-    row_scale = torch.ones(cost.shape[0], device=cost.device, dtype=cost.dtype)
-    col_scale = torch.ones(cost.shape[1], device=cost.device, dtype=cost.dtype)
-    eps = 1e-8
-    for _ in range(max_iters):
-        row_scale = 1.0 / (cost.shape[0] * ((cost * col_scale).sum(1) + eps))
-        new_col_scale = 1.0 / (cost.shape[1] * ((cost * row_scale[:, None]).sum(0) + eps))
-        converged = torch.mean(torch.abs(new_col_scale - col_scale)) < tol
-        col_scale = new_col_scale
-        if converged:
-            break
-    return cost * col_scale * row_scale[:, None]
-
-
-class SwitchMoE(nn.Module):
-    """Top-1 mixture-of-experts MLP as released by BlackMamba (Zyphra 2024).
-
-    The router `Linear(H, E, bias=True)` scores each token; `sigmoid` turns scores into probabilities; each token goes to
-    its highest-probability expert and the expert output is scaled by that (raw, unnormalised) sigmoid probability.
-    With `sinkhorn_in_training`, training assigns experts by Sinkhorn-balanced scores (as the released training code),
-    while the scale stays the sigmoid probability of the assigned expert.
-
-    Tokens are sorted by expert, so each expert runs once on a contiguous slice (no Python loop over tokens).
-    Router and experts are plain `nn.Linear`s so LoRA can target them.
-
-    forward: `(batch, L, H)` -> `((batch, L, H), router_logits (batch * L, E))`. `last_expert_counts` keeps the number
-    of tokens per expert of the latest call (for load reports).
-    """
-
-    def __init__(
-        self,
-        hidden_size: int,
-        ffn_hidden_size: int,
-        num_experts: int,
-        hidden_act: str = "gelu",
-        gated: bool = True,
-        router_bias: bool = True,
-        sinkhorn_in_training: bool = False,
-    ):
-        super().__init__()
-        if num_experts < 1:
-            raise ValueError(f"num_experts must be >= 1, got {num_experts}.")
-        self.num_experts = num_experts
-        self.sinkhorn_in_training = sinkhorn_in_training
-        self.router = nn.Linear(hidden_size, num_experts, bias=router_bias)
-        self.local_experts = nn.ModuleList(
-            [MoEExpert(hidden_size, ffn_hidden_size, hidden_act, gated) for _ in range(num_experts)]
-        )
-        self.last_expert_counts: Optional[torch.Tensor] = None
-
-    def route(self, router_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """router_logits `(tokens, E)` -> (expert index `(tokens,)`, output scale `(tokens,)`)."""
-        probs = torch.sigmoid(router_logits.float())
-        if self.training and self.sinkhorn_in_training:
-            with torch.no_grad():
-                expert_index = sinkhorn(router_logits.detach().float()).argmax(dim=-1)
-            scale = probs.gather(1, expert_index[:, None])[:, 0]
-        else:
-            scale, expert_index = probs.max(dim=-1)
-        return expert_index, scale
-
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = hidden_states.shape
-        tokens = hidden_states.reshape(-1, shape[-1])
-        router_logits = self.router(tokens)
-        expert_index, scale = self.route(router_logits)
-
-        order = torch.argsort(expert_index, stable=True)
-        counts = torch.bincount(expert_index, minlength=self.num_experts)
-        self.last_expert_counts = counts.detach()
-        sorted_tokens = tokens[order]
-        sorted_outputs = []
-        start = 0
-        for expert, count in zip(self.local_experts, counts.tolist()):
-            if count > 0:
-                sorted_outputs.append(expert(sorted_tokens[start:start + count]))
-            start += count
-        sorted_outputs = torch.cat(sorted_outputs, dim=0) if sorted_outputs else sorted_tokens
-        output = torch.empty_like(sorted_outputs).index_copy(0, order, sorted_outputs)
-        output = output * scale[:, None].to(output.dtype)
-        return output.reshape(shape), router_logits
-
-
-def load_balancing_loss(router_logits: Sequence[torch.Tensor] | torch.Tensor, num_experts: int,
-                        attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Switch-Transformer load-balancing loss `E * sum_e f_e * P_e` over all MoE layers.
-
-    `f_e` is the fraction of (unpadded) tokens whose top-1 expert is `e`, `P_e` the mean router probability of `e`
-    (sigmoid scores normalised over experts). Equals 1 for perfectly balanced routing, up to `E` when collapsed.
-    router_logits: one `(tokens, E)` tensor per MoE layer (or a concatenation); attention_mask: `(batch, L)` with
-    `batch * L == tokens` per layer.
-    """
-    if isinstance(router_logits, (tuple, list)):
-        if len(router_logits) == 0:
-            raise ValueError("load_balancing_loss needs at least one router_logits tensor.")
-        num_layers = len(router_logits)
-        logits = torch.cat([r.float() for r in router_logits], dim=0)
-    else:
-        num_layers = 1
-        logits = router_logits.float()
-    probs = torch.sigmoid(logits)
-    probs = probs / probs.sum(-1, keepdim=True)
-    assignment = F.one_hot(probs.argmax(-1), num_experts).float()
-    if attention_mask is not None:
-        weights = attention_mask.reshape(-1).float().repeat(num_layers)[:, None]
-    else:
-        weights = torch.ones_like(probs[:, :1])
-    total = weights.sum().clamp(min=1.0)
-    tokens_per_expert = (assignment * weights).sum(0) / total
-    prob_per_expert = (probs * weights).sum(0) / total
-    return num_experts * torch.sum(tokens_per_expert * prob_per_expert)

@@ -22,19 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import ModelOutput
 
 from .configuration_mamba_asr import MambaASRConfig
-from .mamba_layers import (
-    Mamba2Mixer,
-    MambaBlock,
-    MambaMixer,
-    MambaZooCache,
-    _resolve_cache_kwarg,
-    build_norm,
-    reversal_index,
-    reverse_within_lengths,
-)
+from .cpu_inference import inference_workspace
+from .mamba_cache import MambaZooCache, resolve_cache_kwarg
+from .mamba_layers import Mamba2Mixer, MambaBlock, MambaMixer, build_mixer, build_norm
 
 
 @dataclass
@@ -123,22 +117,6 @@ class MambaASRPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
 
 
-def _build_mixer(config: MambaASRConfig, layer_idx: int, bidirectional: bool) -> nn.Module:
-    if config.mixer_type == "mamba":
-        return MambaMixer(
-            config.hidden_size, d_state=config.state_size, d_conv=config.conv_kernel, expand=config.expand,
-            dt_rank=config.time_step_rank, dt_min=config.time_step_min, dt_max=config.time_step_max,
-            bias=config.use_bias, bidirectional=bidirectional, divide_out=False, layer_idx=layer_idx,
-            backend=config.kernel_backend,
-        )
-    return Mamba2Mixer(
-        config.hidden_size, d_state=config.state_size, d_conv=config.conv_kernel, expand=config.expand,
-        headdim=config.mamba2_head_dim, ngroups=config.mamba2_n_groups, chunk_size=config.mamba2_chunk_size,
-        dt_min=config.time_step_min, dt_max=config.time_step_max, norm_eps=config.layer_norm_eps, bias=config.use_bias,
-        bidirectional=bidirectional, divide_out=False, layer_idx=layer_idx, backend=config.kernel_backend,
-    )
-
-
 class MambaASRModel(MambaASRPreTrainedModel):
     """The MADEON stack without the LM head: packs `[<sos> <speech> speech | text]` per sample, runs the blocks (with
     speech prefixing) and returns the hidden states at the text positions."""
@@ -150,7 +128,7 @@ class MambaASRModel(MambaASRPreTrainedModel):
         bidirectional = config.speech_prefix == "parallel"
         drop_path = [config.drop_path_rate * i / max(config.num_hidden_layers - 1, 1) for i in range(config.num_hidden_layers)]
         self.layers = nn.ModuleList([
-            MambaBlock(config.hidden_size, _build_mixer(config, i, bidirectional), norm_type=config.norm_type,
+            MambaBlock(config.hidden_size, build_mixer(config, i, bidirectional), norm_type=config.norm_type,
                        norm_eps=config.layer_norm_eps, drop_path=drop_path[i], residual_in_fp32=config.residual_in_fp32)
             for i in range(config.num_hidden_layers)
         ])
@@ -240,24 +218,18 @@ class MambaASRModel(MambaASRPreTrainedModel):
 
     def _run_blocks(self, hidden, attention_mask, prefix_lengths, cache, output_hidden_states):
         """hidden `(batch, L, hidden)` -> final-norm hidden `(batch, L, hidden)` (+ all hidden states)."""
-        serial_index = None
-        if prefix_lengths is not None and self.config.speech_prefix == "serial":
-            serial_index = reversal_index(prefix_lengths, hidden.shape[1])
-        reverse_lengths = prefix_lengths if self.config.speech_prefix == "parallel" else None
+        # speech prefixing: "parallel" = bidirectional mixers whose backward branch reverses the prefix only;
+        # "serial" = odd layers read the prefix reversed (the text after it keeps its order). Cached decoding steps
+        # (no prefix_lengths) are causal.
+        serial = prefix_lengths is not None and self.config.speech_prefix == "serial"
         all_hidden = (hidden,) if output_hidden_states else None
         residual = None
-        for i, block in enumerate(self.layers):
-            reverse = serial_index is not None and i % 2 == 1
-            if reverse:
-                hidden = reverse_within_lengths(hidden, serial_index, 1)
-                residual = reverse_within_lengths(residual, serial_index, 1)
-            hidden, residual = block(hidden, residual, attention_mask=attention_mask, cache=cache,
-                                     reverse_lengths=reverse_lengths)
-            if reverse:
-                hidden = reverse_within_lengths(hidden, serial_index, 1)
-                residual = reverse_within_lengths(residual, serial_index, 1)
-            if output_hidden_states and i < len(self.layers) - 1:
-                all_hidden += (residual + hidden,)
+        with inference_workspace():  # no-grad CPU mixers share their scratch buffers across layers
+            for i, block in enumerate(self.layers):
+                hidden, residual = block(hidden, residual, attention_mask=attention_mask, cache=cache,
+                                         reverse_lengths=prefix_lengths, reverse=serial and i % 2 == 1)
+                if output_hidden_states and i < len(self.layers) - 1:
+                    all_hidden += (residual + hidden,)
         hidden = self.norm_f((residual + hidden).to(self.norm_f.weight.dtype))
         if output_hidden_states:
             all_hidden += (hidden,)
@@ -314,7 +286,7 @@ class MambaASRModel(MambaASRPreTrainedModel):
         Returns:
             `MambaASRModelOutput` (or a tuple with `return_dict=False`).
         """
-        cache = _resolve_cache_kwarg(cache, kwargs)
+        cache = resolve_cache_kwarg(cache, kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         use_cache = use_cache if use_cache is not None else (cache is not None)
@@ -468,7 +440,7 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
         **kwargs,
     ):
         """Prefill (empty cache, or no cache): speech prefix + all text so far. Afterwards: only the newest token."""
-        cache = _resolve_cache_kwarg(cache, kwargs)
+        cache = resolve_cache_kwarg(cache, kwargs)
         model_inputs = {"cache": cache, "use_cache": use_cache}
         if logits_to_keep is not None:
             model_inputs["logits_to_keep"] = logits_to_keep
@@ -494,9 +466,10 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
         finally:
             del self.config.custom_pipelines
         if getattr(self, "_auto_class", None) is not None and os.path.isdir(save_directory):
-            here = os.path.dirname(os.path.abspath(__file__))
-            for name in ("pipeline_mamba_asr.py", "processing_mamba_asr.py", "audio_utils.py"):  # + their imports
-                shutil.copy(os.path.join(here, name), os.path.join(save_directory, name))
+            # the model's own files are copied by transformers; the pipeline file and what it imports are not
+            pipeline_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline_mamba_asr.py")
+            for path in [pipeline_file, *get_relative_import_files(pipeline_file)]:
+                shutil.copy(path, os.path.join(save_directory, os.path.basename(path)))
         return result
 
 

@@ -25,16 +25,9 @@ from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from .configuration_mamba_ctc import MambaCTCConfig
-from .mamba_layers import (
-    DropPath,
-    Mamba2Mixer,
-    MambaBlock,
-    MambaMixer,
-    RMSNorm,
-    build_norm,
-    inference_workspace,
-    mask_padding,
-)
+from .cpu_inference import inference_workspace
+from .mamba_layers import DropPath, Mamba2Mixer, MambaBlock, MambaMixer, RMSNorm, build_mixer, build_norm
+from .sequence_utils import mask_padding
 
 
 def subsampled_lengths(lengths: torch.Tensor, num_layers: int) -> torch.Tensor:
@@ -125,22 +118,6 @@ class MambaCTCConvModule(nn.Module):
         return self.dropout(self.pointwise_out(hidden_states))
 
 
-def build_bidirectional_mixer(config: MambaCTCConfig, layer_idx: int) -> nn.Module:
-    """The shared bidirectional (Vim v2) mixer of `mamba_layers.py`, Mamba-1 or Mamba-2, sized by the config."""
-    if config.mixer_type == "mamba2":
-        return Mamba2Mixer(
-            config.hidden_size, d_state=config.state_size, d_conv=config.conv_kernel, expand=config.expand,
-            headdim=config.mamba2_head_dim, ngroups=config.mamba2_n_groups, chunk_size=config.mamba2_chunk_size,
-            dt_min=config.time_step_min, dt_max=config.time_step_max, bias=config.use_bias, bidirectional=True,
-            divide_out=config.divide_out, layer_idx=layer_idx, backend=config.kernel_backend,
-        )
-    return MambaMixer(
-        config.hidden_size, d_state=config.state_size, d_conv=config.conv_kernel, expand=config.expand,
-        dt_rank=config.time_step_rank, dt_min=config.time_step_min, dt_max=config.time_step_max, bias=config.use_bias,
-        bidirectional=True, divide_out=config.divide_out, layer_idx=layer_idx, backend=config.kernel_backend,
-    )
-
-
 class ConMambaBlock(GradientCheckpointingLayer):
     """ConMamba encoder block (Jiang et al. 2024): the Conformer block with self-attention replaced by a bidirectional
     Mamba mixer.
@@ -153,7 +130,7 @@ class ConMambaBlock(GradientCheckpointingLayer):
         super().__init__()
         self.ffn1 = MambaCTCFeedForward(config)
         self.norm = build_norm(config.norm_type, config.hidden_size, config.layer_norm_eps)
-        self.mixer = build_bidirectional_mixer(config, layer_idx)
+        self.mixer = build_mixer(config, layer_idx, bidirectional=True)
         self.conv_module = MambaCTCConvModule(config)
         self.ffn2 = MambaCTCFeedForward(config)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -214,7 +191,7 @@ class MambaCTCModel(MambaCTCPreTrainedModel):
             self.norm_f = None
         else:
             self.layers = nn.ModuleList(
-                MambaBlock(config.hidden_size, build_bidirectional_mixer(config, i), norm_type=config.norm_type,
+                MambaBlock(config.hidden_size, build_mixer(config, i, bidirectional=True), norm_type=config.norm_type,
                            norm_eps=config.layer_norm_eps, drop_path=drop_path[i],
                            residual_in_fp32=config.residual_in_fp32)
                 for i in range(config.num_hidden_layers)

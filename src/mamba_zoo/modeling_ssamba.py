@@ -22,14 +22,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceCl
 from transformers.utils import ModelOutput
 
 from .configuration_ssamba import SSAMBAConfig, patch_grid, patch_shape
-from .mamba_layers import (
-    DropPath,
-    MambaBlock,
-    MambaMixer,
-    build_norm,
-    inference_workspace,
-    lengths_from_attention_mask,
-)
+from .cpu_inference import inference_workspace
+from .mamba_layers import DropPath, MambaBlock, MambaMixer, build_mixer, build_norm
+from .sequence_utils import lengths_from_attention_mask
 
 
 @dataclass
@@ -254,6 +249,12 @@ class SSAMBAPreTrainedModel(PreTrainedModel):
             setattr(config, key, value)
 
 
+def _scatter_tokens(hidden_states: torch.Tensor, order: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Undo the gather by `order` `(batch, L)`: tokens back at their grid positions, zeros where `token_mask` is 0."""
+    restored = torch.zeros_like(hidden_states).scatter(1, order[:, :, None].expand_as(hidden_states), hidden_states)
+    return restored * token_mask[:, :, None].to(hidden_states.dtype)
+
+
 class SSAMBAModel(SSAMBAPreTrainedModel):
     """The bare SSAMBA encoder: spectrogram -> token representations and a pooled clip representation."""
 
@@ -267,22 +268,7 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
             [
                 MambaBlock(
                     config.hidden_size,
-                    MambaMixer(
-                        config.hidden_size,
-                        d_state=config.state_size,
-                        d_conv=config.conv_kernel,
-                        expand=config.expand,
-                        dt_rank=config.time_step_rank,
-                        dt_min=config.time_step_min,
-                        dt_max=config.time_step_max,
-                        dt_init_floor=config.time_step_floor,
-                        conv_bias=config.use_conv_bias,
-                        bias=config.use_bias,
-                        bidirectional=config.bidirectional_mixer,
-                        divide_out=config.divide_out,
-                        layer_idx=i,
-                        backend=config.kernel_backend,
-                    ),
+                    build_mixer(config, i, bidirectional=config.bidirectional_mixer),
                     norm_type=config.norm_type,
                     norm_eps=config.layer_norm_eps,
                     drop_path=rates[i],
@@ -345,6 +331,32 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_input_values(input_values, interpolate_pos_encoding)
+        hidden_states, grid = self.embeddings(input_values, bool_masked_pos, interpolate_pos_encoding)
+        token_mask = self._token_mask(attention_mask, input_values, grid)
+        order = None
+        if token_mask is not None:
+            # gather each clip's valid tokens to the front (frequency-major order kept): a right-padded sequence
+            order = torch.argsort((~token_mask).to(torch.int8), dim=1, stable=True)
+            hidden_states = hidden_states.gather(1, order[:, :, None].expand_as(hidden_states))
+        hidden_states, residual, all_hidden_states = self._run_layers(hidden_states, token_mask, output_hidden_states)
+        hidden_states = self._final_norm(hidden_states, residual)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        if order is not None:  # back to the grid order, zeros at the padded patches
+            hidden_states = _scatter_tokens(hidden_states, order, token_mask)
+            if output_hidden_states:
+                all_hidden_states = tuple(_scatter_tokens(h, order, token_mask) for h in all_hidden_states)
+
+        pooled = self.pool(hidden_states, token_mask)
+        if not return_dict:
+            return tuple(v for v in (hidden_states, pooled, all_hidden_states) if v is not None)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states, pooler_output=pooled, hidden_states=all_hidden_states
+        )
+
+    def _check_input_values(self, input_values: torch.Tensor, interpolate_pos_encoding: bool) -> None:
+        """A clear error for a spectrogram of the wrong rank, mel count or length."""
         if input_values.ndim != 3:
             raise ValueError(
                 f"input_values must be a (batch, time, num_mel_bins) spectrogram, got shape {tuple(input_values.shape)}. "
@@ -361,78 +373,59 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
                 f"of a patch (patch_size={self.config.patch_size}); "
                 "pad the spectrogram (the feature extractor pads to max_length)."
             )
-        hidden_states, grid = self.embeddings(input_values, bool_masked_pos, interpolate_pos_encoding)
-        batch, seq_len, _ = hidden_states.shape
 
-        token_mask = None
-        order = None
-        if attention_mask is not None:
-            if attention_mask.shape != input_values.shape[:2]:
-                raise ValueError(
-                    f"attention_mask must be (batch, time) = {tuple(input_values.shape[:2])}, got "
-                    f"{tuple(attention_mask.shape)}."
-                )
-            token_mask = self.token_mask(attention_mask, grid)
-            if bool(token_mask.all()):
-                token_mask = None
+    def _token_mask(self, attention_mask, input_values, grid) -> Optional[torch.Tensor]:
+        """The token-level mask `(batch, prefix + F * T)` of a frame-level `attention_mask`, or `None` when every token
+        is valid."""
+        if attention_mask is None:
+            return None
+        if attention_mask.shape != input_values.shape[:2]:
+            raise ValueError(
+                f"attention_mask must be (batch, time) = {tuple(input_values.shape[:2])}, got "
+                f"{tuple(attention_mask.shape)}."
+            )
+        token_mask = self.token_mask(attention_mask, grid)
+        return None if bool(token_mask.all()) else token_mask
+
+    def _run_layers(self, hidden_states, token_mask, output_hidden_states):
+        """The blocks over a right-padded token sequence `(batch, L, D)` -> (last block output, residual stream, hidden
+        states so far). With `bidirectional_layer_pairing`, layer 2i reads the sequence and layer 2i+1 reads it
+        reversed within each clip's length; the pair's outputs and residual streams are summed."""
+        sequence_mask = None
         if token_mask is not None:
-            # gather each clip's valid tokens to the front (frequency-major order kept): a right-padded sequence
-            order = torch.argsort((~token_mask).to(torch.int8), dim=1, stable=True)
-            hidden_states = hidden_states.gather(1, order[:, :, None].expand_as(hidden_states))
             lengths = token_mask.sum(1)
-            sequence_mask = (torch.arange(seq_len, device=lengths.device)[None, :] < lengths[:, None]).long()
-        else:
-            sequence_mask = None
-
+            sequence_mask = (torch.arange(hidden_states.shape[1], device=lengths.device)[None, :] < lengths[:, None]).long()
+        mixer_kwargs = {"attention_mask": sequence_mask} if sequence_mask is not None else {}
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         residual = None
-        mixer_kwargs = {"attention_mask": sequence_mask} if sequence_mask is not None else {}
         with inference_workspace():  # no-grad CPU mixers share their scratch buffers across layers
             if self.config.bidirectional_layer_pairing:
-                for i in range(len(self.layers) // 2):
+                num_pairs = len(self.layers) // 2
+                for i in range(num_pairs):
                     forward_out, forward_residual = self.layers[2 * i](hidden_states, residual, **mixer_kwargs)
                     if output_hidden_states:  # layer 2i: the forward layer's residual stream
                         all_hidden_states += (forward_residual + forward_out,)
-                    # layer 2i+1 reads each sequence reversed within its length; its mixer walks the time steps
-                    # backwards instead of flipping (norms and residual adds are per position), so the outputs
-                    # come back in the original order
                     backward_out, backward_residual = self.layers[2 * i + 1](
                         hidden_states, residual, reverse=True, **mixer_kwargs
                     )
                     hidden_states = forward_out + backward_out
                     residual = forward_residual + backward_residual
-                    if output_hidden_states and i < len(self.layers) // 2 - 1:  # layer 2i+1: the combined stream
+                    if output_hidden_states and i < num_pairs - 1:  # layer 2i+1: the combined stream
                         all_hidden_states += (residual + hidden_states,)
             else:
                 for i, layer in enumerate(self.layers):
                     hidden_states, residual = layer(hidden_states, residual, **mixer_kwargs)
                     if output_hidden_states and i < len(self.layers) - 1:
                         all_hidden_states += (residual + hidden_states,)
+        return hidden_states, residual, all_hidden_states
 
+    def _final_norm(self, hidden_states, residual) -> torch.Tensor:
+        """The last residual add and `norm_f` (applied twice with `double_final_norm`, as the released checkpoints)."""
         residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
         hidden_states = self.norm_f(residual.to(dtype=self.norm_f.weight.dtype))
         if self.config.double_final_norm:
             hidden_states = self.norm_f(hidden_states)
-
-        if order is not None:
-            hidden_states = torch.zeros_like(hidden_states).scatter(
-                1, order[:, :, None].expand_as(hidden_states), hidden_states
-            ) * token_mask[:, :, None].to(hidden_states.dtype)
-            if output_hidden_states:
-                all_hidden_states = tuple(
-                    torch.zeros_like(h).scatter(1, order[:, :, None].expand_as(h), h)
-                    * token_mask[:, :, None].to(h.dtype)
-                    for h in all_hidden_states
-                )
-        if output_hidden_states:
-            all_hidden_states += (hidden_states,)
-
-        pooled = self.pool(hidden_states, token_mask)
-        if not return_dict:
-            return tuple(v for v in (hidden_states, pooled, all_hidden_states) if v is not None)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=hidden_states, pooler_output=pooled, hidden_states=all_hidden_states
-        )
+        return hidden_states
 
     def pool(self, hidden_states: torch.Tensor, token_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """`(batch, prefix + N, D)` -> `(batch, D)`: mean of the valid non-cls tokens, or the cls token."""
