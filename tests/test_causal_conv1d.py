@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mamba_zoo.causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+from mamba_zoo.kernel_backends import KernelBackendUnavailableError
 
 
 def loop_reference(x, weight, bias, activation):
@@ -86,10 +87,12 @@ def test_bad_inputs_raise():
         causal_conv1d_fn(x, weight, torch.randn(3))
     with pytest.raises(ValueError, match="activation"):
         causal_conv1d_fn(x, weight, activation="relu")
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises(ValueError, match="backend must be one of"):
         causal_conv1d_fn(x, weight, backend="triton")
-    with pytest.raises(ValueError, match="backend='cuda'"):
+    with pytest.raises(KernelBackendUnavailableError, match="backend='cuda' for causal_conv1d needs CUDA tensors"):
         causal_conv1d_fn(x, weight, backend="cuda")
+    with pytest.raises(KernelBackendUnavailableError, match="backend='cuda' for causal_conv1d needs CUDA tensors"):
+        causal_conv1d_update(x[:, :, 0], torch.zeros(2, 4, 3), weight, backend="cuda")
     with pytest.raises(ValueError, match="conv_state must have shape"):
         causal_conv1d_update(x[:, :, 0], torch.zeros(2, 4, 2), weight)
     with pytest.raises(ValueError, match="x must have shape"):
@@ -117,7 +120,7 @@ def test_inference_kernel_matches_loop(width, silu, use_bias, length, order):
     times."""
     _needs_numba()
     from mamba_zoo.cpu_scan_kernels import causal_conv1d_inference_time_major
-    from mamba_zoo.mamba_layers import reversal_index
+    from mamba_zoo.sequence_utils import reversal_index
 
     g = torch.Generator().manual_seed(length * 10 + width)
     batch, dim = 3, 21

@@ -1,24 +1,19 @@
 """Tests for the selective scan: the fused CPU kernel against the PyTorch reference, the reference
 against finite differences, single-step decoding against the full scan, dtypes and input errors."""
 
-import logging
 from pathlib import Path
 
 import pytest
 import torch
 
 from mamba_zoo import selective_scan as ss
-from mamba_zoo.selective_scan import (
-    available_backends,
-    resolve_backend,
-    selective_scan_fn,
-    selective_state_update,
-)
+from mamba_zoo.kernel_backends import KernelBackendUnavailableError, available_backends
+from mamba_zoo.selective_scan import selective_scan_fn, selective_state_update
 
 needs_cpu_kernel = pytest.mark.skipif(
-    "cpu" not in available_backends("cpu"), reason="the fused CPU kernel needs numba"
+    "cpu" not in available_backends("selective_scan", "cpu"), reason="the fused CPU kernel needs numba"
 )
-CUDA_READY = torch.cuda.is_available() and "cuda" in available_backends("cuda")
+CUDA_READY = torch.cuda.is_available() and "cuda" in available_backends("selective_scan", "cuda")
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -356,33 +351,15 @@ def test_bad_state_update_inputs_raise_value_error():
 
 
 def test_cuda_backend_on_cpu_tensors_raises_a_clear_error():
+    """Backend resolution itself is tested in test_kernel_backends.py; here: the scan and the step use it."""
     inputs = make_inputs(1, 2, 2, 3)
-    with pytest.raises(RuntimeError, match="CUDA"):
+    with pytest.raises(KernelBackendUnavailableError, match="needs CUDA tensors"):
         selective_scan_fn(**inputs, backend="cuda")
+    with pytest.raises(KernelBackendUnavailableError, match="needs CUDA tensors"):
+        selective_state_update(torch.zeros(1, 2, 2), inputs["u"][..., 0], inputs["delta"][..., 0], inputs["A"],
+                               inputs["B"][..., 0], inputs["C"][..., 0], backend="cuda")
     with pytest.raises(ValueError, match="backend must be one of"):
         selective_scan_fn(**inputs, backend="triton")
-
-
-@needs_cpu_kernel
-def test_auto_resolves_to_cpu_kernel_on_cpu_tensors():
-    inputs = make_inputs(1, 2, 2, 3)
-    assert resolve_backend(inputs["u"], inputs["A"]) == "cpu"
-    assert resolve_backend(inputs["u"], backend="reference") == "reference"
-    assert available_backends("cpu") == ("cpu", "reference")
-
-
-def test_auto_falls_back_to_reference_and_logs_once(monkeypatch, caplog):
-    monkeypatch.setattr(ss, "_cpu_kernels", lambda: None)
-    monkeypatch.setattr(ss, "_fallback_logged", set())
-    inputs = make_inputs(1, 2, 2, 3)
-    with caplog.at_level(logging.WARNING):
-        for _ in range(3):
-            assert resolve_backend(inputs["u"]) == "reference"
-        out = selective_scan_fn(**inputs)
-    assert sum("falls back" in r.getMessage() for r in caplog.records) == 1
-    assert relative_error(out, ss.selective_scan_reference(**inputs)) == 0.0
-    with pytest.raises(RuntimeError, match="pip install numba"):
-        resolve_backend(inputs["u"], backend="cpu")
 
 
 _COMPILE_HISTORY_SCRIPT = """
@@ -509,7 +486,7 @@ def test_inference_kernel_matches_reference(batch, dim, n_state, length, groups,
     elif order == "flip":
         index = torch.arange(length - 1, -1, -1).expand(batch, length)
     else:  # reverse [0, len_b) and keep the rest in order, as the bidirectional mixers do
-        from mamba_zoo.mamba_layers import reversal_index
+        from mamba_zoo.sequence_utils import reversal_index
 
         lengths = torch.randint(0, length + 1, (batch,), generator=torch.Generator().manual_seed(3))
         index = reversal_index(lengths, length)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from mamba_zoo.kernel_backends import KernelBackendUnavailableError
 from mamba_zoo.ssd import mamba2_state_update, mamba_chunk_scan_combined, ssd_sequential_reference
 
 
@@ -215,11 +216,12 @@ def test_bad_inputs_raise():
         "initial_states must have shape": dict(initial_states=torch.randn(2, 4, 3, 4)),
         "chunk_size": dict(chunk_size=0),
         "backend must be": dict(backend="triton"),
-        "backend='cuda'": dict(backend="cuda"),
     }
     for message, overrides in cases.items():
         with pytest.raises(ValueError, match=message):
             scan(**overrides)
+    with pytest.raises(KernelBackendUnavailableError, match="backend='cuda' for ssd needs CUDA tensors"):
+        scan(backend="cuda")
 
     state = torch.zeros(2, 4, 3, 5)
     step = dict(state=state, x=x[:, 0], dt=dt[:, 0], A=A, B=B[:, 0], C=C[:, 0])
@@ -234,3 +236,5 @@ def test_bad_inputs_raise():
     for message, overrides in step_cases.items():
         with pytest.raises(ValueError, match=message):
             mamba2_state_update(**{**step, **overrides})
+    with pytest.raises(KernelBackendUnavailableError, match="backend='cuda' for ssd needs CUDA tensors"):
+        mamba2_state_update(**step, backend="cuda")

@@ -8,55 +8,18 @@ Same API as Dao-AILab's ``causal-conv1d`` package:
 * :func:`causal_conv1d_update` advances one decoding step, keeping the last ``width`` inputs
   in a rolling ``conv_state``.
 
-Backends: ``"cuda"`` uses the ``causal_conv1d`` package (imported lazily, only when the tensors
-are on CUDA); ``"cpu"`` and ``"reference"`` are both plain PyTorch (``F.conv1d`` with
-``groups=dim`` is already a fused kernel on CPU). ``"auto"`` picks ``cuda`` when it can.
+Backends (see :mod:`kernel_backends`): ``"cuda"`` uses the ``causal_conv1d`` package (imported lazily, only for
+CUDA tensors); ``"cpu"`` and ``"reference"`` are both plain PyTorch (``F.conv1d`` with ``groups=dim`` is already a
+fused kernel on CPU).
 """
-
-import logging
 
 import torch
 import torch.nn.functional as F
 
+from .kernel_backends import cuda_kernels, resolve_backend
 
-logger = logging.getLogger(__name__)
 
-_BACKENDS = ("auto", "cuda", "cpu", "reference")
 _ACTIVATIONS = (None, "silu", "swish")
-_warned_fallback = False
-
-
-def _load_cuda_kernels():
-    """Return ``(causal_conv1d_fn, causal_conv1d_update)`` from the package, or ``None``."""
-    try:
-        from causal_conv1d import causal_conv1d_fn as cuda_fn
-        from causal_conv1d import causal_conv1d_update as cuda_update
-    except ImportError:
-        return None
-    return cuda_fn, cuda_update
-
-
-def _resolve_backend(backend, tensor):
-    """Map ``backend`` to ``"cuda"`` or ``"reference"`` for ``tensor``; log a fallback once."""
-    global _warned_fallback
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}.")
-    if backend in ("cpu", "reference"):
-        return "reference"
-    kernels_available = tensor.is_cuda and _load_cuda_kernels() is not None
-    if backend == "cuda":
-        if not kernels_available:
-            raise ValueError(
-                "backend='cuda' needs CUDA tensors and the `causal_conv1d` package "
-                "(pip install causal-conv1d); use backend='auto' to fall back to PyTorch."
-            )
-        return "cuda"
-    if kernels_available:
-        return "cuda"
-    if tensor.is_cuda and not _warned_fallback:
-        logger.info("causal_conv1d package not available; using the PyTorch causal convolution.")
-        _warned_fallback = True
-    return "reference"
 
 
 def _check_activation(activation):
@@ -96,8 +59,8 @@ def causal_conv1d_fn(x, weight, bias=None, activation=None, backend="auto"):
     _check_weight_bias(weight, bias, x.shape[1])
     _check_activation(activation)
 
-    if _resolve_backend(backend, x) == "cuda":
-        cuda_fn, _ = _load_cuda_kernels()
+    if resolve_backend("causal_conv1d", x, weight, bias, backend=backend) == "cuda":
+        cuda_fn, _ = cuda_kernels("causal_conv1d")
         return cuda_fn(x, weight, bias, activation=activation)
 
     width = weight.shape[1]
@@ -139,8 +102,9 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, back
         )
     _check_activation(activation)
 
-    if _resolve_backend(backend, x) == "cuda":
-        _, cuda_update = _load_cuda_kernels()
+    resolved = resolve_backend("causal_conv1d", x, conv_state, weight, bias, backend=backend)
+    cuda_update = cuda_kernels("causal_conv1d")[1] if resolved == "cuda" else None
+    if cuda_update is not None:  # None: the package's update did not import; the PyTorch step runs instead
         return cuda_update(x, conv_state, weight, bias, activation=activation)
 
     conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))

@@ -7,177 +7,33 @@ The recurrence, per (batch b, channel d) lane, with an N-dimensional state h::
     y_t     = <C_t, h_t> + D * u_t
     out_t   = y_t * silu(z_t)                          (gate only if z is given)
 
-Backends (same function, same shapes as mamba-ssm's ``selective_scan_fn``):
+Backends (same function, same shapes as mamba-ssm's ``selective_scan_fn``), chosen by
+:func:`kernel_backends.resolve_backend` (its module docstring has the table):
 
 - ``"cuda"``: mamba-ssm's fused CUDA kernels; only for CUDA tensors, when ``mamba_ssm`` imports.
 - ``"cpu"``: our fused numba kernel (``cpu_scan_kernels.py``): one pass over time per lane, the
   state in registers, states checkpointed every K steps and recomputed in the backward pass.
 - ``"reference"``: plain PyTorch, a loop over time written for clarity; the test oracle.
 
-``"auto"`` resolves to cuda if possible, else cpu, else reference (see :func:`resolve_backend`).
 All backends accumulate in float32 and are differentiable w.r.t. every tensor argument.
 """
 
 from __future__ import annotations
 
-import functools
-from types import SimpleNamespace
-from typing import Optional, Tuple, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-try:
-    from transformers.utils import logging as _hf_logging
+from .kernel_backends import cpu_kernels, cuda_kernels, resolve_backend
 
-    logger = _hf_logging.get_logger(__name__)
-except ImportError:  # pragma: no cover - transformers is a hard dependency, but stay importable
-    import logging
-
-    logger = logging.getLogger(__name__)
-
-
-BACKENDS = ("cuda", "cpu", "reference")
 
 __all__ = [
-    "BACKENDS",
-    "available_backends",
-    "resolve_backend",
     "selective_scan_fn",
     "selective_scan_reference",
     "selective_state_update",
     "selective_state_update_reference",
 ]
-
-
-# ----------------------------------------------------------------------------------------------
-# Backend discovery (lazy, cached)
-# ----------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=None)
-def _cuda_kernels():
-    """Return ``(selective_scan_fn, selective_state_update)`` from mamba-ssm, or ``None``."""
-    if not torch.cuda.is_available():
-        return None
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as scan_fn
-    except Exception:  # ImportError, or the CUDA extension failing to load
-        return None
-    try:
-        from mamba_ssm.ops.triton.selective_state_update import selective_state_update as update_fn
-    except Exception:
-        update_fn = None
-    return scan_fn, update_fn
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_kernels():
-    """Return the fused CPU kernels (``selective_scan_cpu``, ``selective_state_update_cpu``) if numba is installed,
-    else ``None``. The import is written ``from .cpu_scan_kernels import ...`` on purpose: transformers' remote-code
-    loader only copies sibling modules imported that way, so a Hub checkpoint keeps its fused CPU path."""
-    try:
-        from .cpu_scan_kernels import (
-            causal_conv1d_inference_time_major,
-            inference_kernels_enabled,
-            is_available,
-            selective_scan_cpu,
-            selective_scan_inference_time_major,
-            selective_state_update_cpu,
-        )
-    except ImportError:
-        return None
-    if not is_available():
-        return None
-    return SimpleNamespace(
-        selective_scan_cpu=selective_scan_cpu,
-        selective_state_update_cpu=selective_state_update_cpu,
-        selective_scan_inference_time_major=selective_scan_inference_time_major,
-        causal_conv1d_inference_time_major=causal_conv1d_inference_time_major,
-        inference_kernels_enabled=inference_kernels_enabled,
-    )
-
-
-def available_backends(device: Union[str, torch.device, None] = None) -> Tuple[str, ...]:
-    """The backends usable on this machine (for tensors on ``device``, if given).
-
-    ``"reference"`` is always available. ``"cuda"`` needs a CUDA device and an importable
-    mamba-ssm; ``"cpu"`` needs numba and CPU tensors.
-    """
-    device = torch.device(device) if device is not None else None
-    names = []
-    if _cuda_kernels() is not None and (device is None or device.type == "cuda"):
-        names.append("cuda")
-    if _cpu_kernels() is not None and (device is None or device.type == "cpu"):
-        names.append("cpu")
-    names.append("reference")
-    return tuple(names)
-
-
-_fallback_logged = set()
-
-
-def _log_fallback_once(key: str, message: str) -> None:
-    if key not in _fallback_logged:
-        _fallback_logged.add(key)
-        logger.warning(message)
-
-
-def resolve_backend(*tensors: Optional[torch.Tensor], backend: str = "auto") -> str:
-    """Which backend ``backend`` means for these tensors: ``"cuda"``, ``"cpu"`` or ``"reference"``.
-
-    Layers call this to pick a fused path once. ``"auto"`` = cuda if the tensors are on CUDA and
-    mamba-ssm imports, else cpu if they are on CPU and numba imports, else reference (logged once).
-    An explicit backend that cannot run raises ``RuntimeError`` saying how to get it.
-    """
-    if backend not in ("auto",) + BACKENDS:
-        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}.")
-    devices = {t.device.type for t in tensors if t is not None}
-    on_cuda = "cuda" in devices
-    on_cpu = devices <= {"cpu"}
-
-    if backend == "cuda":
-        if not on_cuda:
-            raise RuntimeError(
-                "backend='cuda' needs CUDA tensors; these are on "
-                f"{sorted(devices) or ['cpu']}. Move them with .cuda(), or use backend='auto'."
-            )
-        if _cuda_kernels() is None:
-            raise RuntimeError(
-                "backend='cuda' needs mamba-ssm's CUDA kernels, which did not import. "
-                "Install them on a CUDA machine with `pip install mamba-zoo[cuda]`."
-            )
-        return "cuda"
-    if backend == "cpu":
-        if not on_cpu:
-            raise RuntimeError(
-                "backend='cpu' runs on CPU tensors only; these are on "
-                f"{sorted(devices)}. Use backend='auto' (or 'reference') for other devices."
-            )
-        if _cpu_kernels() is None:
-            raise RuntimeError("backend='cpu' needs numba: `pip install numba`.")
-        return "cpu"
-    if backend == "reference":
-        return "reference"
-
-    # auto
-    if on_cuda:
-        if _cuda_kernels() is not None:
-            return "cuda"
-        _log_fallback_once(
-            "cuda",
-            "mamba-ssm's CUDA kernels are not available; the selective scan falls back to the "
-            "slow PyTorch reference on GPU. Install them with `pip install mamba-zoo[cuda]`.",
-        )
-        return "reference"
-    if on_cpu and _cpu_kernels() is not None:
-        return "cpu"
-    _log_fallback_once(
-        "cpu",
-        "The fused CPU scan (numba) is not available; the selective scan falls back to the slow PyTorch reference. "
-        "Install it with `pip install numba`.",
-    )
-    return "reference"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,13 +219,13 @@ def selective_scan_fn(
     float64 inputs in float64. Gradients flow to every tensor argument on every backend.
     """
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    resolved = resolve_backend(u, delta, A, B, C, D, z, delta_bias, backend=backend)
+    resolved = resolve_backend("selective_scan", u, delta, A, B, C, D, z, delta_bias, backend=backend)
     if resolved == "cuda":
-        scan_fn = _cuda_kernels()[0]
+        scan_fn, _ = cuda_kernels("selective_scan")
         return scan_fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                        delta_softplus=delta_softplus, return_last_state=return_last_state)
     if resolved == "cpu":
-        return _cpu_kernels().selective_scan_cpu(
+        return cpu_kernels().selective_scan_cpu(
             u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
             delta_softplus=delta_softplus, return_last_state=return_last_state,
         )
@@ -491,12 +347,12 @@ def selective_state_update(
     written back in ``state``'s dtype.
     """
     _check_update_inputs(state, x, dt, A, B, C, D, z, dt_bias)
-    resolved = resolve_backend(state, x, dt, A, B, C, D, z, dt_bias, backend=backend)
-    if resolved == "cuda" and _cuda_kernels()[1] is not None:
-        return _cuda_kernels()[1](state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
-                                  dt_softplus=dt_softplus)
+    resolved = resolve_backend("selective_scan", state, x, dt, A, B, C, D, z, dt_bias, backend=backend)
+    cuda_update = cuda_kernels("selective_scan")[1] if resolved == "cuda" else None
+    if cuda_update is not None:  # None: mamba-ssm's Triton step did not import; the PyTorch step runs instead
+        return cuda_update(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
     if resolved == "cpu":
-        return _cpu_kernels().selective_state_update_cpu(
+        return cpu_kernels().selective_state_update_cpu(
             state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus
         )
     return selective_state_update_reference(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,

@@ -14,71 +14,22 @@ chunked form cuts the sequence into chunks of ``chunk_size``: within a chunk the
 attention-like product ``(C Bᵀ ∘ decay) (dt x)``; between chunks only the ``(headdim, dstate)`` state
 is passed on. Work is ``O(L * chunk_size)`` in matmuls instead of ``L`` sequential steps.
 
-Backends of :func:`mamba_chunk_scan_combined`:
+Backends of :func:`mamba_chunk_scan_combined` (resolved by :mod:`kernel_backends`, which has the table):
 
 * ``"cuda"``: mamba-ssm's Triton kernel (imported lazily, only when the tensors are on CUDA);
 * ``"cpu"``: the chunked form above in plain PyTorch (autograd gives the backward);
-* ``"reference"``: :func:`ssd_sequential_reference`, one step per time step (the test oracle);
-* ``"auto"``: ``cuda`` when possible, else ``cpu``.
+* ``"reference"``: :func:`ssd_sequential_reference`, one step per time step (the test oracle).
 
 All PyTorch paths accumulate in float32 (float64 when an input is float64).
 """
 
-import logging
-
 import torch
 import torch.nn.functional as F
 
+from .kernel_backends import cuda_kernels, resolve_backend
 
-logger = logging.getLogger(__name__)
 
-_BACKENDS = ("auto", "cuda", "cpu", "reference")
-_warned_fallback = False
 _NO_DT_LIMIT = (0.0, float("inf"))
-
-
-# ----------------------------------------------------------------------------------------------
-# Optional CUDA kernels and backend choice
-# ----------------------------------------------------------------------------------------------
-
-
-def _load_cuda_chunk_scan():
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as cuda_chunk_scan
-    except ImportError:
-        return None
-    return cuda_chunk_scan
-
-
-def _load_cuda_state_update():
-    try:
-        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
-    except ImportError:
-        return None
-    return selective_state_update
-
-
-def _resolve_backend(backend, tensor, loader):
-    """Return ``"cuda"``, ``"cpu"`` or ``"reference"``; log once when CUDA tensors fall back."""
-    global _warned_fallback
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}.")
-    if backend in ("cpu", "reference"):
-        return backend
-    kernels_available = tensor.is_cuda and loader() is not None
-    if backend == "cuda":
-        if not kernels_available:
-            raise ValueError(
-                "backend='cuda' needs CUDA tensors and the `mamba_ssm` package "
-                "(pip install mamba-ssm); use backend='auto' to fall back to PyTorch."
-            )
-        return "cuda"
-    if kernels_available:
-        return "cuda"
-    if tensor.is_cuda and not _warned_fallback:
-        logger.info("mamba_ssm Triton kernels not available; using the PyTorch SSD scan.")
-        _warned_fallback = True
-    return "cpu"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,9 +229,9 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}; mamba-ssm uses 256.")
     _check_scan_inputs(x, dt, A, B, C, D, z, dt_bias, initial_states)
 
-    chosen = _resolve_backend(backend, x, _load_cuda_chunk_scan)
+    chosen = resolve_backend("ssd", x, dt, A, B, C, D, z, dt_bias, initial_states, backend=backend)
     if chosen == "cuda":
-        cuda_chunk_scan = _load_cuda_chunk_scan()
+        cuda_chunk_scan, _ = cuda_kernels("ssd")
         return cuda_chunk_scan(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
                                initial_states=initial_states, dt_softplus=dt_softplus,
                                dt_limit=tuple(dt_limit), return_final_states=return_final_states)
@@ -371,10 +322,11 @@ def mamba2_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_
     if z is not None and tuple(z.shape) != tuple(x.shape):
         raise _shape_error("z", f"{tuple(x.shape)} like x", z)
 
-    if _resolve_backend(backend, x, _load_cuda_state_update) == "cuda":
+    chosen = resolve_backend("ssd", state, x, dt, A, B, C, D, z, dt_bias, backend=backend)
+    cuda_update = cuda_kernels("ssd")[1] if chosen == "cuda" else None
+    if cuda_update is not None:  # None: mamba-ssm's Triton step did not import; the PyTorch step runs instead
         if tuple(dt_limit) != _NO_DT_LIMIT:
             raise ValueError("dt_limit is not supported by the CUDA state update; clamp dt yourself.")
-        cuda_update = _load_cuda_state_update()
         # mamba-ssm's kernel is per (head, channel); stride-0 expansions tie them (as Mamba2.step does).
         A_full = A[:, None, None].expand(nheads, headdim, dstate).to(torch.float32)
         dt_full = dt[:, :, None].expand(batch, nheads, headdim)
