@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mamba_zoo import BlackMambaConfig, BlackMambaForCausalLM, BlackMambaModel
-from mamba_zoo.mamba_layers import MambaZooCache, SwitchMoE
+from mamba_zoo.mamba_cache import MambaZooCache
+from mamba_zoo.moe_layers import SwitchMoE
 
 
 def tiny_config(**overrides):
@@ -48,19 +49,21 @@ def test_config_defaults_presets_and_layer_types():
     assert BlackMambaConfig(layer_types=["linear_attention", "moe"]).layer_types == ["mamba", "moe"]
 
 
-def test_config_old_backend_field_name_still_loads(tmp_path):
-    """`scan_backend` was renamed `kernel_backend` (the name every mamba-zoo config uses); saved configs with the old
-    key load into the new field, and the old key is not written again."""
+def test_config_reads_layer_norm_epsilon_as_layer_norm_eps(tmp_path):
+    """`layer_norm_eps` is the field (as in every mamba-zoo config); configs saved as `layer_norm_epsilon` still load,
+    and the old key is not written again."""
     BlackMambaConfig(num_hidden_layers=2).save_pretrained(tmp_path)
     data = json.loads((tmp_path / "config.json").read_text())
-    data.pop("kernel_backend")
-    data["scan_backend"] = "reference"
+    data["layer_norm_epsilon"] = 3e-6
+    del data["layer_norm_eps"]
     (tmp_path / "config.json").write_text(json.dumps(data))
     config = BlackMambaConfig.from_pretrained(tmp_path)
-    assert config.kernel_backend == "reference" and not hasattr(config, "scan_backend")
-    assert BlackMambaConfig(scan_backend="cpu").kernel_backend == "cpu"
+    assert config.layer_norm_eps == config.layer_norm_epsilon == 3e-6
+    assert BlackMambaModel(config).norm_f.eps == 3e-6
+    assert BlackMambaConfig(num_hidden_layers=2, layer_norm_epsilon=2e-6).layer_norm_eps == 2e-6
     config.save_pretrained(tmp_path / "again")
-    assert "scan_backend" not in json.loads((tmp_path / "again" / "config.json").read_text())
+    saved = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert saved["layer_norm_eps"] == 3e-6 and "layer_norm_epsilon" not in saved
 
 
 @pytest.mark.parametrize(
@@ -148,7 +151,7 @@ def test_stepwise_cached_logits_equal_full_forward():
     assert cache.get_seq_length() == 13
     # older argument names of the cache are accepted
     with torch.no_grad():
-        model(ids[:, :1], cache_params=model.backbone.new_cache())
+        model(ids[:, :1], cache_params=model.backbone.make_cache())
 
 
 def test_generate_uses_the_cache_and_matches_uncached():

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import math
-
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
+
+from .configuration_mamba_common import MambaMixerConfigMixin
 
 
 LAYER_TYPES = ("mamba", "moe", "mlp")
@@ -25,7 +25,7 @@ def alternating_layer_types(num_hidden_layers: int) -> list[str]:
 
 
 @strict
-class BlackMambaConfig(PreTrainedConfig):
+class BlackMambaConfig(MambaMixerConfigMixin, PreTrainedConfig):
     r"""Configuration of a [`BlackMambaForCausalLM`]. Defaults reproduce the released BlackMamba-2.8B (630M active).
 
     Layers (`layer_types`, one entry per residual block, each `Add -> RMSNorm -> mixer`):
@@ -55,17 +55,21 @@ class BlackMambaConfig(PreTrainedConfig):
         output_router_logits: return every MoE layer's router logits and the load-balancing loss (`aux_loss`).
         router_aux_loss_coef: weight of the Switch/Mixtral load-balancing loss added to the LM loss when
             `output_router_logits` is on.
-        layer_norm_epsilon: eps of the blocks' RMSNorms and of the final LayerNorm (which has a bias).
+        layer_norm_eps: eps of the blocks' RMSNorms and of the final LayerNorm (which has a bias); also read as
+            `layer_norm_epsilon` (the released code's name).
         residual_in_fp32: keep the residual stream in float32 (released: True).
         initializer_range: std of the normal init of embeddings and linear layers; rescale_prenorm_residual: divide the
             std of the residual-branch output projections (`out_proj`, `linear_fc2`) by sqrt(num_hidden_layers).
-        kernel_backend: selective-scan backend, `"auto" | "cuda" | "cpu" | "reference"` (the same field name as the
-            other mamba-zoo configs; `scan_backend`, its old name, is accepted).
+        kernel_backend: selective-scan backend, `"auto" | "cuda" | "cpu" | "reference"`.
     """
 
     model_type = "blackmamba"
     keys_to_ignore_at_inference = ["cache", "router_logits", "aux_loss"]
-    attribute_map = {"intermediate_size": "ffn_hidden_size", "num_local_experts": "num_experts"}
+    attribute_map = {
+        "intermediate_size": "ffn_hidden_size",
+        "num_local_experts": "num_experts",
+        "layer_norm_epsilon": "layer_norm_eps",  # the released code's name
+    }
 
     vocab_size: int = 50304
     hidden_size: int = 1472
@@ -90,7 +94,7 @@ class BlackMambaConfig(PreTrainedConfig):
     sinkhorn_in_training: bool = True
     output_router_logits: bool = False
     router_aux_loss_coef: float = 0.01
-    layer_norm_epsilon: float = 1e-5
+    layer_norm_eps: float = 1e-5
     residual_in_fp32: bool = True
     initializer_range: float = 0.02
     rescale_prenorm_residual: bool = True
@@ -102,59 +106,37 @@ class BlackMambaConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = 0
 
     def __post_init__(self, **kwargs):
-        if "scan_backend" in kwargs:  # the field's name before 2026-11 (configs saved then still load)
-            self.kernel_backend = kwargs.pop("scan_backend")
         if self.layer_types is None:
-            num_layers = 36 if self.num_hidden_layers is None else self.num_hidden_layers
-            if not isinstance(num_layers, int) or num_layers < 1:
-                raise ValueError(f"num_hidden_layers must be a positive integer, got {num_layers!r}.")
-            self.layer_types = alternating_layer_types(num_layers)
-        else:
-            # transformers remaps the legacy name "mamba" to "linear_attention"; accept both spellings
-            self.layer_types = ["mamba" if t == "linear_attention" else t for t in self.layer_types]
-        layer_types = list(self.layer_types)
-        unknown = sorted({t for t in layer_types if t not in LAYER_TYPES})
-        if unknown:
-            raise ValueError(f"Unknown layer type(s) {unknown} in layer_types; each entry must be one of {LAYER_TYPES}.")
+            self.layer_types = alternating_layer_types(36 if self.num_hidden_layers is None else self.num_hidden_layers)
+        # transformers' legacy name of a "mamba" layer is "linear_attention" (its base class renames ours): keep ours
+        layer_types = ["mamba" if t == "linear_attention" else t for t in self.layer_types]
         if self.num_hidden_layers is None:
             self.num_hidden_layers = len(layer_types)
-        if self.num_hidden_layers != len(layer_types):
+        super().__post_init__(**kwargs)
+        self.layer_types = layer_types
+        self.resolve_and_validate()
+
+    def validate_architecture(self):
+        """Part of `@strict` validation: BlackMamba's own fields (`validate_mixer_fields` checks the mixer's)."""
+        self._require_positive_ints(("vocab_size", "ffn_hidden_size", "num_experts"))
+        unknown = sorted({t for t in self.layer_types if t not in LAYER_TYPES})
+        if unknown:
+            raise ValueError(f"Unknown layer type(s) {unknown} in layer_types; each entry must be one of {LAYER_TYPES}.")
+        if self.num_hidden_layers != len(self.layer_types):
             raise ValueError(
-                f"layer_types has {len(layer_types)} entries but num_hidden_layers is {self.num_hidden_layers}; "
+                f"layer_types has {len(self.layer_types)} entries but num_hidden_layers is {self.num_hidden_layers}; "
                 "give one layer type per layer (or leave num_hidden_layers unset)."
             )
-        if "mamba" not in layer_types:
+        if "mamba" not in self.layer_types:
             raise ValueError("layer_types must contain at least one 'mamba' layer.")
-        for name in ("vocab_size", "hidden_size", "state_size", "conv_kernel", "expand", "ffn_hidden_size", "num_experts"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if self.time_step_rank != "auto" and (not isinstance(self.time_step_rank, int) or self.time_step_rank < 1):
-            raise ValueError(f"time_step_rank must be 'auto' or a positive integer, got {self.time_step_rank!r}.")
-        if self.time_step_init_scheme not in ("random", "constant"):
-            raise ValueError(f"time_step_init_scheme must be 'random' or 'constant', got {self.time_step_init_scheme!r}.")
-        if not 0 < self.time_step_min <= self.time_step_max:
-            raise ValueError(f"Need 0 < time_step_min <= time_step_max, got {self.time_step_min}, {self.time_step_max}.")
-        if self.router_aux_loss_coef < 0:
-            raise ValueError(f"router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}.")
-        if self.kernel_backend not in ("auto", "cuda", "cpu", "reference"):
-            raise ValueError(
-                f"kernel_backend must be 'auto', 'cuda', 'cpu' or 'reference', got {self.kernel_backend!r}."
-            )
+        self._require_choice("time_step_init_scheme", ("random", "constant"))
+        self._require(self.router_aux_loss_coef >= 0, "router_aux_loss_coef", "must be >= 0")
         from transformers.activations import ACT2FN
 
-        if self.hidden_act not in ACT2FN:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not a transformers activation ({sorted(ACT2FN)}).")
-        super().__post_init__(**kwargs)
-        # the base class renames "mamba" to "linear_attention" (a transformers cache layer type): keep our names
-        self.layer_types = layer_types
+        self._require_choice("hidden_act", tuple(ACT2FN), "Use a name of transformers.activations.ACT2FN.")
 
     def validate_layer_type(self):
-        """Our layer types are BlackMamba's (checked in `__post_init__`), not transformers' attention layer types."""
-
-    @property
-    def resolved_time_step_rank(self) -> int:
-        return math.ceil(self.hidden_size / 16) if self.time_step_rank == "auto" else int(self.time_step_rank)
+        """Our layer types are BlackMamba's (checked in `validate_architecture`), not transformers' attention ones."""
 
     @property
     def num_moe_layers(self) -> int:

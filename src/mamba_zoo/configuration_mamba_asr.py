@@ -1,14 +1,14 @@
 # Copyright 2026 The mamba-zoo authors. Apache-2.0.
 """Configuration of MambaDecoderOnlyASR (MADEON, Masuyama et al., SLT 2024, arXiv 2411.06968)."""
 
-import math
-
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
+from .configuration_mamba_common import NORM_TYPES, MambaMixerConfigMixin
+
 
 @strict(accept_kwargs=True)
-class MambaASRConfig(PretrainedConfig):
+class MambaASRConfig(MambaMixerConfigMixin, PretrainedConfig):
     r"""
     Configuration of [`MambaASRModel`] / [`MambaDecoderOnlyASR`]: one Mamba (or Mamba-2) stack reads
     `<sos> <speech> o_1 .. o_Ls <generatetext> w_1 .. w_Lt <eos>` and is trained on the text tokens only.
@@ -111,51 +111,23 @@ class MambaASRConfig(PretrainedConfig):
             # Installed mamba-zoo registers MambaASRPipeline for the task itself; a checkpoint's `custom_pipelines`
             # entry (for remote-code users) would otherwise demand trust_remote_code=True here.
             kwargs.pop("custom_pipelines", None)
-        if self.time_step_rank == "auto":
-            self.time_step_rank = math.ceil(self.hidden_size / 16)
-        self.check_fields()  # a plain ValueError at construction (strict validation wraps it in its own error type)
         super().__post_init__(**kwargs)
+        self.resolve_and_validate()
 
     def validate_architecture(self):
-        """Part of `@strict` validation (also run by `config.validate()`)."""
-        self.check_fields()
-
-    def check_fields(self):
-        """Reject inconsistent sizes and unknown options with a clear ValueError."""
-        positive = ("vocab_size", "num_mel_bins", "num_subsampling_layers", "subsampling_conv_channels", "hidden_size",
-                    "num_hidden_layers", "state_size", "expand", "conv_kernel", "time_step_rank", "mamba2_head_dim",
-                    "mamba2_n_groups", "mamba2_chunk_size", "speech_mask_length")
-        for name in positive:
+        """Part of `@strict` validation: MADEON's own fields (`validate_mixer_fields` checks the mixer's)."""
+        self._require_positive_ints(
+            ("vocab_size", "num_mel_bins", "num_subsampling_layers", "subsampling_conv_channels", "speech_mask_length")
+        )
+        self._require_choice("speech_input", ("units", "features"))
+        self._require_choice("speech_prefix", ("none", "parallel", "serial"))
+        self._require(not self.use_bias, "use_bias", "must be False", "A bias in in_proj leaks into padded positions.")
+        self._require_choice("norm_type", NORM_TYPES)
+        self._require_probabilities(("drop_path_rate", "speech_mask_prob"))
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "speech_token_id", "generate_text_token_id"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"MambaASRConfig.{name} must be a positive integer, got {value!r}.")
-        if self.speech_input not in ("units", "features"):
-            raise ValueError(f"speech_input must be 'units' or 'features', got {self.speech_input!r}.")
-        if self.mixer_type not in ("mamba", "mamba2"):
-            raise ValueError(f"mixer_type must be 'mamba' or 'mamba2', got {self.mixer_type!r}.")
-        if self.speech_prefix not in ("none", "parallel", "serial"):
-            raise ValueError(f"speech_prefix must be 'none', 'parallel' or 'serial', got {self.speech_prefix!r}.")
-        if self.mixer_type == "mamba2" and (self.expand * self.hidden_size) % self.mamba2_head_dim != 0:
-            raise ValueError(
-                f"mixer_type='mamba2' needs expand * hidden_size ({self.expand * self.hidden_size}) divisible by "
-                f"mamba2_head_dim ({self.mamba2_head_dim})."
-            )
-        if self.use_bias:
-            raise ValueError("use_bias=True would let padded positions leak through in_proj; keep it False.")
-        if self.norm_type not in ("layernorm", "rmsnorm"):
-            raise ValueError(f"norm_type must be 'layernorm' or 'rmsnorm', got {self.norm_type!r}.")
-        for name in ("drop_path_rate", "speech_mask_prob"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"MambaASRConfig.{name} must be in [0, 1), got {value}.")
-        if self.kernel_backend not in ("auto", "cuda", "cpu", "reference"):
-            raise ValueError(f"kernel_backend must be auto, cuda, cpu or reference, got {self.kernel_backend!r}.")
-        special = {"pad_token_id": self.pad_token_id, "bos_token_id": self.bos_token_id,
-                   "eos_token_id": self.eos_token_id, "speech_token_id": self.speech_token_id,
-                   "generate_text_token_id": self.generate_text_token_id}
-        for name, value in special.items():
-            if not isinstance(value, int) or not 0 <= value < self.vocab_size:
-                raise ValueError(f"MambaASRConfig.{name} must be an id in [0, vocab_size={self.vocab_size}), got {value!r}.")
+            self._require(isinstance(value, int) and 0 <= value < self.vocab_size, name,
+                          f"must be an id in [0, vocab_size={self.vocab_size})")
         if self.speech_input == "units":
             if self.num_units <= 0:
                 raise ValueError("speech_input='units' needs num_units > 0 (the size of the unit tokenizer).")

@@ -1,14 +1,14 @@
 # Copyright 2026 The mamba-zoo authors. Apache-2.0.
 """Configuration of MambaForCTC: a ConMamba-style bidirectional Mamba encoder with a CTC head."""
 
-import math
-
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
+from .configuration_mamba_common import NORM_TYPES, MambaMixerConfigMixin
+
 
 @strict(accept_kwargs=True)
-class MambaCTCConfig(PretrainedConfig):
+class MambaCTCConfig(MambaMixerConfigMixin, PretrainedConfig):
     r"""
     Configuration of [`MambaCTCModel`] / [`MambaForCTC`]: log-mel fbank frames -> convolutional subsampling (stride 2
     per layer) -> bidirectional Mamba encoder (Vim "v2" mixer) -> `lm_head` -> CTC (Wav2Vec2ForCTC conventions).
@@ -33,14 +33,15 @@ class MambaCTCConfig(PretrainedConfig):
         conv_kernel (`int`, defaults to 4): the mixer's causal depthwise conv width `d_conv`.
         time_step_rank (`int` or `"auto"`): rank of the time step projection (`ceil(hidden_size / 16)` for auto).
         time_step_min / time_step_max (`float`): range of the initial time steps.
-        mamba2_head_dim, mamba2_n_groups, mamba2_chunk_size (`int`): Mamba-2 mixer shape (`mixer_type="mamba2"`).
+        mamba2_head_dim, mamba2_n_groups, mamba2_chunk_size (`int`): Mamba-2 mixer shape (`mixer_type="mamba2"`);
+            its gated norm keeps the mixer's own eps (1e-5), not `layer_norm_eps`.
         divide_out (`bool`, defaults to `True`): halve the sum of the two directions.
         use_bias (`bool`): biases in the mixer's `in_proj`/`out_proj`.
         intermediate_size (`int`, defaults to 576): FFN width of ConMamba blocks.
         conv_module_kernel_size (`int`, defaults to 31): depthwise kernel of the ConMamba conv module (odd).
         hidden_act (`str`, defaults to `"silu"`): activation of the subsampling, FFN and conv module.
         norm_type (`str`, defaults to `"layernorm"`): `"layernorm"` or `"rmsnorm"` in the Mamba blocks.
-        layer_norm_eps (`float`): epsilon of every norm.
+        layer_norm_eps (`float`): epsilon of every norm (but the Mamba-2 mixer's gated norm).
         residual_in_fp32 (`bool`): keep the residual stream in float32 (Mamba blocks).
         hidden_dropout (`float`): dropout after the subsampling projection and inside ConMamba modules.
         final_dropout (`float`): dropout before `lm_head`.
@@ -113,42 +114,24 @@ class MambaCTCConfig(PretrainedConfig):
     use_cache: bool = False
     tie_word_embeddings: bool = False
 
+    # the Mamba-2 mixers' gated norm has always used Mamba2Mixer's default eps, not layer_norm_eps
+    mixer_args_at_default = ("norm_eps",)
+
     def __post_init__(self, **kwargs):
-        if self.time_step_rank == "auto":
-            self.time_step_rank = math.ceil(self.hidden_size / 16)
-        self.validate_architecture()  # a plain ValueError first; @strict validates again (wrapping it)
         super().__post_init__(**kwargs)
+        self.resolve_and_validate()
 
     def validate_architecture(self):
-        """Part of `@strict` validation: reject inconsistent sizes and unknown options with a clear message."""
-        positive = ("vocab_size", "num_mel_bins", "feature_hop_length", "num_subsampling_layers",
-                    "subsampling_conv_channels", "hidden_size", "num_hidden_layers", "state_size", "expand",
-                    "conv_kernel", "time_step_rank", "intermediate_size", "conv_module_kernel_size")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"MambaCTCConfig.{name} must be a positive integer, got {value!r}.")
-        if self.block_type not in ("mamba", "conmamba"):
-            raise ValueError(f"block_type must be 'mamba' or 'conmamba', got {self.block_type!r}.")
-        if self.mixer_type not in ("mamba", "mamba2"):
-            raise ValueError(f"mixer_type must be 'mamba' or 'mamba2', got {self.mixer_type!r}.")
-        if self.mixer_type == "mamba2" and (self.expand * self.hidden_size) % self.mamba2_head_dim != 0:
-            raise ValueError(
-                f"mixer_type='mamba2' needs expand * hidden_size ({self.expand * self.hidden_size}) divisible by "
-                f"mamba2_head_dim ({self.mamba2_head_dim})."
-            )
-        if self.norm_type not in ("layernorm", "rmsnorm"):
-            raise ValueError(f"norm_type must be 'layernorm' or 'rmsnorm', got {self.norm_type!r}.")
-        if self.conv_module_kernel_size % 2 != 1:
-            raise ValueError(f"conv_module_kernel_size must be odd (symmetric padding), got {self.conv_module_kernel_size}.")
-        if self.ctc_loss_reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"ctc_loss_reduction must be 'mean', 'sum' or 'none', got {self.ctc_loss_reduction!r}.")
-        for name in ("hidden_dropout", "final_dropout", "drop_path_rate", "mask_time_prob", "mask_feature_prob"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"MambaCTCConfig.{name} must be in [0, 1), got {value}.")
-        if self.kernel_backend not in ("auto", "cuda", "cpu", "reference"):
-            raise ValueError(f"kernel_backend must be auto, cuda, cpu or reference, got {self.kernel_backend!r}.")
+        """Part of `@strict` validation: MambaCTC's own fields (`validate_mixer_fields` checks the mixer's)."""
+        self._require_positive_ints(("vocab_size", "num_mel_bins", "feature_hop_length", "num_subsampling_layers",
+                                     "subsampling_conv_channels", "intermediate_size", "conv_module_kernel_size"))
+        self._require_choice("block_type", ("mamba", "conmamba"))
+        self._require_choice("norm_type", NORM_TYPES)
+        self._require(self.conv_module_kernel_size % 2, "conv_module_kernel_size", "must be odd (symmetric padding)")
+        self._require_choice("ctc_loss_reduction", ("mean", "sum", "none"))
+        self._require_probabilities(
+            ("hidden_dropout", "final_dropout", "drop_path_rate", "mask_time_prob", "mask_feature_prob")
+        )
         if self.pad_token_id is None or not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(
                 f"pad_token_id is the CTC blank and must be in [0, vocab_size={self.vocab_size}), got {self.pad_token_id}."

@@ -6,6 +6,8 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .configuration_mamba_common import NORM_TYPES, MambaMixerConfigMixin
+
 # Named sizes of the released checkpoints (timm-style presets): every size is 24 layers deep.
 SSAMBA_PRESETS: dict[str, dict] = {
     "tiny": {"hidden_size": 192, "num_hidden_layers": 24},
@@ -14,7 +16,6 @@ SSAMBA_PRESETS: dict[str, dict] = {
 }
 
 _POOLINGS = ("mean", "cls")
-_NORM_TYPES = ("layernorm", "rmsnorm")
 
 
 def patch_shape(patch_size) -> tuple[int, int]:
@@ -33,7 +34,7 @@ def patch_grid(num_mel_bins: int, max_length: int, patch_size, frequency_stride:
 
 
 @strict
-class SSAMBAConfig(PreTrainedConfig):
+class SSAMBAConfig(MambaMixerConfigMixin, PreTrainedConfig):
     r"""
     Configuration of an SSAMBA model: an audio spectrogram cut into (possibly overlapping) 16x16 patches, a cls token at
     position 0, learned absolute position embeddings and a stack of bidirectional Mamba blocks (Vim "v2" mixers), as in
@@ -46,6 +47,8 @@ class SSAMBAConfig(PreTrainedConfig):
         expand (`int`, defaults to 2): inner width of the mixer is `expand * hidden_size`.
         conv_kernel (`int`, defaults to 4): width of the depthwise causal convolution.
         time_step_rank (`int` or `"auto"`, defaults to `"auto"`): rank of the time-step projection, `ceil(D / 16)`.
+        time_step_min / time_step_max (`float`, defaults to 0.001 / 0.1): range of the initial time steps;
+            time_step_floor (`float`, defaults to 1e-4): their lower clamp.
         use_bias (`bool`, defaults to False): bias in `in_proj`/`out_proj`.
         use_conv_bias (`bool`, defaults to True): bias in the depthwise convolution.
         bidirectional_mixer (`bool`, defaults to True): each mixer also scans the reversed sequence (bimamba "v2").
@@ -79,7 +82,7 @@ class SSAMBAConfig(PreTrainedConfig):
         discriminative_loss_weight (`float`, defaults to 1.0): weight of the InfoNCE (masked patch classification) loss.
         generative_loss_weight (`float`, defaults to 10.0): weight of the MSE (masked patch reconstruction) loss.
         kernel_backend (`str`, defaults to `"auto"`): selective-scan backend (`"auto"`, `"cuda"`, `"cpu"`,
-            `"reference"`); the same field name as the other mamba-zoo configs (`backend`, its old name, is accepted).
+            `"reference"`).
 
     Example:
 
@@ -128,16 +131,12 @@ class SSAMBAConfig(PreTrainedConfig):
     kernel_backend: str = "auto"
 
     def __post_init__(self, **kwargs):
-        if "backend" in kwargs:  # the field's name before 2026-11 (configs saved then still load)
-            self.kernel_backend = kwargs.pop("backend")
         if isinstance(self.patch_size, tuple):
             self.patch_size = list(self.patch_size)
         if isinstance(self.patch_size, list) and len(self.patch_size) == 2 and self.patch_size[0] == self.patch_size[1]:
             self.patch_size = int(self.patch_size[0])
-        if self.time_step_rank == "auto":
-            self.time_step_rank = -(-self.hidden_size // 16)
         super().__post_init__(**kwargs)
-        self._check()
+        self.resolve_and_validate()
 
     @classmethod
     def from_preset(cls, size: str, **kwargs) -> "SSAMBAConfig":
@@ -170,13 +169,11 @@ class SSAMBAConfig(PreTrainedConfig):
     def intermediate_size(self) -> int:
         return self.expand * self.hidden_size
 
-    def _check(self) -> None:
-        positive = ("hidden_size", "num_hidden_layers", "state_size", "expand", "conv_kernel", "time_step_rank",
-                    "frequency_stride", "time_stride", "num_mel_bins", "max_length")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"SSAMBAConfig.{name} must be a positive integer, got {value!r}.")
+    def validate_architecture(self) -> None:
+        """Part of `@strict` validation: SSAMBA's own fields (`validate_mixer_fields` checks the mixer's)."""
+        self._require_positive_ints(
+            ("frequency_stride", "time_stride", "num_mel_bins", "max_length", "mask_patch_count")
+        )
         patch = self.patch_size
         is_pair = isinstance(patch, list) and len(patch) == 2 and all(isinstance(v, int) for v in patch)
         if not (isinstance(patch, int) or is_pair) or min(patch_shape(patch)) <= 0:
@@ -200,23 +197,12 @@ class SSAMBAConfig(PreTrainedConfig):
                 f"num_hidden_layers must be even, got {self.num_hidden_layers}. Use an even depth or set "
                 "bidirectional_layer_pairing=False."
             )
-        if self.pooling not in _POOLINGS:
-            raise ValueError(f"pooling must be one of {_POOLINGS}, got {self.pooling!r}.")
+        self._require_choice("pooling", _POOLINGS)
         if self.pooling == "cls" and not self.use_cls_token:
             raise ValueError("pooling='cls' needs use_cls_token=True.")
-        if self.norm_type not in _NORM_TYPES:
-            raise ValueError(f"norm_type must be one of {_NORM_TYPES}, got {self.norm_type!r}.")
-        if self.kernel_backend not in ("auto", "cuda", "cpu", "reference"):
-            raise ValueError(
-                f"kernel_backend must be 'auto', 'cuda', 'cpu' or 'reference', got {self.kernel_backend!r}."
-            )
-        for name in ("drop_path_rate", "hidden_dropout_prob"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
-        if self.mask_patch_count < 1:
-            raise ValueError(f"mask_patch_count must be >= 1, got {self.mask_patch_count}.")
-        if self.mask_cluster_factor < 0:
-            raise ValueError(f"mask_cluster_factor must be >= 0 (0 = random patches), got {self.mask_cluster_factor}.")
+        self._require_choice("norm_type", NORM_TYPES)
+        self._require_probabilities(("drop_path_rate", "hidden_dropout_prob"))
+        self._require(self.mask_cluster_factor >= 0, "mask_cluster_factor", "must be >= 0 (0 = random patches)")
         if self.discriminative_loss_weight < 0 or self.generative_loss_weight < 0:
             raise ValueError("discriminative_loss_weight and generative_loss_weight must be >= 0.")
 

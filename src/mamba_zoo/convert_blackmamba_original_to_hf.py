@@ -87,7 +87,7 @@ def blackmamba_config_from_original(json_config: dict, state_dict: Optional[dict
         num_experts=expert_counts.pop() if expert_counts else 8,
         gated_mlp=bool(json_config.get("swiglu", json_config.get("gated_linear_unit", True))),
         use_bias=False,
-        layer_norm_epsilon=float(json_config.get("layernorm_epsilon", 1e-5)),
+        layer_norm_eps=float(json_config.get("layernorm_epsilon", 1e-5)),
     )
     if json_config.get("dt_rank", "auto") != "auto":
         config_kwargs["time_step_rank"] = int(json_config["dt_rank"])

@@ -23,8 +23,10 @@ from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOut
 from transformers.modeling_utils import PreTrainedModel
 
 from .configuration_blackmamba import BlackMambaConfig
-from .mamba_layers import MambaBlock, MambaMixer, MambaZooCache, MoEExpert, SwitchMoE, load_balancing_loss
-from .mamba_layers import _resolve_cache_kwarg as _resolve_cache  # older names: cache_params, past_key_values
+from .cpu_inference import inference_workspace
+from .mamba_cache import MambaZooCache, resolve_cache_kwarg
+from .mamba_layers import MambaBlock, MambaMixer, build_mixer
+from .moe_layers import MoEExpert, SwitchMoE, load_balancing_loss
 
 
 class BlackMambaPreTrainedModel(PreTrainedModel):
@@ -59,22 +61,7 @@ class BlackMambaPreTrainedModel(PreTrainedModel):
 def _build_layer(config: BlackMambaConfig, layer_idx: int) -> MambaBlock:
     layer_type = config.layer_types[layer_idx]
     if layer_type == "mamba":
-        mixer = MambaMixer(
-            config.hidden_size,
-            d_state=config.state_size,
-            d_conv=config.conv_kernel,
-            expand=config.expand,
-            dt_rank=config.resolved_time_step_rank,
-            dt_min=config.time_step_min,
-            dt_max=config.time_step_max,
-            dt_init=config.time_step_init_scheme,
-            dt_scale=config.time_step_scale,
-            dt_init_floor=config.time_step_floor,
-            conv_bias=config.use_conv_bias,
-            bias=config.use_bias,
-            layer_idx=layer_idx,
-            backend=config.kernel_backend,
-        )
+        mixer = build_mixer(config, layer_idx)
     elif layer_type == "moe":
         mixer = SwitchMoE(
             config.hidden_size,
@@ -91,7 +78,7 @@ def _build_layer(config: BlackMambaConfig, layer_idx: int) -> MambaBlock:
         config.hidden_size,
         mixer,
         norm_type="rmsnorm",
-        norm_eps=config.layer_norm_epsilon,
+        norm_eps=config.layer_norm_eps,
         residual_in_fp32=config.residual_in_fp32,
     )
 
@@ -104,7 +91,7 @@ class BlackMambaModel(BlackMambaPreTrainedModel):
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList([_build_layer(config, i) for i in range(config.num_hidden_layers)])
         # released checkpoints: LayerNorm with bias here, RMSNorm in the blocks
-        self.norm_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.norm_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -114,7 +101,7 @@ class BlackMambaModel(BlackMambaPreTrainedModel):
     def set_input_embeddings(self, new_embeddings):
         self.embeddings = new_embeddings
 
-    def new_cache(self) -> MambaZooCache:
+    def make_cache(self) -> MambaZooCache:
         """An empty inference cache with one state slot per mamba layer."""
         return MambaZooCache([1 if t == "mamba" else 0 for t in self.config.layer_types])
 
@@ -157,7 +144,7 @@ class BlackMambaModel(BlackMambaPreTrainedModel):
         Returns:
             `MoeModelOutputWithPast(last_hidden_state (batch, L, hidden_size), cache, hidden_states, router_logits)`.
         """
-        cache = _resolve_cache(cache, kwargs)
+        cache = resolve_cache_kwarg(cache, kwargs)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -174,10 +161,10 @@ class BlackMambaModel(BlackMambaPreTrainedModel):
         if self.gradient_checkpointing and self.training:
             use_cache = False
         if use_cache and cache is None:
-            cache = self.new_cache()
+            cache = self.make_cache()
         if cache is not None and not isinstance(cache, MambaZooCache):
             raise TypeError(
-                f"BlackMamba needs a MambaZooCache (model.backbone.new_cache()), got {type(cache).__name__}."
+                f"BlackMamba needs a MambaZooCache (model.backbone.make_cache()), got {type(cache).__name__}."
             )
         if not use_cache:
             cache = None
@@ -185,16 +172,17 @@ class BlackMambaModel(BlackMambaPreTrainedModel):
         hidden_states, residual = inputs_embeds, None
         all_hidden_states = () if output_hidden_states else None
         all_router_logits = () if output_router_logits else None
-        for layer_type, block in zip(self.config.layer_types, self.layers):
-            if output_hidden_states:
-                all_hidden_states += (hidden_states if residual is None else hidden_states + residual,)
-            if layer_type == "mamba":
-                outputs = block(hidden_states, residual, attention_mask=attention_mask, cache=cache)
-            else:
-                outputs = block(hidden_states, residual)
-            hidden_states, residual = outputs[0], outputs[1]
-            if layer_type == "moe" and output_router_logits:
-                all_router_logits += (outputs[2],)
+        with inference_workspace():  # no-grad CPU mixers share their scratch buffers across layers
+            for layer_type, block in zip(self.config.layer_types, self.layers):
+                if output_hidden_states:
+                    all_hidden_states += (hidden_states if residual is None else hidden_states + residual,)
+                if layer_type == "mamba":
+                    outputs = block(hidden_states, residual, attention_mask=attention_mask, cache=cache)
+                else:
+                    outputs = block(hidden_states, residual)
+                hidden_states, residual = outputs[0], outputs[1]
+                if layer_type == "moe" and output_router_logits:
+                    all_router_logits += (outputs[2],)
         if cache is not None and self.config.layer_types[0] != "mamba":
             cache.advance(inputs_embeds.shape[1])  # the cache counts tokens in the mixer of layer 0
 
@@ -254,14 +242,14 @@ class BlackMambaForCausalLM(BlackMambaPreTrainedModel, GenerationMixin):
             if model_kwargs.get(old_name) is not None and model_kwargs.get("cache") is None:
                 model_kwargs["cache"] = model_kwargs.pop(old_name)
         if model_kwargs.get("cache") is None and generation_config.use_cache is not False:
-            model_kwargs["cache"] = self.backbone.new_cache()
+            model_kwargs["cache"] = self.backbone.make_cache()
             return
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, inputs_embeds=None,
                                       is_first_iteration=False, use_cache=None, **kwargs):
         """After the prefill only the newest token is fed (the states hold the rest), without an attention mask."""
-        cache = _resolve_cache(cache, kwargs)
+        cache = resolve_cache_kwarg(cache, kwargs)
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, cache=cache, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
             is_first_iteration=is_first_iteration, use_cache=use_cache, **kwargs,
@@ -297,7 +285,7 @@ class BlackMambaForCausalLM(BlackMambaPreTrainedModel, GenerationMixin):
             `MoeCausalLMOutputWithPast(loss, aux_loss, logits (batch, L, vocab_size), cache, hidden_states,
             router_logits)`; `aux_loss` is the unweighted load-balancing loss (with `output_router_logits`).
         """
-        cache = _resolve_cache(cache, kwargs)
+        cache = resolve_cache_kwarg(cache, kwargs)
         output_router_logits = (
             output_router_logits if output_router_logits is not None else self.config.output_router_logits
         )
