@@ -1,19 +1,168 @@
-"""The HfArgumentParser command lines of training/train_causal_lm.py, train_decoder_asr.py and train_ctc.py: the script
-defaults apply to every flag not passed, explicit flags (CLI, old aliases, JSON) win, and tiny end-to-end runs write
-their output directory."""
+"""The command lines of the training scripts: the script defaults apply to every flag not passed, explicit flags (CLI,
+JSON) win, recipes are fixed-length (no clock budget unless `--max_train_minutes` is given), removed flags are
+argparse errors, the opt-in budget stops at a step boundary and says so, and tiny end-to-end runs write their output
+directory."""
 
 import json
 import sys
-from argparse import Namespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+import common  # noqa: E402
 import compare_moe_dense  # noqa: E402
+import finetune_audio_classification as finetune  # noqa: E402
+import pretrain_ssamba as pretrain  # noqa: E402
+import ssamba_keywords_main as keywords_main  # noqa: E402
 import train_causal_lm as causal_lm  # noqa: E402
 import train_ctc as ctc  # noqa: E402
 import train_decoder_asr as decoder_asr  # noqa: E402
+
+
+class FakeClock:
+    """`common.wall_clock` that advances `step` seconds at every reading (no sleeping)."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 0.0, step
+
+    def __call__(self):
+        self.now += self.step
+        return self.now
+
+
+# ---------------------------------------------------------------------------------------------- common
+
+
+def test_budget_callback_stops_at_the_first_step_boundary_past_the_budget(monkeypatch, caplog):
+    from transformers import TrainerControl, TrainerState
+
+    monkeypatch.setattr(common, "wall_clock", FakeClock(25.0))  # 25 s per reading
+    budget = common.TrainingBudgetCallback(1.0)
+    args, state = SimpleNamespace(world_size=1), TrainerState(max_steps=10)
+    budget.on_train_begin(args, state, TrainerControl())
+    for step in range(1, 11):
+        state.global_step = step
+        if budget.on_step_end(args, state, TrainerControl()).should_training_stop:
+            break
+    assert step == 3 and budget.stopped_at_step == 3  # 25, 50 s elapsed after steps 1, 2; 75 s >= 60 s after step 3
+    assert budget.summary() == {"stopped_by_time_budget": True, "max_train_minutes": 1.0}
+    assert "training stopped at step 3 of 10" in caplog.text
+
+
+def test_budget_callback_reports_only_real_cuts(monkeypatch):
+    from transformers import TrainerControl, TrainerState
+
+    monkeypatch.setattr(common, "wall_clock", FakeClock(3600.0))  # every step far past any budget
+    args = SimpleNamespace(world_size=1)
+    unlimited = common.TrainingBudgetCallback(None)
+    state = TrainerState(max_steps=4, global_step=1)
+    unlimited.on_train_begin(args, state, TrainerControl())
+    assert not unlimited.on_step_end(args, state, TrainerControl()).should_training_stop
+    assert unlimited.summary() == {"stopped_by_time_budget": False}
+    # out of time on the recipe's last step: the run was not cut
+    last = common.TrainingBudgetCallback(1.0)
+    state = TrainerState(max_steps=4, global_step=4)
+    last.on_train_begin(args, state, TrainerControl())
+    assert not last.on_step_end(args, state, TrainerControl()).should_training_stop
+    assert last.summary() == {"stopped_by_time_budget": False, "max_train_minutes": 1.0}
+
+
+@pytest.mark.parametrize("parse, argv", [
+    (causal_lm.parse_args, ["--batch_size", "4"]),
+    (causal_lm.parse_args, ["--eval_batch_size=3"]),
+    (causal_lm.parse_args, ["--no_sinkhorn"]),
+    (causal_lm.parse_args, ["--max_minutes", "4"]),
+    (decoder_asr.parse_args, ["--batch_size", "8"]),
+    (ctc.parse_args, ["--max_train_cpu_minutes", "16"]),
+    (keywords_main.parse_args, ["--pretrain_minutes", "2.5"]),
+    (keywords_main.parse_args, ["--finetune_minutes", "11"]),
+    (keywords_main.parse_args, ["--finetune_epochs", "25"]),
+])
+def test_removed_flags_are_argparse_errors(parse, argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(argv)
+    assert exit_info.value.code == 2
+    assert f"unrecognized arguments: {' '.join(argv)}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("parse", [causal_lm.parse_args, ctc.parse_args, decoder_asr.parse_args, finetune.parse_args,
+                                   pretrain.parse_args, keywords_main.parse_args])
+def test_every_script_prints_its_help_with_the_budget_flag(parse, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--help"])
+    assert exit_info.value.code == 0  # argparse formats every help string (a bare "%" in one used to crash it)
+    assert "--max_train_minutes" in capsys.readouterr().out
+
+
+def test_removed_json_keys_are_argparse_errors(tmp_path, capsys):
+    config = tmp_path / "args.json"
+    config.write_text(json.dumps({"batch_size": 2, "max_steps": 3}))
+    with pytest.raises(SystemExit) as exit_info:
+        causal_lm.parse_args([str(config)])
+    assert exit_info.value.code == 2 and "unrecognized keys" in capsys.readouterr().err
+
+
+def test_audio_scripts_have_no_clock_budget_by_default(tmp_path):
+    for parse in (finetune.parse_args, pretrain.parse_args):
+        *_, data_args, training_args = parse(["--output_dir", str(tmp_path)])
+        assert data_args.max_train_minutes is None
+        assert (training_args.max_steps, training_args.num_train_epochs) == (-1, 3)  # TrainingArguments' own
+    *_, data_args, _ = finetune.parse_args(["--output_dir", str(tmp_path), "--max_train_minutes", "2"])
+    assert data_args.max_train_minutes == 2
+
+
+# ---------------------------------------------------------------------------------------------- ssamba_keywords_main
+
+
+def test_keywords_main_defaults_are_the_documented_run():
+    args = keywords_main.parse_args([])
+    # model_cards/ssamba.md, main job: 178 pretraining + 1759 fine-tuning steps of batch 32, lr 3e-3
+    assert (args.pretrain_steps, args.finetune_steps, args.batch_size, args.learning_rate) == (178, 1759, 32, 3e-3)
+    assert args.max_train_minutes is None
+
+
+def test_keywords_main_passes_its_lengths_and_budget_to_both_phases(tmp_path, monkeypatch):
+    """main() with the training phases, the corpus and the pipeline stubbed: each phase gets its fixed step count, the
+    opt-in budget is shared (fine-tuning gets what pretraining left) and a cut shows in results.json."""
+    import transformers
+    from datasets import ClassLabel, Dataset, DatasetDict
+
+    import mamba_zoo.corpora
+
+    def split(n):
+        data = {"audio": [{"array": [0.0] * 160, "sampling_rate": 16000}] * n, "label": [i % 2 for i in range(n)],
+                "voice": ["v"] * n}
+        return Dataset.from_dict(data).cast_column("label", ClassLabel(names=["yes", "no"]))
+
+    calls = {}
+
+    def fake_pretrain(model_args, data_args, training_args, dataset):
+        calls["pretrain"] = (training_args.max_steps, data_args.max_train_minutes)
+        return {"steps": training_args.max_steps, "train_minutes": 3.0, "final_discriminative_accuracy": 0.5,
+                "chance_discriminative_accuracy": 0.1, "final_generative_mse": 1.0, "stopped_by_time_budget": False}
+
+    def fake_finetune(model_args, data_args, training_args, dataset):
+        calls["finetune"] = (training_args.max_steps, data_args.max_train_minutes)
+        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+        cut = data_args.max_train_minutes is not None
+        return {"train_steps": 5 if cut else training_args.max_steps, "train_minutes": 1.0, "test_accuracy": 0.5,
+                "test_clips": 4, "validation_accuracy": 0.5, "stopped_by_time_budget": cut}
+
+    monkeypatch.setattr(mamba_zoo.corpora, "load_keywords",
+                        lambda **kw: DatasetDict(train=split(4), validation=split(4), test=split(4)))
+    monkeypatch.setattr(pretrain, "run", fake_pretrain)
+    monkeypatch.setattr(finetune, "run", fake_finetune)
+    monkeypatch.setattr(transformers, "pipeline", lambda *a, **kw: lambda audio, top_k: [{"label": "yes", "score": 1}])
+    out = tmp_path / "kws"
+    summary = keywords_main.main(["--output_dir", str(out), "--threads", "1"])
+    assert calls == {"pretrain": (178, None), "finetune": (1759, None)}
+    assert summary["stopped_by_time_budget"] is False and summary["finetune_steps"] == 1759
+    summary = keywords_main.main(["--output_dir", str(out), "--threads", "1", "--max_train_minutes", "10"])
+    assert calls == {"pretrain": (178, 10.0), "finetune": (1759, 7.0)}
+    assert summary["stopped_by_time_budget"] is True
+    assert json.loads((out / "results.json").read_text())["finetune"]["train_steps"] == 5
 
 
 # ---------------------------------------------------------------------------------------------- train_causal_lm
@@ -22,12 +171,11 @@ import train_decoder_asr as decoder_asr  # noqa: E402
 def test_causal_lm_no_flags_gives_script_defaults():
     model_args, data_args, run_args, training_args = causal_lm.parse_args([])
     assert (model_args.arch, model_args.hidden_size, model_args.num_layers, model_args.state_size,
-            model_args.ffn_hidden_size, model_args.num_experts, model_args.lora, model_args.no_sinkhorn) == (
-        "moe", 128, 8, 16, 256, 8, False, False)
+            model_args.ffn_hidden_size, model_args.num_experts, model_args.lora) == ("moe", 128, 8, 16, 256, 8, False)
     assert (model_args.routing, model_args.router_aux_loss_coef) == ("argmax", 0.01)
     assert (data_args.tokenizer, data_args.vocab_size, data_args.num_sentences, data_args.block_size) == (
         "bpe", 512, 20000, 128)
-    assert run_args.threads is None and run_args.max_minutes is None
+    assert run_args.threads is None and run_args.max_train_minutes is None  # fixed-length: no clock budget
     ta = training_args
     assert ta.output_dir == "outputs/blackmamba-text"
     assert (ta.per_device_train_batch_size, ta.per_device_eval_batch_size) == (16, 32)
@@ -43,15 +191,13 @@ def test_causal_lm_explicit_flags_win(tmp_path):
     assert (ta.learning_rate, ta.max_steps, ta.output_dir, ta.warmup_steps, ta.seed) == (1e-4, 7, str(tmp_path), 0, 3)
     assert ta.lr_scheduler_type.value == "linear"
     assert ta.weight_decay == 0.01  # untouched flags keep the script default
-    # old names of TrainingArguments fields
-    *_, ta = causal_lm.parse_args(["--batch_size", "4", "--eval_batch_size=3"])
-    assert (ta.per_device_train_batch_size, ta.per_device_eval_batch_size) == (4, 3)
     # epochs alone: the step default no longer overrides them
     *_, ta = causal_lm.parse_args(["--num_train_epochs", "2"])
     assert (ta.max_steps, ta.num_train_epochs) == (-1, 2)
     # the single-argument JSON form
     config = tmp_path / "args.json"
-    config.write_text(json.dumps({"learning_rate": 3e-4, "max_steps": 11, "arch": "dense", "batch_size": 2}))
+    config.write_text(json.dumps({"learning_rate": 3e-4, "max_steps": 11, "arch": "dense",
+                                  "per_device_train_batch_size": 2}))
     model_args, _, _, ta = causal_lm.parse_args([str(config)])
     assert (ta.learning_rate, ta.max_steps, model_args.arch, ta.per_device_train_batch_size) == (3e-4, 11, "dense", 2)
     assert (ta.output_dir, ta.warmup_steps, ta.per_device_eval_batch_size) == ("outputs/blackmamba-text", 50, 32)
@@ -67,10 +213,6 @@ def test_causal_lm_routing_flags_set_the_config():
     assert default.output_router_logits is True  # the aux loss needs the router logits
     released = config("--routing", "sinkhorn", "--router_aux_loss_coef", "0")
     assert released.sinkhorn_in_training is True and released.output_router_logits is False
-    assert config("--no_sinkhorn").sinkhorn_in_training is False  # the old flag still parses
-    with pytest.raises(ValueError, match="contradict"):
-        # refused when parsed, so also with --init_from (which never calls build_config)
-        causal_lm.parse_args(["--no_sinkhorn", "--routing", "sinkhorn"])
 
 
 def test_causal_lm_tiny_run_writes_output_dir(tmp_path):
@@ -83,11 +225,24 @@ def test_causal_lm_tiny_run_writes_output_dir(tmp_path):
         "--max_steps", "3", "--per_device_train_batch_size", "4", "--learning_rate", "1e-3",
     ])
     assert metrics["steps"] == 3 and metrics["train_tokens_seen"] == 3 * 4 * 32
+    assert metrics["stopped_by_time_budget"] is False and "max_train_minutes" not in metrics
     assert json.loads((out / "metrics.json").read_text())["validation"]["perplexity"] > 1
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (out / name).is_file(), name
     model = BlackMambaForCausalLM.from_pretrained(out)
     assert model.config.layer_types == ["mamba", "moe"] and model.config.hidden_size == 32
+
+
+def test_causal_lm_time_budget_cuts_the_run_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "wall_clock", FakeClock(10.0))  # every step takes 10 s of the 30 s budget
+    out = tmp_path / "lm"
+    metrics = causal_lm.main([
+        "--output_dir", str(out), "--hidden_size", "32", "--num_layers", "2", "--ffn_hidden_size", "32",
+        "--num_experts", "2", "--num_sentences", "300", "--vocab_size", "300", "--block_size", "32",
+        "--max_steps", "6", "--per_device_train_batch_size", "4", "--max_train_minutes", "0.5",
+    ])
+    assert (metrics["steps"], metrics["stopped_by_time_budget"], metrics["max_train_minutes"]) == (3, True, 0.5)
+    assert json.loads((out / "metrics.json").read_text())["stopped_by_time_budget"] is True
 
 
 @pytest.mark.parametrize("freeze", [False, True])
@@ -268,7 +423,8 @@ def test_decoder_asr_no_flags_gives_script_defaults():
 
 
 def test_decoder_asr_explicit_flags_win(tmp_path):
-    *_, ta = decoder_asr.parse_args(["--learning_rate", "5e-4", "--max_steps", "300", "--batch_size", "8"])
+    *_, ta = decoder_asr.parse_args(["--learning_rate", "5e-4", "--max_steps", "300",
+                                     "--per_device_train_batch_size", "8"])
     assert (ta.learning_rate, ta.max_steps, ta.per_device_train_batch_size) == (5e-4, 300, 8)
     assert ta.warmup_steps == 30  # min(100, max_steps // 10) of the max_steps given
     *_, ta = decoder_asr.parse_args(["--max_steps", "300", "--warmup_steps", "5"])
@@ -291,16 +447,15 @@ def test_decoder_asr_tiny_run_writes_output_dir(tmp_path):
 
     out = tmp_path / "asr"
     result = decoder_asr.main(TINY_ASR + ["--output_dir", str(out)])
-    assert result["steps"] == 2 and 0 <= result["test_cer"]
+    assert result["steps"] == 2 and 0 <= result["test_cer"] and result["stopped_by_time_budget"] is False
     assert json.loads((out / "results.json").read_text())["steps"] == 2
     for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json"):
         assert (out / name).is_file(), name
     assert MambaDecoderOnlyASR.from_pretrained(out).config.num_hidden_layers == 2
 
 
-def test_decoder_asr_ablation_and_old_train_one(tmp_path, monkeypatch):
-    """--ablation trains each configuration in one process; train_one still takes an argparse-style namespace.
-    (Decoding is stubbed: the full run above covers it.)"""
+def test_decoder_asr_ablation(tmp_path, monkeypatch):
+    """--ablation trains each configuration in one process. (Decoding is stubbed: the full run above covers it.)"""
     monkeypatch.setattr(decoder_asr, "transcribe", lambda model, processor, audio, **kw: ["one"] * len(audio))
     out = tmp_path / "ablation"
     rows = decoder_asr.main(TINY_ASR + ["--output_dir", str(out), "--ablation", "--ablation_prefixes", "none,parallel",
@@ -309,13 +464,7 @@ def test_decoder_asr_ablation_and_old_train_one(tmp_path, monkeypatch):
                                                                                  ("mamba", "parallel", 2)]
     assert len(json.loads((out / "ablation.json").read_text())) == 2
     assert not (out / "config.json").exists()  # ablation runs save no model
-
-    splits = decoder_asr.load_corpus("digits", 16, 4, 0)
-    old = Namespace(speech_input="features", num_units=200, hidden_size=32, num_layers=2, expand=2, state_size=16,
-                    mamba2_head_dim=32, subsampling_channels=32, num_subsampling_layers=3, speech_mask_prob=0.0,
-                    batch_size=4, learning_rate=2e-3, seed=0, num_beams=1, output_dir=str(tmp_path / "old"))
-    result = decoder_asr.train_one(old, splits, "parallel", "mamba", tmp_path / "old-model", max_steps=1)
-    assert result["steps"] == 1 and (tmp_path / "old-model" / "results.json").is_file()
+    assert (out / "runs" / "mamba-none").is_dir() and (out / "runs" / "mamba-parallel").is_dir()
 
 
 # ---------------------------------------------------------------------------------------------- train_ctc
@@ -328,8 +477,8 @@ def test_ctc_no_flags_gives_script_defaults():
         96, 4, 32, "mamba", False, 8, None)
     assert (data_args.kind, data_args.num_train, data_args.num_eval, data_args.concat_probability) == (
         "digits", 2000, 200, 0.3)
-    assert (run_args.max_train_cpu_minutes, run_args.beam_width, run_args.skip_long_form, run_args.eval_only,
-            run_args.num_threads) == (16.0, 0, False, False, 1)
+    assert (run_args.max_train_minutes, run_args.beam_width, run_args.skip_long_form, run_args.eval_only,
+            run_args.num_threads) == (None, 0, False, False, 1)  # fixed-length: no clock budget
     assert ta.output_dir == "outputs/mamba-ctc-digits"
     assert (ta.num_train_epochs, ta.max_steps, ta.per_device_train_batch_size, ta.per_device_eval_batch_size) == (
         15, -1, 16, 32)
@@ -364,7 +513,7 @@ def test_ctc_tiny_run_writes_output_dir(tmp_path):
     results = ctc.main(["--num_train", "16", "--num_eval", "4", "--hidden_size", "32", "--num_hidden_layers", "2",
                         "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--skip_long_form",
                         "--output_dir", str(out)])
-    assert results["steps"] == 2 and 0 <= results["test"]["cer"]
+    assert results["steps"] == 2 and 0 <= results["test"]["cer"] and results["stopped_by_time_budget"] is False
     assert json.loads((out / "eval_results.json").read_text())["steps"] == 2
     for name in ("config.json", "model.safetensors", "processor_config.json", "vocab.json", "README.md"):
         assert (out / name).is_file(), name

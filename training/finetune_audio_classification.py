@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -29,11 +28,14 @@ from typing import Optional
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import Trainer, TrainingArguments, set_seed
 
 import mamba_zoo  # noqa: F401  (registers SSAMBA with the Auto* classes)
 from mamba_zoo import SSAMBAConfig, SSAMBAFeatureExtractor, SSAMBAForAudioClassification
 from mamba_zoo.configuration_ssamba import patch_shape
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.py, also when imported from elsewhere
+from common import TrainingBudgetCallback, end_distributed_run, max_train_minutes_field, parse_script_args  # noqa: E402
 
 logger = logging.getLogger("finetune_audio_classification")
 
@@ -90,9 +92,7 @@ class DataArguments:
     spec_augment: bool = field(default=True, metadata={"help": "random time shift + time/frequency masking"})
     freq_mask: int = field(default=24, metadata={"help": "SpecAugment: max masked mel bins"})
     time_mask: int = field(default=24, metadata={"help": "SpecAugment: max masked frames"})
-    max_train_minutes: Optional[float] = field(
-        default=None, metadata={"help": "stop training after this many minutes (time budget)"}
-    )
+    max_train_minutes: Optional[float] = max_train_minutes_field()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -181,46 +181,6 @@ class SpectrogramDataset(torch.utils.data.Dataset):
         if self.labels is not None:
             item["labels"] = self.labels[i]
         return item
-
-
-class TimeBudgetCallback(TrainerCallback):
-    """Stop training (cleanly, at a step boundary) once `minutes` have passed since training began."""
-
-    def __init__(self, minutes: float):
-        self.seconds = minutes * 60
-        self.start = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.time()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.start is not None and time.time() - self.start > self.seconds:
-            logger.warning("Time budget of %.1f min reached at step %d: stopping.", self.seconds / 60, state.global_step)
-            control.should_training_stop = True
-        return control
-
-
-def fit_steps_to_budget(model, dataset, training_args: TrainingArguments, minutes: float, probe_steps: int = 2) -> None:
-    """Set `max_steps` so that training ends (learning-rate schedule included) within `minutes`: time a few
-    forward/backward passes on one batch first. Never raises the number of steps the epochs would give."""
-    batch = torch.utils.data.default_collate([dataset[i] for i in range(min(len(dataset),
-                                                                             training_args.per_device_train_batch_size))])
-    model.train()
-    model.zero_grad()
-    model(**batch).loss.backward()  # warm-up (numba JIT / cache load)
-    start = time.time()
-    for _ in range(probe_steps):
-        model(**batch).loss.backward()
-    model.zero_grad()
-    seconds_per_step = (time.time() - start) / probe_steps * 1.1  # + optimizer / data loading
-    budget_steps = max(1, int(minutes * 60 / seconds_per_step))
-    steps_per_epoch = math.ceil(len(dataset) / (training_args.per_device_train_batch_size *
-                                                training_args.gradient_accumulation_steps))
-    epoch_steps = training_args.max_steps if training_args.max_steps > 0 else math.ceil(
-        training_args.num_train_epochs * steps_per_epoch)
-    training_args.max_steps = min(budget_steps, epoch_steps)
-    logger.warning("%.2f s/step measured: training for %d steps (%.1f epochs) to fit %.1f min", seconds_per_step,
-                   training_args.max_steps, training_args.max_steps / steps_per_epoch, minutes)
 
 
 def accuracy_metrics(eval_pred):
@@ -371,17 +331,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     if model_args.lora:
         model = wrap_lora(model, model_args)
     training_args.remove_unused_columns = False
-    callbacks = []
-    if data_args.max_train_minutes:
-        fit_steps_to_budget(model, train, training_args, data_args.max_train_minutes)
-        callbacks.append(TimeBudgetCallback(data_args.max_train_minutes * 1.15))  # safety net if the machine slows
+    budget = TrainingBudgetCallback(data_args.max_train_minutes)
     trainer = Trainer(
         model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
-        compute_metrics=accuracy_metrics, callbacks=callbacks, processing_class=feature_extractor,
+        compute_metrics=accuracy_metrics, callbacks=[budget], processing_class=feature_extractor,
     )
     train_result = trainer.train()
     results = {"train_clips": len(train), "train_steps": train_result.global_step,
-               "train_minutes": round(train_result.metrics["train_runtime"] / 60, 2)}
+               "train_minutes": round(train_result.metrics["train_runtime"] / 60, 2), **budget.summary()}
     if evaluation is not None:
         results["validation_accuracy"] = trainer.evaluate(evaluation, metric_key_prefix="eval")["eval_accuracy"]
     if test is not None:
@@ -430,10 +387,9 @@ def push_output_dir(output_dir, training_args: TrainingArguments) -> None:
 
 
 def parse_args(argv=None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(sys.argv[1]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    """`(model_args, data_args, training_args)` from `argv` (default: sys.argv[1:]) or one `.json` file; the Trainer
+    flags keep TrainingArguments' own defaults."""
+    return parse_script_args((ModelArguments, DataArguments, TrainingArguments), {}, argv, __doc__.split("\n\n")[0])
 
 
 def main(argv=None):
@@ -446,6 +402,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
-    from script_arguments import end_distributed_run  # this script's directory is on sys.path
-
     end_distributed_run()  # under torchrun on CPU: leave without gloo's exit-time abort

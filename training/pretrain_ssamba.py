@@ -24,15 +24,11 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainingArguments, set_seed
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from finetune_audio_classification import (  # noqa: E402
-    SpectrogramDataset,
-    TimeBudgetCallback,
-    compute_features,
-    fit_steps_to_budget,
-)
+from common import TrainingBudgetCallback, end_distributed_run, max_train_minutes_field, parse_script_args  # noqa: E402
+from finetune_audio_classification import SpectrogramDataset, compute_features  # noqa: E402
 
 import mamba_zoo  # noqa: E402,F401
 from mamba_zoo import SSAMBAConfig, SSAMBAFeatureExtractor, SSAMBAForPreTraining  # noqa: E402
@@ -74,7 +70,7 @@ class PretrainDataArguments:
     num_per_class: int = field(default=200, metadata={"help": "embedded corpus size (clips per keyword class)"})
     feature_preset: str = field(default="speechcommands", metadata={"help": "audioset, esc50 or speechcommands"})
     max_length: Optional[int] = field(default=None, metadata={"help": "frames (default: the preset's)"})
-    max_train_minutes: Optional[float] = field(default=None, metadata={"help": "time budget"})
+    max_train_minutes: Optional[float] = max_train_minutes_field()
 
 
 def load_unlabeled(data_args: PretrainDataArguments):
@@ -119,11 +115,8 @@ def run(model_args: PretrainModelArguments, data_args: PretrainDataArguments, tr
     model.share_mask_between_objectives = model_args.share_mask_between_objectives
     training_args.remove_unused_columns = False
     training_args.label_names = []
-    callbacks = []
-    if data_args.max_train_minutes:
-        fit_steps_to_budget(model, train, training_args, data_args.max_train_minutes)
-        callbacks.append(TimeBudgetCallback(data_args.max_train_minutes * 1.15))  # safety net if the machine slows
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, callbacks=callbacks,
+    budget = TrainingBudgetCallback(data_args.max_train_minutes)
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, callbacks=[budget],
                       processing_class=feature_extractor)
     train_result = trainer.train()
 
@@ -140,6 +133,7 @@ def run(model_args: PretrainModelArguments, data_args: PretrainDataArguments, tr
         "final_generative_mse": round(float(out.generative_loss), 4),
         "chance_discriminative_accuracy": round(1 / config.mask_patch_count, 4),
         "total_minutes": round((time.time() - started) / 60, 2),
+        **budget.summary(),
     }
     os.makedirs(training_args.output_dir, exist_ok=True)
     model.save_pretrained(training_args.output_dir)
@@ -151,10 +145,16 @@ def run(model_args: PretrainModelArguments, data_args: PretrainDataArguments, tr
     return results
 
 
+def parse_args(argv=None):
+    """`(model_args, data_args, training_args)` from `argv` (default: sys.argv[1:]) or one `.json` file; the Trainer
+    flags keep TrainingArguments' own defaults."""
+    return parse_script_args((PretrainModelArguments, PretrainDataArguments, TrainingArguments), {}, argv,
+                             __doc__.split("\n\n")[0])
+
+
 def main(argv=None):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = HfArgumentParser((PretrainModelArguments, PretrainDataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, training_args = parse_args(argv)
     results = run(model_args, data_args, training_args)
     print(json.dumps(results, indent=2))
     return results
@@ -162,6 +162,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
-    from script_arguments import end_distributed_run  # this script's directory is on sys.path
-
     end_distributed_run()  # under torchrun on CPU: leave without gloo's exit-time abort

@@ -1,8 +1,13 @@
 #!/usr/bin/env python
 # Copyright 2026 The mamba-zoo authors. Apache-2.0.
-"""The main job: SSAMBA end to end on the embedded keyword corpus, on CPU, within a time budget.
+"""The main job: SSAMBA end to end on the embedded keyword corpus, on CPU.
 
     python training/ssamba_keywords_main.py            # -> outputs/ssamba-keywords/
+
+A fixed-length recipe: 178 pretraining and 1759 fine-tuning steps of batch 32, the documented run of
+model_cards/ssamba.md (14.0 min in all on an idle 2-core machine; longer on a busy one, but the same model).
+`--max_train_minutes` (opt-in) caps the training time of both phases together and records in `results.json` whether
+it cut them.
 
 1. build (or reuse) the keyword corpus: 10 command words + _silence_ + _unknown_, test voices never heard in training;
 2. pretrain SSAMBA self-supervised (SSAST masked patch modelling) on the training clips without their labels;
@@ -39,10 +44,11 @@ def parse_args(argv=None):
                              "default every layer is a bidirectional mixer in sequence, which learned faster here")
     parser.add_argument("--stride", type=int, default=None,
                         help="with --patch_frames 0: fine-tuning patch stride (SSAMBA: 10; default 16)")
-    parser.add_argument("--pretrain_minutes", type=float, default=2.5, help="time budget (the LR schedule fits it)")
-    parser.add_argument("--pretrain_epochs", type=float, default=3.0, help="upper bound on pretraining epochs")
-    parser.add_argument("--finetune_minutes", type=float, default=11.0, help="time budget (the LR schedule fits it)")
-    parser.add_argument("--finetune_epochs", type=float, default=25.0, help="upper bound on fine-tuning epochs")
+    parser.add_argument("--pretrain_steps", type=int, default=178, help="2.4 epochs of the 2400 unlabeled clips")
+    parser.add_argument("--finetune_steps", type=int, default=1759, help="23.5 epochs of the 2400 labelled clips")
+    parser.add_argument("--max_train_minutes", type=float, default=None,
+                        help="opt-in wall-clock budget for pretraining + fine-tuning together (default: none); a cut "
+                             "run says so in results.json (stopped_by_time_budget)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -84,15 +90,15 @@ def main(argv=None):
     # 2. self-supervised pretraining -------------------------------------------------------------------------------
     pretrain_results = {}
     if not args.skip_pretraining:
-        print(f"[2/5] self-supervised pretraining (budget {args.pretrain_minutes} min)")
+        print(f"[2/5] self-supervised pretraining ({args.pretrain_steps} steps)")
         model_args = pretrain.PretrainModelArguments(
             hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers, drop_path_rate=0.0,
             share_mask_between_objectives=True, patch_frames=args.patch_frames or None,
             bidirectional_layer_pairing=args.layer_pairing,
         )
-        data_args = pretrain.PretrainDataArguments(max_train_minutes=args.pretrain_minutes)
+        data_args = pretrain.PretrainDataArguments(max_train_minutes=args.max_train_minutes)
         training_args = TrainingArguments(
-            output_dir=pretrained_dir, num_train_epochs=args.pretrain_epochs, learning_rate=1e-3, warmup_steps=0.05,
+            output_dir=pretrained_dir, max_steps=args.pretrain_steps, learning_rate=1e-3, warmup_steps=0.05,
             lr_scheduler_type="cosine", weight_decay=0.05, **common,
         )
         pretrain_results = pretrain.run(model_args, data_args, training_args,
@@ -104,16 +110,19 @@ def main(argv=None):
         print("[2/5] pretraining skipped (--skip_pretraining)")
 
     # 3-4. fine-tuning + evaluation on held-out voices -------------------------------------------------------------
-    print(f"[3/5] fine-tuning on the labelled clips (budget {args.finetune_minutes} min)")
+    print(f"[3/5] fine-tuning on the labelled clips ({args.finetune_steps} steps)")
     model_args = finetune.ModelArguments(
         model_name_or_path=None if args.skip_pretraining else pretrained_dir,
         hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
         patch_frames=args.patch_frames or None, frequency_stride=args.stride, time_stride=args.stride,
         drop_path_rate=0.0, bidirectional_layer_pairing=args.layer_pairing,
     )
-    data_args = finetune.DataArguments(max_train_minutes=args.finetune_minutes)
+    finetune_minutes = None  # what the budget leaves after pretraining
+    if args.max_train_minutes is not None:
+        finetune_minutes = max(0.0, args.max_train_minutes - pretrain_results.get("train_minutes", 0.0))
+    data_args = finetune.DataArguments(max_train_minutes=finetune_minutes)
     training_args = TrainingArguments(
-        output_dir=args.output_dir, num_train_epochs=args.finetune_epochs, learning_rate=args.learning_rate,
+        output_dir=args.output_dir, max_steps=args.finetune_steps, learning_rate=args.learning_rate,
         warmup_steps=0.05, lr_scheduler_type="cosine", weight_decay=0.05, eval_strategy="no", **common,
     )
     results = finetune.run(model_args, data_args, training_args, dataset=corpus)
@@ -135,6 +144,7 @@ def main(argv=None):
     total_minutes = (time.time() - started) / 60
     summary = {
         "corpus_minutes": round(corpus_minutes, 2),
+        "pretrain_steps": pretrain_results.get("steps"),
         "pretrain_minutes": pretrain_results.get("train_minutes"),
         "pretrain_masked_patch_accuracy": pretrain_results.get("final_discriminative_accuracy"),
         "finetune_minutes": results["train_minutes"],
@@ -143,6 +153,8 @@ def main(argv=None):
         "test_accuracy": round(results["test_accuracy"], 4),
         "pipeline_correct": f"{sum(t == p for t, p, _ in shown)}/{len(shown)}",
         "total_minutes": round(total_minutes, 2),
+        "stopped_by_time_budget": pretrain_results.get("stopped_by_time_budget", False)
+                                  or results["stopped_by_time_budget"],
         "model": f"SSAMBA width {args.hidden_size}, {args.num_hidden_layers} layers"
                  + (" (paired)" if args.layer_pairing else "") + ", "
                  + (f"frame patches (all mels x {args.patch_frames} frames)" if args.patch_frames

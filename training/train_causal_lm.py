@@ -7,9 +7,9 @@ a byte-pair tokenizer trained on its training split (no hub), texts packed into 
 `--corpus_kind facts --lexicon_size N` trains on statements of fixed facts about N pseudo-words instead ("the vabonu
 lives near the river."): a knowledge-bound corpus, where capacity (the MoE's extra experts) can pay off.
 
-    python training/train_causal_lm.py --arch moe   --max_minutes 4 --output_dir outputs/blackmamba-moe
-    python training/train_causal_lm.py --arch dense --max_minutes 4 --output_dir outputs/blackmamba-dense
-    python training/train_causal_lm.py --arch mamba --max_minutes 4 --output_dir outputs/mamba-dense
+    python training/train_causal_lm.py --arch moe   --output_dir outputs/blackmamba-moe
+    python training/train_causal_lm.py --arch dense --output_dir outputs/blackmamba-dense
+    python training/train_causal_lm.py --arch mamba --output_dir outputs/mamba-dense
     python training/train_causal_lm.py --arch moe --freeze_router --corpus_kind facts --lexicon_size 2000 ...
     python training/train_causal_lm.py --lora --init_from outputs/blackmamba-moe --output_dir outputs/blackmamba-lora
     python training/train_causal_lm.py --per_device_train_batch_size 32 --learning_rate 3e-3 --max_steps 500
@@ -27,10 +27,10 @@ scripts), so the script runs unchanged under `torchrun` / `accelerate launch`. W
     --logging_steps 50  --save_strategy no  --seed 0  --remove_unused_columns false  --disable_tqdm true
 
 `--num_train_epochs` without `--max_steps` trains for that many epochs (the 2000-step default is then not applied).
-Old flag names still accepted: `--batch_size` (= `--per_device_train_batch_size`) and `--eval_batch_size`
-(= `--per_device_eval_batch_size`, the batch of the perplexity evaluation). The device is `TrainingArguments`' choice
-(CPU on a machine without accelerator; `--use_cpu` forces it); the thread count is torch's / the launcher's unless
-`--threads` is given.
+`--per_device_eval_batch_size` is also the batch of the perplexity evaluation. `--max_train_minutes` (opt-in) stops
+training at a wall-clock budget and records it in the metrics (`stopped_by_time_budget`). The device is
+`TrainingArguments`' choice (CPU on a machine without accelerator; `--use_cpu` forces it); the thread count is torch's /
+the launcher's unless `--threads` is given.
 
 Architectures at the same active (per-token) parameter count:
 - `moe`: BlackMamba, mamba and top-1 MoE layers alternating (`--num_experts` experts of width `--ffn_hidden_size`),
@@ -60,12 +60,11 @@ from typing import Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mamba_zoo  # noqa: E402  (registers the Auto* classes)
 from mamba_zoo import BlackMambaConfig, BlackMambaForCausalLM  # noqa: E402
-from script_arguments import end_distributed_run, parse_script_args  # noqa: E402
+from common import TrainingBudgetCallback, end_distributed_run, max_train_minutes_field, parse_script_args  # noqa: E402
 
 FALLBACK_TEXT = (
     "the quick brown fox jumps over the lazy dog. a small cat sat near the old house. "
@@ -288,21 +287,6 @@ def evaluate_fact_recall(model, tokenizer, texts: list[str], batch_size: int, ma
             "answer_accuracy": correct / len(items)}
 
 
-def time_budget_callback(max_minutes: float):
-    from transformers import TrainerCallback
-
-    class StopAfter(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.start = time.time()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if time.time() - self.start > 60 * max_minutes:
-                control.should_training_stop = True
-            return control
-
-    return StopAfter()
-
-
 class RoutingChurn:
     """How settled top-1 routing is: every `every` steps (`TrainerCallback`), route a fixed batch `blocks`
     `(batch, block_size)` in eval mode and record, per MoE layer, the fraction of its tokens whose expert changed since
@@ -356,9 +340,8 @@ class ModelArguments:
         "choices": ["argmax", "sinkhorn"],
         "help": "how training assigns tokens to experts: argmax of the router scores, as inference does, or sinkhorn "
                 "(balanced, as the released training code; inference still routes by arg-max, a mismatch that cost "
-                "small models 9% perplexity, see the model card)"})
+                "small models 9 percent in perplexity, see the model card)"})
     router_aux_loss_coef: float = field(default=0.01, metadata={"help": "load-balancing loss weight (0: off)"})
-    no_sinkhorn: bool = field(default=False, metadata={"help": "old flag: the same as --routing argmax (the default)"})
     freeze_router: bool = field(default=False, metadata={
         "help": "keep every router at its random initialisation (stable routing, as hash layers; see the model card)"})
 
@@ -377,7 +360,7 @@ class DataArguments:
 
 @dataclass
 class RunArguments:
-    max_minutes: Optional[float] = field(default=None, metadata={"help": "stop training after this wall time"})
+    max_train_minutes: Optional[float] = max_train_minutes_field()
     threads: Optional[int] = field(
         default=None, metadata={"help": "torch intra-op threads (default: torch's / the launcher's choice)"})
 
@@ -389,8 +372,6 @@ TRAINING_DEFAULTS = dict(
     logging_steps=50, save_strategy="no", report_to="none", seed=0, dataloader_num_workers=0,
     remove_unused_columns=False, disable_tqdm=True,
 )
-# old flag -> TrainingArguments flag of the same meaning
-FLAG_ALIASES = {"--batch_size": "--per_device_train_batch_size", "--eval_batch_size": "--per_device_eval_batch_size"}
 
 
 def parse_args(argv=None):
@@ -398,14 +379,7 @@ def parse_args(argv=None):
     from transformers import TrainingArguments
 
     return parse_script_args((ModelArguments, DataArguments, RunArguments, TrainingArguments), TRAINING_DEFAULTS,
-                             argv, FLAG_ALIASES, __doc__.split("\n\n")[0], after_parse=_check_routing_flags)
-
-
-def _check_routing_flags(parsed, passed) -> None:
-    """The old `--no_sinkhorn` and `--routing sinkhorn` ask for opposite things: refuse them together."""
-    model_args = parsed[0]
-    if model_args.no_sinkhorn and model_args.routing == "sinkhorn":
-        raise ValueError("--no_sinkhorn and --routing sinkhorn contradict each other: pass one of them.")
+                             argv, __doc__.split("\n\n")[0])
 
 
 def main(argv=None):
@@ -444,7 +418,8 @@ def main(argv=None):
 
     eval_batch_size = training_args.per_device_eval_batch_size
     before = evaluate_perplexity(model, valid_set, eval_batch_size)
-    callbacks = [time_budget_callback(run_args.max_minutes)] if run_args.max_minutes else []
+    budget = TrainingBudgetCallback(run_args.max_train_minutes)
+    callbacks = [budget]
     churn = None
     if "moe" in model.config.layer_types:
         every = training_args.logging_steps if training_args.logging_steps >= 1 else 50  # a ratio: every 50 steps
@@ -467,7 +442,7 @@ def main(argv=None):
         "layer_types": model.config.layer_types,
         "parameters": params, "steps": result.global_step, "train_seconds": round(train_seconds, 1),
         "train_tokens_seen": result.global_step * global_batch * data_args.block_size,
-        "validation_before": before, "validation": after,
+        "validation_before": before, "validation": after, **budget.summary(),
     }
     if churn is not None:
         metrics["routing_churn"] = churn.history

@@ -30,7 +30,9 @@ The device is `TrainingArguments`' choice (CPU on a machine without accelerator;
 own files (checkpoints, only with a `--save_strategy`) go to `OUTPUT_DIR/trainer`; model, processor, model card and
 `eval_results.json` to `OUTPUT_DIR` (written by the main process only). `--num_threads` (default 1: torch/numba
 threads per process) is this script's own: leave it at 1 under a launcher, which runs one process per core / device.
-FSDP is not supported (the model is saved with `save_pretrained`).
+The recipe is fixed-length (15 epochs = 1875 steps on the default corpus); `--max_train_minutes` (opt-in) stops
+training at a wall-clock budget and records it in `eval_results.json` (`stopped_by_time_budget`). FSDP is not supported
+(the model is saved with `save_pretrained`).
 
 Then: `pipeline("automatic-speech-recognition", model="outputs/mamba-ctc-digits")`.
 """
@@ -44,20 +46,18 @@ import os
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mamba_zoo  # noqa: E402  (registers the Auto* classes)
 from mamba_zoo import MambaCTCConfig, MambaCTCProcessor, MambaForCTC, normalize_transcript  # noqa: E402
-from script_arguments import end_distributed_run, parse_script_args  # noqa: E402
+from common import TrainingBudgetCallback, end_distributed_run, max_train_minutes_field, parse_script_args  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -208,7 +208,7 @@ def long_form_check(output_dir: str, dataset: AudioTextDataset, seconds: float =
 # ---------------------------------------------------------------------------------------------------------- card
 
 
-def write_model_card(output_dir: str, args, results: dict) -> None:
+def write_model_card(output_dir: str, kind: str, results: dict) -> None:
     test = results["test"]
     lines = [
         "---",
@@ -220,7 +220,7 @@ def write_model_card(output_dir: str, args, results: dict) -> None:
         f"- name: {Path(output_dir).name}",
         "  results:",
         "  - task: {type: automatic-speech-recognition}",
-        f"    dataset: {{name: mamba-zoo transcribed-{args.kind} (espeak-ng, held-out voices), type: synthetic}}",
+        f"    dataset: {{name: mamba-zoo transcribed-{kind} (espeak-ng, held-out voices), type: synthetic}}",
         "    metrics:",
         f"    - {{type: wer, value: {100 * test['wer']:.2f}}}",
         f"    - {{type: cer, value: {100 * test['cer']:.2f}}}",
@@ -229,7 +229,7 @@ def write_model_card(output_dir: str, args, results: dict) -> None:
         f"# {Path(output_dir).name}",
         "",
         f"MambaForCTC (bidirectional Mamba encoder, CTC) trained with `training/train_ctc.py` on the embedded "
-        f"`{args.kind}` corpus of mamba-zoo ({results['num_train']} training utterances, espeak-ng voices). Test voices "
+        f"`{kind}` corpus of mamba-zoo ({results['num_train']} training utterances, espeak-ng voices). Test voices "
         f"are never heard in training.",
         "",
         "| split | WER | CER |",
@@ -240,7 +240,8 @@ def write_model_card(output_dir: str, args, results: dict) -> None:
             lines.append(f"| {split} (held-out voices) | {100 * results[split]['wer']:.2f}% | {100 * results[split]['cer']:.2f}% |")
     lines += [
         "",
-        f"Parameters: {results['parameters'] / 1e6:.2f}M. Training: {results['steps']} steps, "
+        f"Parameters: {results['parameters'] / 1e6:.2f}M. Training: {results['steps']} steps"
+        f"{' (cut short by the time budget)' if results.get('stopped_by_time_budget') else ''}, "
         f"{results['train_seconds'] / 60:.1f} min wall, {results['train_cpu_seconds'] / 60:.1f} min CPU "
         f"({results['device']}); whole script {results['total_seconds'] / 60:.1f} min wall.",
         "",
@@ -286,9 +287,7 @@ class DataArguments:
 
 @dataclass
 class RunArguments:
-    max_train_cpu_minutes: float = field(default=16.0, metadata={
-        "help": "safety net: stop training after this much process CPU time (not wall time, which grows when other "
-                "processes share the cores) even if epochs remain"})
+    max_train_minutes: Optional[float] = max_train_minutes_field()
     beam_width: int = field(default=0, metadata={"help": "also evaluate pyctcdecode beam search (if installed)"})
     skip_long_form: bool = field(default=False, metadata={"help": "skip the 60 s chunked-vs-unchunked check"})
     eval_only: bool = field(default=False, metadata={
@@ -310,8 +309,7 @@ TRAINING_DEFAULTS = dict(
 
 
 def parse_args(argv=None):
-    """`(model_args, data_args, run_args, training_args)` from `argv` (default: sys.argv[1:]) or one `.json` file.
-    The old flags all kept their names (those of TrainingArguments fields are now TrainingArguments')."""
+    """`(model_args, data_args, run_args, training_args)` from `argv` (default: sys.argv[1:]) or one `.json` file."""
     from transformers import TrainingArguments
 
     return parse_script_args((ModelArguments, DataArguments, RunArguments, TrainingArguments), TRAINING_DEFAULTS,
@@ -325,83 +323,53 @@ def process_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class TimeLimitCallback:
-    """Stop training once `max_seconds` of process CPU time have been spent (checked after every step)."""
-
-    def __init__(self, max_seconds: float):
-        from transformers import TrainerCallback
-
-        self.max_seconds, self.start = max_seconds, None
-        outer = self
-
-        class _Callback(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):
-                outer.start = process_cpu_seconds()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                if process_cpu_seconds() - outer.start > outer.max_seconds:
-                    control.should_training_stop = True
-                return control
-
-        self.callback = _Callback()
-
-
-# the flags of the argparse version that are TrainingArguments fields (an old-style `args` of train_model has them)
-OLD_TRAINING_FLAGS = ("output_dir", "num_train_epochs", "per_device_train_batch_size", "learning_rate", "warmup_steps",
-                      "weight_decay", "gradient_accumulation_steps", "seed")
-
-
-def flat_args(model_args, data_args, run_args, training_args) -> SimpleNamespace:
-    """One namespace with every script field, `training_args`, and the TrainingArguments fields the argparse version
-    had (`output_dir`, `seed`, `learning_rate`, ...), as `train_model` / `write_model_card` read them."""
-    return SimpleNamespace(**asdict(model_args), **asdict(data_args), **asdict(run_args), training_args=training_args,
-                           **{k: getattr(training_args, k) for k in OLD_TRAINING_FLAGS})
-
-
-def train_model(args, train: AudioTextDataset, validation: AudioTextDataset):
+def train_model(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments, training_args,
+                train: AudioTextDataset, validation: AudioTextDataset):
     """Build (or load with --init_from) the model and processor, train with Trainer, save both to --output_dir (main
-    process only). `args`: `flat_args(...)` or an argparse-style namespace of the old flags."""
-    from transformers import Trainer, TrainingArguments
+    process only); the Trainer's own files go to `OUTPUT_DIR/trainer`."""
+    from transformers import Trainer
 
-    if args.init_from:
-        processor = MambaCTCProcessor.from_pretrained(args.init_from)
-        model = MambaForCTC.from_pretrained(args.init_from)
+    if model_args.init_from:
+        processor = MambaCTCProcessor.from_pretrained(model_args.init_from)
+        model = MambaForCTC.from_pretrained(model_args.init_from)
     else:
         processor = MambaCTCProcessor.from_transcripts(train.text)
         config = MambaCTCConfig(
             vocab_size=len(processor.tokenizer), pad_token_id=processor.tokenizer.pad_token_id,
-            hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
-            subsampling_conv_channels=args.subsampling_conv_channels, block_type=args.block_type,
-            intermediate_size=4 * args.hidden_size, hidden_dropout=0.1, final_dropout=0.1,
+            hidden_size=model_args.hidden_size, num_hidden_layers=model_args.num_hidden_layers,
+            subsampling_conv_channels=model_args.subsampling_conv_channels, block_type=model_args.block_type,
+            intermediate_size=4 * model_args.hidden_size, hidden_dropout=0.1, final_dropout=0.1,
             mask_time_prob=0.05, mask_time_length=5, mask_feature_prob=0.05, mask_feature_length=8,
         )
         model = MambaForCTC(config)
     parameters = sum(p.numel() for p in model.parameters())
     print(f"model: {parameters / 1e6:.2f}M parameters, vocabulary {len(processor.tokenizer)}", flush=True)
 
-    if args.lora:
+    if model_args.lora:
         from peft import LoraConfig, get_peft_model
 
-        lora_config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
+        lora_config = LoraConfig(r=model_args.lora_r, lora_alpha=2 * model_args.lora_r, lora_dropout=0.0,
                                  target_modules=["in_proj", "out_proj", "x_proj"], modules_to_save=["lm_head"])
         model = get_peft_model(model, lora_config)
         model.print_trainable_parameters()
 
-    steps_per_epoch = math.ceil(len(train) / (args.per_device_train_batch_size * args.gradient_accumulation_steps))
-    training_args = copy.copy(args.training_args) if hasattr(args, "training_args") else TrainingArguments(
-        **{**TRAINING_DEFAULTS, **{k: getattr(args, k) for k in OLD_TRAINING_FLAGS}})  # an old argparse namespace
-    training_args.output_dir = os.path.join(args.output_dir, "trainer")
-    if training_args.logging_steps < 0:
-        training_args.logging_steps = max(1, steps_per_epoch // 4)
-    time_limit = TimeLimitCallback(args.max_train_cpu_minutes * 60)
+    output_dir = training_args.output_dir
+    trainer_args = copy.copy(training_args)  # the caller's keep OUTPUT_DIR and the -1 logging default
+    trainer_args.output_dir = os.path.join(output_dir, "trainer")
+    if trainer_args.logging_steps < 0:
+        steps_per_epoch = math.ceil(len(train) / (training_args.per_device_train_batch_size
+                                                  * training_args.gradient_accumulation_steps))
+        trainer_args.logging_steps = max(1, steps_per_epoch // 4)
+    budget = TrainingBudgetCallback(run_args.max_train_minutes)
     trainer = Trainer(
         model=model,
-        args=training_args,
+        args=trainer_args,
         train_dataset=train,
         eval_dataset=validation,
-        data_collator=DataCollatorCTCWithPadding(processor, concat_probability=args.concat_probability, seed=args.seed),
+        data_collator=DataCollatorCTCWithPadding(processor, concat_probability=data_args.concat_probability,
+                                                 seed=training_args.seed),
         compute_metrics=make_compute_metrics(processor),
-        callbacks=[time_limit.callback],
+        callbacks=[budget],
     )
     train_start, cpu_start = time.perf_counter(), process_cpu_seconds()
     trainer.train()
@@ -409,50 +377,51 @@ def train_model(args, train: AudioTextDataset, validation: AudioTextDataset):
     train_cpu_seconds = process_cpu_seconds() - cpu_start
     print(f"training: {train_seconds / 60:.1f} min wall, {train_cpu_seconds / 60:.1f} min CPU", flush=True)
 
-    if args.lora:
+    if model_args.lora:
         model = model.merge_and_unload()
     model.eval()
     if training_args.process_index == 0:
-        model.save_pretrained(args.output_dir)
-        processor.save_pretrained(args.output_dir)
+        model.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
 
     results = {"num_train": len(train), "parameters": parameters, "train_seconds": train_seconds,
                "train_cpu_seconds": train_cpu_seconds,
                "device": "cuda" if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads",
-               "epochs_completed": trainer.state.epoch, "steps": trainer.state.global_step}
+               "epochs_completed": trainer.state.epoch, "steps": trainer.state.global_step, **budget.summary()}
     return model, processor, results
 
 
 def main(argv=None):
     model_args, data_args, run_args, training_args = parse_args(argv)
-    args = flat_args(model_args, data_args, run_args, training_args)
+    output_dir = training_args.output_dir
     script_start = time.perf_counter()
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
+    if run_args.num_threads:
+        torch.set_num_threads(run_args.num_threads)
         try:
             import numba
 
-            numba.set_num_threads(min(args.num_threads, numba.config.NUMBA_NUM_THREADS))
+            numba.set_num_threads(min(run_args.num_threads, numba.config.NUMBA_NUM_THREADS))
         except ImportError:
             pass
     from transformers import set_seed
 
-    from mamba_zoo.corpora.builders import load_transcribed
+    from mamba_zoo.corpora import load_transcribed
 
-    set_seed(args.seed)
-    corpus = load_transcribed(args.kind, num_train=args.num_train, num_eval=args.num_eval, seed=args.seed)
+    set_seed(training_args.seed)
+    corpus = load_transcribed(data_args.kind, num_train=data_args.num_train, num_eval=data_args.num_eval,
+                              seed=training_args.seed)
     train, validation, test = (dataset_to_memory(corpus[s]) for s in ("train", "validation", "test"))
     print(f"corpus: {len(train)} train / {len(validation)} validation / {len(test)} test utterances "
           f"({sum(len(a) for a in train.audio) / 16000 / 3600:.2f} h train audio), "
           f"{time.perf_counter() - script_start:.0f} s to load", flush=True)
 
-    if args.eval_only:
-        processor = MambaCTCProcessor.from_pretrained(args.output_dir)
-        model = MambaForCTC.from_pretrained(args.output_dir).eval()
-        results = json.loads(Path(args.output_dir, "eval_results.json").read_text())
+    if run_args.eval_only:
+        processor = MambaCTCProcessor.from_pretrained(output_dir)
+        model = MambaForCTC.from_pretrained(output_dir).eval()
+        results = json.loads(Path(output_dir, "eval_results.json").read_text())
         results["evaluated_separately"] = True
     else:
-        model, processor, results = train_model(args, train, validation)
+        model, processor, results = train_model(model_args, data_args, run_args, training_args, train, validation)
         if training_args.process_index != 0:  # under a launcher: the main process evaluates and writes the files
             return results
     for name, split in (("validation", validation), ("test", test)):
@@ -462,24 +431,24 @@ def main(argv=None):
             {"reference": r, "prediction": p} for r, p in list(zip(split.text, predictions))[:5]
         ]
         print(f"{name}: WER {100 * results[name]['wer']:.2f}%  CER {100 * results[name]['cer']:.2f}%", flush=True)
-    if args.beam_width:
+    if run_args.beam_width:
         try:
             decoder = processor.build_beam_decoder()
             predictions = transcribe(model, processor, test, beam_decoder=decoder)
             results["test_beam"] = word_and_char_error_rates(predictions, test.text)
-            print(f"test (beam {args.beam_width}): WER {100 * results['test_beam']['wer']:.2f}%", flush=True)
+            print(f"test (beam {run_args.beam_width}): WER {100 * results['test_beam']['wer']:.2f}%", flush=True)
         except ImportError as error:
             print(f"beam search skipped: {error}")
-    if not args.skip_long_form:
-        results["long_form"] = long_form_check(args.output_dir, test)
+    if not run_args.skip_long_form:
+        results["long_form"] = long_form_check(output_dir, test)
         print("long form:", json.dumps({k: v for k, v in results["long_form"].items() if k != "word_timestamps_first"}),
               flush=True)
-    key = "eval_only" if args.eval_only else "total"
+    key = "eval_only" if run_args.eval_only else "total"
     results[f"{key}_seconds"] = time.perf_counter() - script_start
     results[f"{key}_cpu_seconds"] = process_cpu_seconds()
-    write_model_card(args.output_dir, args, results)
-    Path(args.output_dir, "eval_results.json").write_text(json.dumps(results, indent=2, default=str))
-    print(f"saved to {args.output_dir}; train {results['train_seconds'] / 60:.1f} min wall "
+    write_model_card(output_dir, data_args.kind, results)
+    Path(output_dir, "eval_results.json").write_text(json.dumps(results, indent=2, default=str))
+    print(f"saved to {output_dir}; train {results['train_seconds'] / 60:.1f} min wall "
           f"({results['train_cpu_seconds'] / 60:.1f} min CPU), whole script {results[f'{key}_seconds'] / 60:.1f} min wall")
     return results
 

@@ -25,11 +25,12 @@ scripts), so the script runs unchanged under `torchrun` / `accelerate launch`. W
     --warmup_steps min(100, max_steps // 10)   (0.1, a ratio of the total steps, when training by epochs)
 
 `--num_train_epochs` without `--max_steps` trains for that many epochs (the 1500-step default is then not applied).
-The old flag `--batch_size` is still accepted (= `--per_device_train_batch_size`). The device is `TrainingArguments`'
-choice (CPU on a machine without accelerator; `--use_cpu` forces it); the thread count is torch's / the launcher's
-unless `--threads` is given. The Trainer writes to `--output_dir` (checkpoints only with a `--save_strategy`); the
-final model + processor + `results.json` go there too. With `--ablation`, each configuration trains with the same
-`TrainingArguments` in `OUTPUT_DIR/runs/<mixer>-<prefix>` (nothing is saved or pushed but `OUTPUT_DIR/ablation.json`).
+`--max_train_minutes` (opt-in) stops training at a wall-clock budget and records it in `results.json`
+(`stopped_by_time_budget`). The device is `TrainingArguments`' choice (CPU on a machine without accelerator;
+`--use_cpu` forces it); the thread count is torch's / the launcher's unless `--threads` is given. The Trainer writes to
+`--output_dir` (checkpoints only with a `--save_strategy`); the final model + processor + `results.json` go there too.
+With `--ablation`, each configuration trains with the same `TrainingArguments` in `OUTPUT_DIR/runs/<mixer>-<prefix>`
+(nothing is saved or pushed but `OUTPUT_DIR/ablation.json`).
 
 Then: `pipeline("automatic-speech-recognition", model="outputs/mamba-asr-digits")`.
 """
@@ -40,20 +41,18 @@ import copy
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mamba_zoo  # noqa: E402,F401  (registers the Auto* classes and the ASR pipeline)
 from mamba_zoo import MambaASRConfig, MambaASRProcessor, MambaDecoderOnlyASR  # noqa: E402
-from script_arguments import end_distributed_run, parse_script_args  # noqa: E402
+from common import TrainingBudgetCallback, end_distributed_run, max_train_minutes_field, parse_script_args  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -61,10 +60,7 @@ from script_arguments import end_distributed_run, parse_script_args  # noqa: E40
 
 def load_corpus(kind: str, num_train: int, num_eval: int, seed: int):
     """The embedded corpus as in-memory lists (audio arrays decoded once; no torchcodec needed)."""
-    try:
-        from mamba_zoo.corpora import load_transcribed
-    except ImportError:  # older layout of the corpora package
-        from mamba_zoo.corpora.builders import load_transcribed
+    from mamba_zoo.corpora import load_transcribed
 
     corpus = load_transcribed(kind=kind, num_train=num_train, num_eval=num_eval, seed=seed, progress=False)
     splits = {}
@@ -184,6 +180,7 @@ class RunArguments:
     num_beams: int = field(default=1, metadata={"help": "beam size of the test-set decoding (1: greedy)"})
     threads: Optional[int] = field(
         default=None, metadata={"help": "torch intra-op threads (default: torch's / the launcher's choice)"})
+    max_train_minutes: Optional[float] = max_train_minutes_field()
     ablation: bool = field(default=False, metadata={
         "help": "train --ablation_prefixes x --ablation_mixers for --max_steps each and print one table"})
     ablation_prefixes: str = field(default="none,parallel,serial", metadata={"help": "comma-separated speech prefixes"})
@@ -197,8 +194,6 @@ TRAINING_DEFAULTS = dict(
     lr_scheduler_type="cosine", weight_decay=0.01, max_grad_norm=1.0, logging_steps=50, save_strategy="no",
     report_to="none", seed=0, dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
 )
-# old flag -> TrainingArguments flag of the same meaning
-FLAG_ALIASES = {"--batch_size": "--per_device_train_batch_size"}
 
 
 def default_warmup(max_steps: int) -> float:
@@ -215,102 +210,83 @@ def parse_args(argv=None):
             parsed[-1].warmup_steps = default_warmup(parsed[-1].max_steps)
 
     return parse_script_args((ModelArguments, DataArguments, RunArguments, TrainingArguments), TRAINING_DEFAULTS,
-                             argv, FLAG_ALIASES, __doc__.split("\n\n")[0], resolve_warmup)
-
-
-def flat_args(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments, training_args):
-    """One namespace for `build_processor` / `train_one`: every script field, `training_args`, and the old flat names
-    (`seed`, `output_dir`, `batch_size`, `learning_rate`, `max_steps`) that callers of the argparse version read."""
-    return SimpleNamespace(
-        **asdict(model_args), **asdict(data_args), **asdict(run_args), training_args=training_args,
-        seed=training_args.seed, output_dir=training_args.output_dir, max_steps=training_args.max_steps,
-        batch_size=training_args.per_device_train_batch_size, learning_rate=training_args.learning_rate,
-    )
+                             argv, __doc__.split("\n\n")[0], resolve_warmup)
 
 
 # ---------------------------------------------------------------------------------------------------------- train
 
 
-def build_processor(args, train_audio) -> MambaASRProcessor:
-    if args.speech_input == "features":
+def build_processor(model_args: ModelArguments, train_audio, seed: int) -> MambaASRProcessor:
+    if model_args.speech_input == "features":
         return MambaASRProcessor.from_scratch(speech_input="features")
-    processor = MambaASRProcessor.from_scratch(num_units=args.num_units, speech_input="features")
-    return processor.fit_unit_tokenizer(train_audio, args.num_units, seed=args.seed)
+    processor = MambaASRProcessor.from_scratch(num_units=model_args.num_units, speech_input="features")
+    return processor.fit_unit_tokenizer(train_audio, model_args.num_units, seed=seed)
 
 
 _ENCODED = {}  # the ablation encodes the training audio once: key -> (the audio list, processor, dataset)
 
 
-def trainer_arguments(args, output_dir: Path | None, max_steps: int, speech_prefix: str, mixer_type: str):
-    """`args.training_args` for one run: `max_steps` set, its Trainer writing to `output_dir` (a single run) or to
-    `OUTPUT_DIR/runs/<mixer>-<prefix>` (an ablation run, never pushed). An argparse-style `args` without
-    `training_args` (older callers) gets the script defaults with its `output_dir`, `batch_size`, `learning_rate`,
-    `seed`."""
-    base = getattr(args, "training_args", None)
-    if base is None:
-        from transformers import TrainingArguments
-
-        base = TrainingArguments(**{**TRAINING_DEFAULTS, "output_dir": str(args.output_dir),
-                                    "per_device_train_batch_size": args.batch_size,
-                                    "learning_rate": args.learning_rate, "seed": args.seed,
-                                    "warmup_steps": default_warmup(max_steps)})
-    training_args = copy.copy(base)
-    training_args.max_steps = max_steps
-    if output_dir is not None:
-        training_args.output_dir = str(output_dir)
-    else:
-        training_args.output_dir = str(Path(base.output_dir) / "runs" / f"{mixer_type}-{speech_prefix}")
-        training_args.push_to_hub = False
-    return training_args
+def ablation_arguments(training_args, model_args: ModelArguments):
+    """`training_args` for one ablation run: its Trainer writes to `OUTPUT_DIR/runs/<mixer>-<prefix>`, never pushed
+    (ablation runs save nothing but the table)."""
+    run = copy.copy(training_args)
+    name = f"{model_args.mixer_type}-{model_args.speech_prefix}"
+    run.output_dir = str(Path(training_args.output_dir) / "runs" / name)
+    run.push_to_hub = False
+    return run
 
 
-def train_one(args, splits, speech_prefix: str, mixer_type: str, output_dir: Path | None, max_steps: int) -> dict:
-    """Train one configuration and decode the test split; with `output_dir`, save model + processor + results.json
-    there (and push them with `--push_to_hub`). `args`: `flat_args(...)`, or an argparse-style namespace."""
+def train_one(model_args: ModelArguments, training_args, splits, num_beams: int = 1,
+              max_train_minutes: Optional[float] = None, save: bool = True) -> dict:
+    """Train one configuration (`model_args.speech_prefix` x `model_args.mixer_type`) and decode the test split; with
+    `save`, save model + processor + results.json to `training_args.output_dir` (and push them with
+    `--push_to_hub`)."""
     from transformers import Trainer, set_seed
 
-    training_args = trainer_arguments(args, output_dir, max_steps, speech_prefix, mixer_type)
     set_seed(training_args.seed)
     started = time.time()
     train_audio = splits["train"][0]
-    key = (args.speech_input, args.num_units, args.seed)
+    key = (model_args.speech_input, model_args.num_units, training_args.seed)
     if key not in _ENCODED or _ENCODED[key][0] is not train_audio:
-        processor = build_processor(args, train_audio)
+        processor = build_processor(model_args, train_audio, training_args.seed)
         _ENCODED[key] = (train_audio, processor, EncodedDataset(processor, *splits["train"]))
     _, processor, train_set = _ENCODED[key]
     prep_seconds = time.time() - started
     print(f"features/units for {len(train_set)} utterances in {prep_seconds:.1f}s", flush=True)
+    speech_prefix, mixer_type = model_args.speech_prefix, model_args.mixer_type
     config = MambaASRConfig(
-        hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, expand=args.expand, state_size=args.state_size,
-        mixer_type=mixer_type, speech_prefix=speech_prefix, mamba2_head_dim=args.mamba2_head_dim,
-        subsampling_conv_channels=args.subsampling_channels, num_subsampling_layers=args.num_subsampling_layers,
-        speech_mask_prob=args.speech_mask_prob, **processor.model_config_kwargs(),
+        hidden_size=model_args.hidden_size, num_hidden_layers=model_args.num_layers, expand=model_args.expand,
+        state_size=model_args.state_size, mixer_type=mixer_type, speech_prefix=speech_prefix,
+        mamba2_head_dim=model_args.mamba2_head_dim, subsampling_conv_channels=model_args.subsampling_channels,
+        num_subsampling_layers=model_args.num_subsampling_layers, speech_mask_prob=model_args.speech_mask_prob,
+        **processor.model_config_kwargs(),
     )
     model = MambaDecoderOnlyASR(config)
     num_params = sum(p.numel() for p in model.parameters())
     print(f"[{speech_prefix}/{mixer_type}] {num_params / 1e6:.2f}M parameters, {len(train_set)} training utterances",
           flush=True)
+    budget = TrainingBudgetCallback(max_train_minutes)
     trainer = Trainer(model=model, args=training_args, train_dataset=train_set, data_collator=collate,
-                      processing_class=processor if output_dir is not None else None)
+                      processing_class=processor if save else None, callbacks=[budget])
     train_started = time.time()
     trainer.train()
     train_seconds = time.time() - train_started
     eval_started = time.time()
     test_audio, test_text = splits["test"]
-    hypotheses = transcribe(model, processor, test_audio, num_beams=getattr(args, "num_beams", 1))
+    hypotheses = transcribe(model, processor, test_audio, num_beams=num_beams)
     rates = error_rates(test_text, hypotheses)
     result = {
-        "speech_prefix": speech_prefix, "mixer_type": mixer_type, "speech_input": args.speech_input,
+        "speech_prefix": speech_prefix, "mixer_type": mixer_type, "speech_input": model_args.speech_input,
         "parameters_m": round(num_params / 1e6, 3), "steps": trainer.state.global_step,
-        "train_minutes": round(train_seconds / 60, 2),
+        "train_minutes": round(train_seconds / 60, 2), **budget.summary(),
         "prep_seconds": round(prep_seconds, 1), "eval_seconds": round(time.time() - eval_started, 1),
         "test_wer": round(rates["wer"], 2), "test_cer": round(rates["cer"], 2),
         "examples": [{"reference": r, "hypothesis": h} for r, h in list(zip(test_text, hypotheses))[:5]],
     }
     if trainer.is_world_process_zero():
         print(json.dumps(result), flush=True)
-    if output_dir is not None:
-        output_dir = Path(output_dir)
+    if save:
+        output_dir = Path(training_args.output_dir)
         if trainer.is_world_process_zero():
             output_dir.mkdir(parents=True, exist_ok=True)
             (output_dir / "results.json").write_text(json.dumps(result, indent=2))
@@ -322,19 +298,19 @@ def main(argv=None):
     model_args, data_args, run_args, training_args = parse_args(argv)
     if run_args.threads:
         torch.set_num_threads(run_args.threads)
-    args = flat_args(model_args, data_args, run_args, training_args)
 
     started = time.time()
     splits = load_corpus(data_args.kind, data_args.num_train, data_args.num_eval, training_args.seed)
     print(f"corpus loaded in {time.time() - started:.1f}s: " + ", ".join(f"{k} {len(v[0])}" for k, v in splits.items()),
           flush=True)
     if not run_args.ablation:
-        return train_one(args, splits, model_args.speech_prefix, model_args.mixer_type,
-                         Path(training_args.output_dir), training_args.max_steps)
+        return train_one(model_args, training_args, splits, run_args.num_beams, run_args.max_train_minutes)
     rows = []
     for mixer_type in run_args.ablation_mixers.split(","):
         for speech_prefix in run_args.ablation_prefixes.split(","):
-            rows.append(train_one(args, splits, speech_prefix, mixer_type, None, training_args.max_steps))
+            run_model_args = replace(model_args, mixer_type=mixer_type, speech_prefix=speech_prefix)
+            rows.append(train_one(run_model_args, ablation_arguments(training_args, run_model_args), splits,
+                                  run_args.num_beams, run_args.max_train_minutes, save=False))
     if training_args.process_index == 0:
         print("\n| mixer | speech prefixing | params (M) | steps | train min | test WER % | test CER % |")
         print("|---|---|---|---|---|---|---|")

@@ -17,7 +17,7 @@ from mamba_zoo import BlackMambaConfig, BlackMambaForCausalLM
 # the training scripts' own ending (on gloo: leave with os._exit, past gloo's occasional exit-time abort); the FSDP test
 # scripts import it from here too
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "training"))
-from script_arguments import end_distributed_run  # noqa: E402
+from common import end_distributed_run  # noqa: E402
 
 
 class TokenDataset(Dataset):
