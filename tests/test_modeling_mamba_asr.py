@@ -200,7 +200,7 @@ def test_save_load_round_trip_tuple_outputs_and_hidden_states(tmp_path):
     inputs = dict(input_ids=ids, attention_mask=text_mask, speech_attention_mask=speech_mask, **speech)
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["model_type"] == "mamba_decoder_asr"
+    assert config["model_type"] == "mamba_asr"
     assert config["custom_pipelines"]["automatic-speech-recognition"]["impl"] == "pipeline_mamba_asr.MambaASRPipeline"
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "pipeline_mamba_asr.py").exists()
     # the pipeline's relative imports travel with it (processing -> audio_utils), even without a saved processor

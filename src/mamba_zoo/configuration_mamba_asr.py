@@ -67,7 +67,7 @@ class MambaASRConfig(MambaMixerConfigMixin, PretrainedConfig):
     ```
     """
 
-    model_type = "mamba_decoder_asr"
+    model_type = "mamba_asr"
 
     vocab_size: int = 64
     speech_input: str = "features"

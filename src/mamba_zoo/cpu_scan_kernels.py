@@ -964,7 +964,7 @@ def selective_state_update_cpu(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     ``state`` is updated in place. When autograd would need to track the step (an input requires
     grad and grad mode is on) this defers to the differentiable PyTorch reference.
     """
-    from .selective_scan import selective_state_update_reference
+    from .selective_scan import as_head_layout, selective_state_update_reference
 
     tensors = (state, x, dt, A, B, C, D, z, dt_bias)
     if numba is None or (torch.is_grad_enabled()
@@ -972,14 +972,7 @@ def selective_state_update_cpu(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         return selective_state_update_reference(state, x, dt, A, B, C, D=D, z=z,
                                                 dt_bias=dt_bias, dt_softplus=dt_softplus)
     out_shape, out_dtype = x.shape, x.dtype
-    if state.dim() == 3:  # (batch, dim, N): one head per channel, head_dim 1
-        state_4d = state.unsqueeze(2)
-        x, dt, A = x.unsqueeze(-1), dt.unsqueeze(-1), A.unsqueeze(1)
-        z = z.unsqueeze(-1) if z is not None else None
-        D = D.unsqueeze(-1) if D is not None else None
-        dt_bias = dt_bias.unsqueeze(-1) if dt_bias is not None else None
-    else:
-        state_4d = state
+    state_4d, x, dt, A, D, z, dt_bias = as_head_layout(state, x, dt, A, D, z, dt_bias)
     if B.dim() == 2:
         B = B.unsqueeze(1)
     if C.dim() == 2:

@@ -2,7 +2,7 @@
 """`pipeline("automatic-speech-recognition")` for decoder-only ASR (MambaDecoderOnlyASR / MADEON).
 
 transformers' ASR pipeline treats every model that is not a built-in seq2seq class as CTC. This subclass takes the
-generate route for `model_type == "mamba_decoder_asr"` (speech prefix in, `<generatetext> ... <eos>` out, decoded by
+generate route for `model_type == "mamba_asr"` (speech prefix in, `<generatetext> ... <eos>` out, decoded by
 the model's processor) and behaves exactly like the built-in pipeline for every other model, so registering it for the
 task changes nothing for them.
 
@@ -25,7 +25,7 @@ from transformers import AutomaticSpeechRecognitionPipeline, GenerationConfig
 from .audio_utils import read_audio_file, resample_audio
 from .processing_mamba_asr import MambaASRProcessor, validate_audio
 
-MODEL_TYPE = "mamba_decoder_asr"
+MODEL_TYPE = "mamba_asr"
 
 
 def _is_decoder_only_asr(model) -> bool:

@@ -285,18 +285,23 @@ def _check_update_inputs(state, x, dt, A, B, C, D, z, dt_bias) -> None:
             )
 
 
+def as_head_layout(state, x, dt, A, D=None, z=None, dt_bias=None):
+    """View the Mamba-1 step layout (`state` `(batch, dim, N)`) as heads of `headdim` 1, the Mamba-2 layout
+    `(batch, nheads, headdim, N)` both step implementations compute in; Mamba-2 inputs are returned unchanged.
+    Returns `(state_4d, x, dt, A, D, z, dt_bias)`."""
+    if state.dim() != 3:
+        return state, x, dt, A, D, z, dt_bias
+    def with_headdim(t):
+        return None if t is None else t.unsqueeze(-1)
+    return state.unsqueeze(2), x.unsqueeze(-1), dt.unsqueeze(-1), A.unsqueeze(1), with_headdim(D), with_headdim(z), \
+        with_headdim(dt_bias)
+
+
 def selective_state_update_reference(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                                      dt_softplus=False):
     """One recurrence step in PyTorch; see :func:`selective_state_update` (state updated in place)."""
     squeeze = state.dim() == 3
-    if squeeze:  # view the (batch, dim, N) layout as one "head" per channel with headdim 1
-        state_4d = state.unsqueeze(2)
-        x, dt, A = x.unsqueeze(-1), dt.unsqueeze(-1), A.unsqueeze(1)
-        z = z.unsqueeze(-1) if z is not None else None
-        D = D.unsqueeze(-1) if D is not None else None
-        dt_bias = dt_bias.unsqueeze(-1) if dt_bias is not None else None
-    else:
-        state_4d = state
+    state_4d, x, dt, A, D, z, dt_bias = as_head_layout(state, x, dt, A, D, z, dt_bias)
     heads = state_4d.shape[1]
     compute = _compute_dtype(state, x, dt, A, B, C, D, z, dt_bias)
     B = _expand_step_groups(B, heads).to(compute)  # (batch, nheads, N)
