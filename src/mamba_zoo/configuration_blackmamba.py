@@ -71,6 +71,8 @@ class BlackMambaConfig(MambaMixerConfigMixin, PreTrainedConfig):
         "layer_norm_epsilon": "layer_norm_eps",  # the released code's name
     }
 
+    # fields repeat across the configs on purpose: each @strict dataclass declares its own (shared logic: the mixin)
+
     vocab_size: int = 50304
     hidden_size: int = 1472
     num_hidden_layers: int | None = None

@@ -69,6 +69,7 @@ class MambaASRConfig(MambaMixerConfigMixin, PretrainedConfig):
 
     model_type = "mamba_asr"
 
+    # fields repeat across the configs on purpose: each @strict dataclass declares its own (shared logic: the mixin)
     vocab_size: int = 64
     speech_input: str = "features"
     unit_token_offset: int = 0

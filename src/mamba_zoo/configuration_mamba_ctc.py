@@ -68,6 +68,7 @@ class MambaCTCConfig(MambaMixerConfigMixin, PretrainedConfig):
 
     model_type = "mamba_ctc"
 
+    # fields repeat across the configs on purpose: each @strict dataclass declares its own (shared logic: the mixin)
     vocab_size: int = 32
     num_mel_bins: int = 80
     feature_hop_length: int = 160

@@ -95,6 +95,7 @@ class SSAMBAConfig(MambaMixerConfigMixin, PreTrainedConfig):
 
     model_type = "ssamba"
 
+    # fields repeat across the configs on purpose: each @strict dataclass declares its own (shared logic: the mixin)
     hidden_size: int = 192
     num_hidden_layers: int = 24
     state_size: int = 16

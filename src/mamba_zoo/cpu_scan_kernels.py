@@ -607,6 +607,7 @@ if numba is not None:
             h0 = (start % per_batch) // head_dim
             p0 = start % head_dim
 
+            # the (batch, head, channel) lane walk is inlined in each pass on purpose: numba kernels, no helper calls per lane
             b, h, p = b0, h0, p0
             for i in range(count):
                 steps[i] = dt[b, h, p] + (dt_bias[h, p] if has_bias else _ZERO)

@@ -194,6 +194,8 @@ def resolve_backend(kernel: str, *tensors: Optional[torch.Tensor], backend: str 
     check_backend_name(backend)
     spec = _kernel(kernel)
     devices = {t.device.type for t in tensors if t is not None} or {"cpu"}
+    if backend == "auto" and devices == {"cpu"} and (not spec.cpu_needs_numba or cpu_kernels() is not None):
+        return "cpu"  # the common case, first: models resolve in every layer and every decoding step
     if backend != "auto":
         reason = _why_unavailable(kernel, backend, devices)
         if reason is not None:

@@ -380,6 +380,7 @@ class Mamba2Mixer(_SelectiveMixerBase):
     shared gated norm and `out_proj`.
     """
 
+    # plain keyword sizes as mamba-ssm's Mamba2; they overlap MambaMixer's on purpose (each mixer is usable alone)
     def __init__(
         self,
         d_model: int,

@@ -260,6 +260,7 @@ class BlackMambaForCausalLM(BlackMambaPreTrainedModel, GenerationMixin):
 
     # ------------------------------------------------------------------------------------------------- forward
 
+    # the head repeats its base model's arguments (transformers convention)
     def forward(
         self,
         input_ids: Optional[torch.LongTensor] = None,

@@ -368,6 +368,7 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
         shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
         return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
 
+    # the head repeats its base model's arguments (transformers convention)
     def forward(
         self,
         input_ids: Optional[torch.LongTensor] = None,

@@ -473,6 +473,7 @@ class SSAMBAForAudioClassification(SSAMBAPreTrainedModel):
         self.classifier = SSAMBAClassificationHead(config)
         self.post_init()
 
+    # the heads repeat their base model's arguments (transformers convention)
     def forward(
         self,
         input_values: torch.Tensor,

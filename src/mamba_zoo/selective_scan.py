@@ -126,6 +126,7 @@ def _expand_step_groups(M: torch.Tensor, heads: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
+# mamba-ssm's signature, repeated on purpose by the reference and by the dispatching entry point below
 def selective_scan_reference(
     u: torch.Tensor,
     delta: torch.Tensor,
