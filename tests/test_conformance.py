@@ -155,3 +155,19 @@ def test_bf16_autocast_on_cpu_runs_and_stays_close_to_fp32(case):
     assert torch.isfinite(mixed).all()
     # bf16 has 8 mantissa bits; the scan itself accumulates in float32, so the drift stays at the percent level
     assert _close(mixed, reference, tol=5e-2)
+
+
+def test_saved_auto_map_names_every_model_class_of_the_family(case, tmp_path):
+    """A checkpoint saved by any class of a family loads through every Auto* model factory of that family with
+    trust_remote_code (e.g. AutoModel on a classifier, AutoModelForAudioClassification on a converted pretraining
+    checkpoint), not only through the class that saved it."""
+    import json
+
+    model, _ = _build(case)
+    model.save_pretrained(tmp_path)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    expected = {name: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+                for name, cls in mamba_zoo.AUTO_CLASSES[type(model.config)].items() if name.startswith("AutoModel")}
+    assert {k: v for k, v in auto_map.items() if k.startswith("AutoModel")} == expected
+    assert auto_map["AutoConfig"].endswith(f".{type(model.config).__name__}")
+    assert "AutoModel" in expected and len(expected) >= 2

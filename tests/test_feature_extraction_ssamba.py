@@ -1,7 +1,9 @@
 """SSAMBAFeatureExtractor: kaldi fbank semantics (against an independent re-implementation of kaldi's algorithm),
-normalisation presets, padding/attention mask, and clear errors or documented conversions for bad input."""
+normalisation presets, padding/attention mask, silence, cropping long clips before the fbank, and clear errors or
+documented conversions for bad input (the shared rule itself: test_audio_utils.py)."""
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -92,9 +94,10 @@ def test_batch_shapes_truncation_and_attention_mask(clip):
     assert out["attention_mask"][0].sum() == 73 and out["attention_mask"][1].sum() == 128
     single = fe(clip, sampling_rate=16000, return_tensors="np")["input_values"][0]
     np.testing.assert_array_equal(out["input_values"][0], single)
-    # a (batch, samples) array is a batch
-    arr = np.stack([clip, clip * 0.5])
-    assert fe(arr, sampling_rate=16000)["input_values"].shape == (2, 128, 128)
+    # a batch is a list of clips; a 2-D array is one (multi-channel) clip, mixed down to mono
+    assert fe([clip, clip * 0.5], sampling_rate=16000)["input_values"].shape == (2, 128, 128)
+    stereo = fe(np.stack([clip, clip * 0.5]), sampling_rate=16000)["input_values"]
+    np.testing.assert_allclose(stereo, fe(clip * 0.75, sampling_rate=16000)["input_values"], atol=1e-5)
 
 
 def test_integer_pcm_is_scaled_like_audio_readers(clip):
@@ -113,9 +116,9 @@ def test_integer_pcm_is_scaled_like_audio_readers(clip):
         (np.zeros(0, dtype=np.float32), "empty"),
         (np.array([0.1, np.nan] * 400, dtype=np.float32), "NaN or infinite"),
         (np.array([0.1, np.inf] * 400, dtype=np.float32), "NaN or infinite"),
-        (np.zeros((16000, 2), dtype=np.float32), "multi-channel"),
+        (np.zeros((16, 16000), dtype=np.float32), "list of 1-D clips"),
         (np.zeros((2, 2, 16000), dtype=np.float32), "mono"),
-        (np.zeros(100, dtype=np.float32), "shorter than one 25 ms"),
+        (np.zeros(100, dtype=np.float32), r"too short: 100 samples \(6.2 ms at 16000 Hz\)"),
         (np.array(["a"] * 500), "numeric"),
     ],
 )
@@ -129,8 +132,54 @@ def test_wrong_sampling_rate_and_multichannel_in_list():
     fe = SSAMBAFeatureExtractor.from_preset("speechcommands")
     with pytest.raises(ValueError, match="16000 Hz, got sampling_rate=44100"):
         fe(np.zeros(44100, dtype=np.float32), sampling_rate=44100)
-    with pytest.raises(ValueError, match="mono"):
-        fe([np.zeros((2, 16000), dtype=np.float32)], sampling_rate=16000)
+    with pytest.raises(ValueError, match="^Audio clip 0 must be mono"):
+        fe([np.zeros((1, 2, 16000), dtype=np.float32)], sampling_rate=16000)
+
+
+def test_silence_gives_finite_features_equal_to_the_floor():
+    """Kaldi floors the mel energies at float32 eps before the log: digital silence gives log(eps) in every frame,
+    finite after normalisation too, never -inf."""
+    raw = SSAMBAFeatureExtractor(max_length=128, do_normalize=False)
+    silent = raw(np.zeros(16000, np.float32), sampling_rate=16000)["input_values"][0]
+    frames = 1 + (16000 - 400) // 160
+    np.testing.assert_array_equal(silent[:frames], np.float32(np.log(np.finfo(np.float32).eps)))
+    assert np.all(silent[frames:] == 0)  # padding
+    normed = SSAMBAFeatureExtractor.from_preset("speechcommands")(np.zeros(16000, np.float32), sampling_rate=16000)
+    assert np.isfinite(normed["input_values"]).all()
+
+
+def test_long_clip_is_cropped_before_the_fbank(clip):
+    """Only the samples the first max_length frames read are featurised: identical features, and a long clip costs
+    no more than a short one (before: a 10-minute clip computed all 60 000 frames, +821 MiB)."""
+    fe = SSAMBAFeatureExtractor.from_preset("speechcommands")  # max_length 128
+    assert fe.samples_for_max_length() == 400 + 160 * 127
+    ten_seconds = np.tile(clip, 14)[:160000]
+    uncropped = fe._extract_fbank_features(ten_seconds, fe.max_length)  # every frame, then the first 128 kept
+    expected = (uncropped - fe.mean) / (fe.std * 2)
+    np.testing.assert_array_equal(fe(ten_seconds, sampling_rate=16000)["input_values"][0], expected)
+
+    lengths = []
+    original = fe._extract_fbank_features
+    def spy(waveform, max_length):
+        lengths.append(len(waveform))
+        return original(waveform, max_length)
+
+    fe._extract_fbank_features = spy
+    try:
+        out = fe([ten_seconds, clip], sampling_rate=16000, return_attention_mask=True)
+    finally:
+        del fe._extract_fbank_features
+    assert lengths == [fe.samples_for_max_length(), clip.size]
+    assert out["attention_mask"].sum(-1).tolist() == [128, 73]
+
+    long_clip = np.tile(clip, 240)  # 3 minutes
+    tracemalloc.start()
+    try:
+        fe(long_clip, sampling_rate=16000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB for a 3-minute clip"
 
 
 def test_save_load_round_trip(tmp_path, clip):

@@ -1,11 +1,13 @@
-"""MambaASRProcessor (features / k-means units, tokenizer, bad audio) and the ASR pipeline for decoder-only ASR."""
+"""MambaASRProcessor (features / k-means units, tokenizer, bad audio, silence) and the ASR pipeline for decoder-only
+ASR (installed, and as remote code without mamba-zoo). The shared audio rule itself: test_audio_utils.py; pipeline
+registration per model: test_pipelines.py."""
 
 import json
 
 import numpy as np
 import pytest
 import torch
-from transformers import AutoProcessor, pipeline
+from transformers import AutomaticSpeechRecognitionPipeline, AutoProcessor, pipeline
 
 from mamba_zoo import MambaASRConfig, MambaASRPipeline, MambaASRProcessor, MambaDecoderOnlyASR
 from remote_code_utils import run_without_mamba_zoo
@@ -68,7 +70,8 @@ def test_unit_tokenizer_deduplicates_and_round_trips(unit_processor, tmp_path):
 
 
 @pytest.mark.parametrize("audio,match", [
-    (np.zeros((2, 16000), dtype=np.float32), "mono"),
+    (np.zeros((16, 16000), dtype=np.float32), "list of 1-D clips"),
+    (np.zeros((1, 2, 16000), dtype=np.float32), "mono"),
     (np.full(16000, np.nan, dtype=np.float32), "NaN"),
     (np.zeros(100, dtype=np.float32), "at least"),
     ("not audio", "numpy array"),
@@ -88,6 +91,24 @@ def test_wrong_sampling_rate_and_mismatched_text_raise():
         processor(audio=clips(), text=["one"], sampling_rate=16000)
 
 
+def test_silent_clip_gives_finite_features_loss_and_gradients():
+    """Before: transformers' per-utterance normalisation divided the constant bins of a silent clip by a zero standard
+    deviation: NaN/inf features, then NaN logits, loss and gradients in training, with only a numpy warning."""
+    processor = MambaASRProcessor.from_scratch()
+    silence = np.zeros(16000, dtype=np.float32)
+    raw = processor.feature_extractor._extract_fbank_features(silence)  # mel energies floored before the log
+    np.testing.assert_array_equal(raw, np.float32(np.log(np.finfo(np.float32).eps)))
+    batch = processor(audio=[silence, clips()[0]], text=["", "one"], sampling_rate=16000)
+    features, mask = batch["input_features"], batch["speech_attention_mask"]
+    assert torch.isfinite(features).all()
+    assert torch.all(features[0][mask[0].bool()] == 0)  # a constant bin normalises to 0
+    model = tiny_asr(processor, kernel_backend="reference").train()
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 # ---------------------------------------------------------------------------------------------- pipeline
 
 
@@ -95,8 +116,16 @@ def test_pipeline_end_to_end_batched_chunked_and_bad_audio(unit_processor, tmp_p
     model = tiny_asr(unit_processor)
     model.save_pretrained(tmp_path)
     unit_processor.save_pretrained(tmp_path)
-    asr = pipeline("automatic-speech-recognition", model=str(tmp_path))
+    # per model, never global: the checkpoint names its pipeline (config.custom_pipelines); with mamba-zoo installed,
+    # pipeline_class= builds it without remote code (trust_remote_code=True: test_pipelines.py). Without either,
+    # transformers asks for the opt-in instead of silently taking its CTC route for this decoder-only model.
+    assert json.loads((tmp_path / "config.json").read_text())["custom_pipelines"]["automatic-speech-recognition"][
+        "impl"] == "pipeline_mamba_asr.MambaASRPipeline"
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        pipeline("automatic-speech-recognition", model=str(tmp_path))
+    asr = pipeline("automatic-speech-recognition", model=str(tmp_path), pipeline_class=MambaASRPipeline)
     assert isinstance(asr, MambaASRPipeline) and asr.type == "seq2seq"
+    assert isinstance(asr.asr_processor, MambaASRProcessor) and asr.asr_processor.speech_input == "units"
     audio = clips()
     expected = []
     for clip in audio:
@@ -127,12 +156,14 @@ def test_pipeline_end_to_end_batched_chunked_and_bad_audio(unit_processor, tmp_p
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # contiguous, no audio lost
     with pytest.raises(ValueError, match="NaN"):
         asr(np.full(16000, np.nan, dtype=np.float32))
-    with pytest.raises(ValueError, match="mono"):
-        asr(np.zeros((16000, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="list of 1-D clips"):
+        asr(np.zeros((16, 16000), dtype=np.float32))
+    stereo_clip = np.stack([audio[0], audio[0]], axis=1)  # (samples, 2): mixed down, as the processor does
+    assert asr(stereo_clip, max_new_tokens=6)["text"] == expected[0]
 
 
 def test_pipeline_leaves_ctc_models_alone():
-    """The registered pipeline class only changes the route for decoder-only ASR models."""
+    """Other models get transformers' own pipeline class (nothing is registered globally)."""
     from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
 
     config = Wav2Vec2Config(vocab_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -148,13 +179,36 @@ def test_pipeline_leaves_ctc_models_alone():
         tokenizer = Wav2Vec2CTCTokenizer(vocab)
     asr = pipeline("automatic-speech-recognition", model=model, tokenizer=tokenizer,
                    feature_extractor=Wav2Vec2FeatureExtractor())
-    assert asr.type == "ctc"
+    assert type(asr) is AutomaticSpeechRecognitionPipeline and asr.type == "ctc"
     assert isinstance(asr(clips()[0])["text"], str)
+
+
+def test_remote_code_pipeline_loads_its_processor_without_prompting(unit_processor, tmp_path):
+    """F: with trust_remote_code=True the pipeline must not load the processor without it (transformers then asks
+    "Do you wish to run the custom code?" on stdin): a units checkpoint needs its saved processor (unit centroids)."""
+    model = tiny_asr(unit_processor, kernel_backend="reference")
+    model.save_pretrained(tmp_path / "ckpt")
+    unit_processor.save_pretrained(tmp_path / "ckpt")
+    audio = clips()[1]
+    inputs = unit_processor(audio=audio, sampling_rate=16000)
+    expected = unit_processor.batch_decode(model.generate(**inputs, max_new_tokens=6))[0]
+    np.save(tmp_path / "audio.npy", audio)
+    result = run_without_mamba_zoo(f"""
+        import sys, numpy as np
+        from transformers import pipeline
+        sys.stdin = None  # a prompt would fail at once instead of waiting
+        asr = pipeline("automatic-speech-recognition", model={str(tmp_path / 'ckpt')!r}, trust_remote_code=True)
+        assert type(asr).__name__ == "MambaASRPipeline", type(asr)
+        assert type(asr.asr_processor).__name__ == "MambaASRProcessor" and asr.asr_processor.speech_input == "units"
+        text = asr(np.load({str(tmp_path / 'audio.npy')!r}), max_new_tokens=6)["text"]
+        assert text == {expected!r}, (text, {expected!r})
+    """, hf_home=str(tmp_path / "hf_home"))
+    assert "Do you wish to run the custom code" not in result.stdout + result.stderr
 
 
 def test_pipeline_from_remote_code_without_mamba_zoo(tmp_path):
     processor = MambaASRProcessor.from_scratch()
-    model = tiny_asr(processor)
+    model = tiny_asr(processor, kernel_backend="reference")  # the subprocess then compiles no numba kernels
     model.save_pretrained(tmp_path / "ckpt")
     processor.save_pretrained(tmp_path / "ckpt")
     audio = clips()[0]

@@ -22,11 +22,17 @@ def noise(num_samples, seed=0, scale=0.1):
 # ------------------------------------------------------------------------------------------------ features
 
 
-@pytest.mark.parametrize("num_samples", [1, 159, 160, 161, 400, 16000, 16001, 64000])
+@pytest.mark.parametrize("num_samples", [1600, 1601, 1759, 1760, 1761, 16000, 16001, 64000])
 def test_frame_count_is_ceil_of_hop(extractor, num_samples):
     features = extractor(noise(num_samples), sampling_rate=16000, return_tensors="np")["input_features"]
     assert features.shape == (1, math.ceil(num_samples / 160), 80)
     assert features.dtype == np.float32 and np.isfinite(features).all()
+
+
+def test_minimum_length_is_the_shared_rule(extractor):
+    """0.1 s (1600 samples at 16 kHz), as for every audio family (before: any non-empty clip, down to 1 sample)."""
+    with pytest.raises(ValueError, match=r"^Audio is too short: 1599 samples \(99\.9 ms at 16000 Hz\)"):
+        extractor(noise(1599), sampling_rate=16000)
 
 
 def test_utterance_normalisation_and_gain_invariance(extractor):
@@ -46,10 +52,12 @@ def test_batch_padding_matches_single_and_masks(extractor):
     single = extractor(b, sampling_rate=16000, return_tensors="pt")["input_features"][0]
     assert torch.equal(batch["input_features"][1, :44], single)
     assert torch.all(batch["input_features"][1, 44:] == 0)
-    # a 2-D array is a batch, torch tensors are accepted
-    as_array = extractor(np.stack([a, a]), sampling_rate=16000, return_tensors="pt")["input_features"]
+    # a batch is a list of clips; a 2-D array is one (multi-channel) clip, mixed down; torch tensors are accepted
+    as_list = extractor([a, a], sampling_rate=16000, return_tensors="pt")["input_features"]
+    as_stereo = extractor(np.stack([a, a], axis=1), sampling_rate=16000, return_tensors="pt")["input_features"]
     as_tensor = extractor(torch.from_numpy(a), sampling_rate=16000, return_tensors="pt")["input_features"]
-    assert as_array.shape == (2, 100, 80) and torch.equal(as_array[0], as_tensor[0])
+    assert as_list.shape == (2, 100, 80) and as_stereo.shape == (1, 100, 80)
+    assert torch.equal(as_list[0], as_tensor[0]) and torch.equal(as_stereo[0], as_tensor[0])
 
 
 def test_integer_pcm_is_scaled(extractor):
@@ -67,11 +75,12 @@ def test_integer_pcm_is_scaled(extractor):
     (np.zeros(0, dtype=np.float32), {}, "empty"),
     (np.array([0.1, np.nan, 0.2] * 200, dtype=np.float32), {}, "NaN or infinite"),
     (np.array([0.1, np.inf] * 200, dtype=np.float32), {}, "NaN or infinite"),
-    ([np.zeros((2, 1600), dtype=np.float32)], {}, "mono"),
+    ([np.zeros((1, 2, 1600), dtype=np.float32)], {}, "^Audio clip 0 must be mono"),
     (np.zeros((1, 2, 1600), dtype=np.float32), {}, "mono"),
+    (np.zeros((100, 1600), dtype=np.float32), {}, "list of 1-D clips"),
     (np.zeros(1600, dtype=np.float32), {"sampling_rate": 8000}, "16000 Hz"),
     (np.array(["a", "b"]), {}, "dtype"),
-    ([], {}, "empty list"),
+    ([], {}, "empty batch"),
 ])
 def test_bad_audio_raises_clear_errors(extractor, audio, kwargs, message):
     kwargs = {"sampling_rate": 16000, **kwargs}
@@ -82,6 +91,9 @@ def test_bad_audio_raises_clear_errors(extractor, audio, kwargs, message):
 def test_silence_is_finite(extractor):
     features = extractor(np.zeros(8000, dtype=np.float32), sampling_rate=16000)["input_features"][0]
     assert np.isfinite(features).all() and np.all(features == 0)
+    # the mel energies are floored before the log: silence gives the floor, never -inf
+    raw = MambaCTCFeatureExtractor(do_normalize=False)(np.zeros(8000, dtype=np.float32), sampling_rate=16000)
+    np.testing.assert_allclose(raw["input_features"][0], np.log(1e-10), rtol=1e-6)
 
 
 def test_feature_extractor_save_load(tmp_path, extractor):
@@ -141,6 +153,16 @@ def test_processor_audio_and_text_give_padded_labels():
     assert batch["labels"][0, 3:].eq(-100).all() and batch["labels"][1].ne(-100).all()
     with pytest.raises(ValueError, match="audio"):
         processor()
+
+
+def test_processor_reads_a_stereo_array_as_one_clip():
+    """Before: MambaCTCProcessor read a (samples, 2) stereo array as 16000 two-sample clips."""
+    processor = MambaCTCProcessor.from_transcripts(["one two three"])
+    left, right = noise(16000, 4), noise(16000, 5)
+    stereo = processor(audio=np.stack([left, right], axis=1), sampling_rate=16000, return_tensors="pt")
+    mono = processor(audio=(left + right) / 2, sampling_rate=16000, return_tensors="pt")
+    assert stereo["input_features"].shape == (1, 100, 80)
+    torch.testing.assert_close(stereo["input_features"], mono["input_features"], atol=1e-4, rtol=0)
 
 
 def test_processor_save_load(tmp_path):

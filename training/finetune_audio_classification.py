@@ -287,7 +287,7 @@ SSAMBA (Self-Supervised Audio Mamba) fine-tuned with `training/finetune_audio_cl
 ```python
 import mamba_zoo  # or trust_remote_code=True without mamba-zoo installed
 from transformers import pipeline
-clf = pipeline("audio-classification", model="{output_dir}")
+clf = pipeline("audio-classification", model="{output_dir}", trust_remote_code=True)
 clf("clip.wav")
 ```
 """

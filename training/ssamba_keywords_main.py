@@ -63,6 +63,8 @@ def main(argv=None):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     import torch
     from transformers import TrainingArguments, pipeline
+
+    from mamba_zoo import SoundfileAudioClassificationPipeline
     from transformers.utils import logging as hf_logging
 
     import finetune_audio_classification as finetune
@@ -131,7 +133,7 @@ def main(argv=None):
 
     # 5. pipeline on held-out clips ----------------------------------------------------------------------------------
     print("[5/5] pipeline('audio-classification') on held-out clips")
-    clf = pipeline("audio-classification", model=args.output_dir)
+    clf = pipeline("audio-classification", model=args.output_dir, pipeline_class=SoundfileAudioClassificationPipeline)
     test = corpus["test"]
     shown = []
     for i in range(0, len(test), max(1, len(test) // 6))[:6]:

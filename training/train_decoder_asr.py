@@ -32,7 +32,7 @@ scripts), so the script runs unchanged under `torchrun` / `accelerate launch`. W
 With `--ablation`, each configuration trains with the same `TrainingArguments` in `OUTPUT_DIR/runs/<mixer>-<prefix>`
 (nothing is saved or pushed but `OUTPUT_DIR/ablation.json`).
 
-Then: `pipeline("automatic-speech-recognition", model="outputs/mamba-asr-digits")`.
+Then: `pipeline("automatic-speech-recognition", model="outputs/mamba-asr-digits", trust_remote_code=True)`.
 """
 
 from __future__ import annotations

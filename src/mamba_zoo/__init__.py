@@ -75,6 +75,10 @@ def _register_auto_classes() -> None:
     for config_class, auto_classes in AUTO_CLASSES.items():
         _transformers.AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         config_class.register_for_auto_class()
+        config_class.family_auto_map = {
+            auto_name: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+            for auto_name, cls in auto_classes.items() if auto_name.startswith("AutoModel")
+        }
         for auto_name, cls in auto_classes.items():
             factory = getattr(_transformers, auto_name)
             if auto_name == "AutoTokenizer":
@@ -84,29 +88,8 @@ def _register_auto_classes() -> None:
             cls.register_for_auto_class(auto_name)
 
 
-def _register_pipelines() -> None:
-    """pipeline("audio-classification") decodes files with soundfile (no ffmpeg) and resamples with scipy;
-    pipeline("automatic-speech-recognition") takes the generate route for decoder-only ASR models. Both behave like
-    transformers' own pipelines for every other model."""
-    import logging
-
-    from transformers.pipelines import PIPELINE_REGISTRY, SUPPORTED_TASKS
-
-    SUPPORTED_TASKS["audio-classification"]["impl"] = SoundfileAudioClassificationPipeline
-    task = PIPELINE_REGISTRY.supported_tasks["automatic-speech-recognition"]
-    if task["impl"] is MambaASRPipeline:
-        return
-    pipeline_logger = logging.getLogger("transformers.pipelines.base")
-    level = pipeline_logger.level
-    pipeline_logger.setLevel(logging.ERROR)  # the "already registered, overwriting" notice is expected here
-    try:
-        PIPELINE_REGISTRY.register_pipeline(
-            "automatic-speech-recognition", pipeline_class=MambaASRPipeline, pt_model=task["pt"],
-            default=task.get("default"), type=task.get("type"),
-        )
-    finally:
-        pipeline_logger.setLevel(level)
-
-
+# Pipelines are per model, never registered for a task globally (that would change transformers' pipeline for every
+# other model in the process): each audio family's config names its pipeline in `custom_pipelines` (saved with the
+# checkpoint), built by `pipeline(task, model=path, trust_remote_code=True)` or, without remote code,
+# `pipeline(task, model=path, pipeline_class=SoundfileAudioClassificationPipeline | MambaASRPipeline)`.
 _register_auto_classes()
-_register_pipelines()

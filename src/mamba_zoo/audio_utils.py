@@ -1,21 +1,71 @@
 # Copyright 2026 The mamba-zoo authors. Apache-2.0.
-"""Audio input checks and conversions shared by the feature extractors and processors of mamba-zoo.
+"""The one audio-input rule of mamba-zoo's three audio families (SSAMBA, MambaForCTC, MADEON), and the audio reading
+their pipelines share.
 
-`validate_waveform` turns one clip into a clean float32 mono `(num_samples,)` array or raises a `ValueError` that
-names the problem and the fix; `check_sampling_rate` is its sampling-rate check on its own (for a whole batch);
-`read_audio_file` and `resample_audio` decode files and change the sampling rate without ffmpeg or torchaudio.
+`validate_audio(audio, sampling_rate, expected_rate, owner=...)` is the rule; every feature extractor and processor
+calls it (`SSAMBAFeatureExtractor`, `MambaCTCFeatureExtractor`, `MambaASRProcessor`), and the pipelines apply it to
+what `load_audio` reads. It returns one clean float32 mono `(num_samples,)` array per clip or raises a `ValueError`
+that names the clip, the problem and the fix:
+
+- sampling rate: `sampling_rate` other than the model's raises (resample first: `resample_audio`); a missing
+  `sampling_rate` logs transformers' feature-extractor warning ("It is strongly recommended to pass the
+  `sampling_rate` argument ...") and the audio is taken to be at the model's rate. Pipelines resample
+  `{"raw" | "array", "sampling_rate"}` dicts (scipy) and files (soundfile) to the model's rate themselves.
+- one clip or a batch: a numpy array or torch tensor is ONE clip; a batch is a list (or tuple) of clips; a list of
+  numbers is one clip.
+- layout: a clip is 1-D `(num_samples,)`. A 2-D clip `(samples, channels)` or `(channels, samples)` whose smaller
+  dimension is at most `MAX_CHANNELS` (8) is mixed down to mono (mean over channels) with a warning (one channel:
+  silently squeezed); a 2-D array with no such dimension, or any other rank, raises (a batch is a list of 1-D clips).
+- dtype: float samples are expected in [-1, 1] and cast to float32 (float64, float16, bfloat16; numpy or torch, any
+  device, with or without grad); integer PCM is scaled as audio readers do (`pcm_to_float`: int16 / 2**15,
+  int32 / 2**31, uint8 (x - 128) / 128); bool, complex, str and object arrays raise.
+- content: empty clips and clips with NaN or infinite samples raise; silence (all zeros) is valid and gives finite
+  features in every family (the mel energies are floored before the log and constant feature bins are not divided
+  by a zero standard deviation, see `normalize_utterance`).
+- length: at least `MIN_AUDIO_SECONDS` (0.1 s = 1600 samples at 16 kHz, `min_audio_samples`). It is the shortest
+  clip every family's default front end turns into at least one model frame (MADEON's two stride-2 convolutions need
+  7 fbank frames = 85 ms); the error names the length in samples and milliseconds.
+
+`read_audio_file` decodes WAV/FLAC/OGG paths or bytes with soundfile and `resample_audio` resamples with scipy: neither
+needs ffmpeg or torchaudio. `load_audio` is the pipelines' reader built on them.
 
 This module is imported relatively (`from .audio_utils import ...`), so `save_pretrained` of a feature extractor or
 processor copies it next to the module that uses it and checkpoints load with `trust_remote_code=True` without
-mamba-zoo. Only numpy is needed at import time; scipy and soundfile are imported when used (inside `try` blocks, so
-transformers' remote-code import check does not require them).
+mamba-zoo. Only numpy is needed at import time; scipy, soundfile and transformers' logging are imported inside `try`
+blocks (transformers' remote-code import check does not require them).
 """
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any, Optional
 
 import numpy as np
+
+try:  # transformers' logging (its verbosity settings apply); plain logging where transformers is absent
+    from transformers.utils.logging import get_logger
+except ImportError:  # pragma: no cover
+    from logging import getLogger as get_logger
+
+logger = get_logger(__name__)
+
+MIN_AUDIO_SECONDS = 0.1  # the one minimum length of the rule (see the module docstring)
+MAX_CHANNELS = 8  # a 2-D clip with at most this many channels (7.1 audio) is mixed down to mono
+CMVN_STD_FLOOR = 1e-3  # per-utterance normalisation divides by at least this (log-mel units)
+
+
+def min_audio_samples(sampling_rate: int) -> int:
+    """Fewest samples the rule accepts at `sampling_rate` Hz: `MIN_AUDIO_SECONDS` (1600 samples at 16 kHz)."""
+    return math.ceil(round(MIN_AUDIO_SECONDS * int(sampling_rate), 6))
+
+
+def warn_missing_sampling_rate(owner: str) -> None:
+    """The warning transformers' feature extractors log when `sampling_rate` is not passed (same text)."""
+    logger.warning(
+        f"It is strongly recommended to pass the `sampling_rate` argument to `{owner}()`. "
+        "Failing to do so can result in silent errors that might be hard to debug."
+    )
 
 
 def check_sampling_rate(sampling_rate: Optional[int], expected_rate: int, owner: str = "The model") -> None:
@@ -62,37 +112,60 @@ def pcm_to_float(samples: np.ndarray) -> np.ndarray:
     return (samples.astype(np.float64) - offset) / half_range
 
 
+def _channel_axis(array: np.ndarray, name: str) -> Optional[int]:
+    """The channel axis of a 2-D clip (`None` for 1-D); raises for other ranks and for 2-D arrays without a small
+    (<= MAX_CHANNELS) dimension."""
+    if array.ndim == 1:
+        return None
+    if array.ndim != 2:
+        raise ValueError(
+            f"{name} must be mono: one clip is a 1-D array of shape (num_samples,), got shape {array.shape}. Pass a "
+            "batch as a list of 1-D clips, and mix multi-channel audio down first, e.g. "
+            "`audio.mean(axis=channel_axis)`."
+        )
+    if min(array.shape) > MAX_CHANNELS:
+        raise ValueError(
+            f"{name} has shape {array.shape}: a 2-D array is read as one multi-channel clip, (samples, channels) or "
+            f"(channels, samples) with at most {MAX_CHANNELS} channels, and neither dimension is that small. Pass a "
+            "batch as a list of 1-D clips (e.g. `list(array)`), or mix the channels down first."
+        )
+    return 0 if array.shape[0] <= array.shape[1] else 1
+
+
 def validate_waveform(
     waveform: Any,
     sampling_rate: Optional[int] = None,
     expected_rate: Optional[int] = None,
     *,
     min_samples: int = 1,
-    min_samples_reason: str = "the minimum length",
-    name: str = "audio",
+    max_samples: Optional[int] = None,
+    name: str = "Audio",
     owner: str = "The model",
 ) -> np.ndarray:
-    """Check one mono clip and return it as a new C-contiguous float32 array of shape `(num_samples,)`.
+    """The rule for ONE clip (see the module docstring): a new C-contiguous float32 mono array `(num_samples,)`.
 
     Args:
-        waveform: the clip's samples, shape `(num_samples,)`: a numpy array, a torch tensor (any device) or a list
-            of numbers. Float samples are expected in [-1, 1] (kept as they are, cast to float32); integer PCM is
-            scaled to [-1, 1) with `pcm_to_float` (int16 / 32768, uint8 (x - 128) / 128, ...).
+        waveform: the clip: a numpy array, a torch tensor (any device, grad or not) or a list of numbers; 1-D, or 2-D
+            multi-channel (`(samples, channels)` or `(channels, samples)`, at most `MAX_CHANNELS` channels: mixed down
+            to mono with a warning). Float samples in [-1, 1] are cast to float32; integer PCM is scaled with
+            `pcm_to_float`.
         sampling_rate: the clip's rate in Hz, checked against `expected_rate` when both are given (see
             `check_sampling_rate`); `None` skips the check.
-        expected_rate: the rate the model expects, Hz.
-        min_samples: fewest samples accepted (after the empty check); `min_samples_reason` says why in the error,
-            e.g. `"one 25 ms analysis window at 16 kHz"`.
-        name: how the clip is called in error messages, e.g. `"audio"` or `"Audio clip 3"`.
+        expected_rate: the rate the model expects, Hz (also used to state lengths in milliseconds in errors).
+        min_samples: fewest samples accepted (counted before `max_samples` cropping).
+        max_samples: keep only the first `max_samples` samples (cropped before any conversion, so a long clip is never
+            copied whole; the dropped samples are not checked either). For callers whose features of a longer clip
+            would be truncated anyway.
+        name: how the clip is called in errors and warnings, e.g. `"Audio"` or `"Audio clip 3"`.
         owner: what expects `expected_rate`, for the sampling-rate error.
 
     Returns:
         `np.ndarray` float32 `(num_samples,)`, finite, never a view of the input.
 
     Raises:
-        ValueError: wrong sampling rate; non-numeric dtype (str, object, bool, complex); not 1-D (multi-channel:
-            mix down first); empty; NaN or infinite samples; fewer than `min_samples` samples. Each message names
-            the clip (`name`), the problem and the fix.
+        ValueError: wrong sampling rate; non-numeric dtype (str, object, bool, complex); not 1-D or 2-D multi-channel;
+            empty; NaN or infinite samples; fewer than `min_samples` samples. Each message names the clip (`name`),
+            the problem and the fix.
     """
     if expected_rate is not None:
         check_sampling_rate(sampling_rate, expected_rate, owner)
@@ -101,15 +174,26 @@ def validate_waveform(
         raise ValueError(
             f"{name} is not numeric (dtype {array.dtype}); pass float samples in [-1, 1] or integer PCM samples."
         )
-    if array.ndim != 1:
-        raise ValueError(
-            f"{name} must be mono, one 1-D array of shape (num_samples,) per clip; got shape {array.shape}. Mix "
-            "multi-channel audio down first, e.g. `audio.mean(axis=channel_axis)`."
-        )
+    channel_axis = _channel_axis(array, name)
+    shape = array.shape
     if array.size == 0:
         raise ValueError(f"{name} is empty (0 samples); drop the clip or pass its samples.")
+    time_axis = 0 if channel_axis is None else 1 - channel_axis
+    num_samples = array.shape[time_axis]
+    if max_samples is not None and num_samples > max_samples:
+        array = array[:max_samples] if time_axis == 0 else array[:, :max_samples]
     if np.issubdtype(array.dtype, np.integer):
         array = pcm_to_float(array)
+    if channel_axis is not None:
+        channels = array.shape[channel_axis]
+        if channels > 1:
+            layout = "(channels, samples)" if channel_axis == 0 else "(samples, channels)"
+            logger.warning(
+                f"{owner}: {name} has shape {shape}, read as {layout} with {channels} channels and mixed down "
+                "to mono (the mean of the channels). Pass mono 1-D clips to silence this warning; a batch is a list of "
+                "1-D clips, not a 2-D array."
+            )
+        array = array.mean(axis=channel_axis, dtype=np.float64)
     array = array.astype(np.float32, order="C")  # always a copy: the caller's buffer is never aliased
     finite = np.isfinite(array)
     if not finite.all():
@@ -118,12 +202,85 @@ def validate_waveform(
             f"{name} contains NaN or infinite samples ({int(array.size - finite.sum())} of {array.size}, first at "
             f"index {first}); clean or drop the clip."
         )
-    if array.size < min_samples:
+    if num_samples < min_samples:
+        rate = expected_rate or sampling_rate
+        length = f" ({num_samples / rate * 1000:.1f} ms at {rate} Hz)" if rate else ""
+        needed = f" ({min_samples / rate * 1000:.0f} ms)" if rate else ""
         raise ValueError(
-            f"{name} has {array.size} samples, shorter than {min_samples_reason}: at least {min_samples} samples are "
-            "needed; pad it with zeros or drop the clip."
+            f"{name} is too short: {num_samples} samples{length}; at least {min_samples} samples{needed} are needed. "
+            "Pad it with zeros or drop the clip."
         )
     return array
+
+
+def split_clips(audio: Any, owner: str = "The model") -> tuple[list, bool]:
+    """`(clips, is_batch)`: a numpy array or torch tensor is one clip, a list/tuple of arrays, tensors or lists is a
+    batch, a list of numbers is one clip. Raises a `ValueError` for no audio, an empty batch and non-audio types
+    (paths, bytes, dicts: read them with `read_audio_file` / `resample_audio`, or use the model's pipeline)."""
+    if audio is None:
+        raise ValueError(f"No audio given to {owner}.")
+    if hasattr(audio, "shape") and hasattr(audio, "dtype"):  # numpy array or torch tensor
+        return [audio], False
+    if isinstance(audio, (list, tuple)):
+        if len(audio) == 0:
+            raise ValueError(f"Got an empty batch of audio (no clips) for {owner}; pass at least one clip.")
+        if any(isinstance(x, (list, tuple)) or getattr(x, "ndim", 0) >= 1 for x in audio):
+            return list(audio), True
+        return [audio], False
+    raise ValueError(
+        f"{owner} takes audio samples: one clip as a 1-D numpy array or torch tensor (or a list of numbers), or a "
+        f"batch as a list of clips; got {type(audio).__name__}. Decode audio files with `read_audio_file(path, "
+        "sampling_rate)` and resample dicts with `resample_audio` (mamba_zoo.audio_utils), or use the model's "
+        "pipeline, which reads paths, bytes and {\"array\", \"sampling_rate\"} dicts."
+    )
+
+
+def validate_audio(
+    audio: Any,
+    sampling_rate: Optional[int],
+    expected_rate: int,
+    *,
+    owner: str = "The model",
+    max_samples: Optional[int] = None,
+) -> list[np.ndarray]:
+    """THE audio-input rule (module docstring): one clip or a batch of clips -> a list of float32 mono `(samples,)`.
+
+    Args:
+        audio: one clip (a numpy array or torch tensor, 1-D or 2-D multi-channel; or a list of numbers) or a batch (a
+            list or tuple of clips).
+        sampling_rate: the audio's rate in Hz; a rate other than `expected_rate` raises (resample first). `None` logs
+            transformers' "pass `sampling_rate`" warning and takes the audio to be at `expected_rate`.
+        expected_rate: the model's rate, Hz.
+        owner: the class applying the rule (named in messages), e.g. `"SSAMBAFeatureExtractor"`.
+        max_samples: crop every clip to its first `max_samples` samples before converting it (see `validate_waveform`).
+
+    Returns:
+        one float32 `(num_samples,)` array per clip (a list of one for a single clip).
+    """
+    if sampling_rate is None:
+        warn_missing_sampling_rate(owner)
+    else:
+        check_sampling_rate(sampling_rate, expected_rate, owner)
+    clips, is_batch = split_clips(audio, owner)
+    min_samples = min_audio_samples(expected_rate)
+    return [
+        validate_waveform(clip, expected_rate=expected_rate, min_samples=min_samples, max_samples=max_samples,
+                          name=f"Audio clip {i}" if is_batch else "Audio", owner=owner)
+        for i, clip in enumerate(clips)
+    ]
+
+
+def normalize_utterance(features: np.ndarray, normalize_means: bool = True, normalize_vars: bool = True) -> np.ndarray:
+    """Per-utterance mean/variance normalisation of `(frames, bins)` features (float64 inside, float32 out).
+
+    A bin whose standard deviation is below `CMVN_STD_FLOOR` is divided by the floor instead: a constant bin (digital
+    silence, or a one-frame clip) becomes exactly 0 instead of 0/0 = NaN, and rounding noise is not amplified."""
+    features = np.asarray(features, dtype=np.float64)
+    if normalize_means:
+        features = features - features.mean(axis=0, keepdims=True)
+    if normalize_vars:
+        features = features / np.maximum(features.std(axis=0, keepdims=True), CMVN_STD_FLOOR)
+    return features.astype(np.float32)
 
 
 def resample_audio(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
@@ -164,4 +321,66 @@ def read_audio_file(path_or_bytes, sampling_rate: int) -> np.ndarray:
     return resample_audio(audio.mean(axis=1), file_rate, sampling_rate)
 
 
-__all__ = ["check_sampling_rate", "pcm_to_float", "read_audio_file", "resample_audio", "validate_waveform"]
+def load_audio(inputs: Any, sampling_rate: int, owner: str = "The pipeline") -> Optional[np.ndarray]:
+    """The audio reader of mamba-zoo's pipelines: one pipeline input -> a float32 mono `(num_samples,)` clip at
+    `sampling_rate` Hz that passed the rule (`validate_audio`), without ffmpeg or torchaudio.
+
+    - a path (str or `os.PathLike`) or the bytes of a WAV/FLAC/OGG file: decoded with soundfile, mixed down to mono
+      and resampled (`read_audio_file`). A missing file raises `FileNotFoundError`; a file soundfile cannot decode goes
+      to transformers' ffmpeg decoding (returns `None`) when ffmpeg is installed, else raises a `ValueError`.
+    - a `{"raw" | "array": samples, "sampling_rate": rate}` dict (as `datasets` rows hold them): the samples are
+      checked at their own rate, then resampled with scipy (`resample_audio`). Other keys are ignored here.
+    - samples (a numpy array, torch tensor or list of numbers): taken to be at `sampling_rate` (transformers' pipeline
+      convention) and checked.
+    - `None` is returned for inputs left to transformers: http(s) URLs and torchcodec `AudioDecoder`s.
+    """
+    if isinstance(inputs, str) and inputs.startswith(("http://", "https://")):
+        return None
+    if type(inputs).__name__ == "AudioDecoder":  # torchcodec: transformers decodes it
+        return None
+    if isinstance(inputs, (str, os.PathLike, bytes, bytearray)):
+        is_path = not isinstance(inputs, (bytes, bytearray))
+        if is_path and not os.path.isfile(inputs):
+            raise FileNotFoundError(f"{owner}: no audio file at {os.fspath(inputs)!r}.")
+        try:
+            audio = read_audio_file(os.fspath(inputs) if is_path else bytes(inputs), sampling_rate)
+        except (ImportError, RuntimeError, TypeError) as error:  # no soundfile, or a format it cannot decode
+            import shutil
+
+            if shutil.which("ffmpeg") is not None:
+                return None
+            what = f"the audio file {os.fspath(inputs)!r}" if is_path else f"{len(inputs)} bytes of audio"
+            raise ValueError(
+                f"{owner} could not decode {what} with soundfile ({type(error).__name__}: {error}), and ffmpeg "
+                "(transformers' decoder) is not installed. Convert it to WAV, FLAC or OGG, or install ffmpeg."
+            ) from error
+        return validate_audio(audio, sampling_rate, sampling_rate, owner=owner)[0]
+    if isinstance(inputs, dict):
+        samples = inputs.get("raw") if inputs.get("raw") is not None else inputs.get("array")
+        if samples is None or inputs.get("sampling_rate") is None:
+            raise ValueError(
+                f"{owner}: an audio dict needs the samples under \"raw\" (or \"array\") and their rate under "
+                f"\"sampling_rate\", e.g. {{\"raw\": audio, \"sampling_rate\": 16000}}; got the keys {sorted(inputs)}."
+            )
+        clip = validate_waveform(samples, name="Audio", owner=owner)
+        audio = resample_audio(clip, int(inputs["sampling_rate"]), sampling_rate)
+        return validate_audio(audio, sampling_rate, sampling_rate, owner=owner)[0]
+    return validate_audio(inputs, sampling_rate, sampling_rate, owner=owner)[0]
+
+
+__all__ = [
+    "CMVN_STD_FLOOR",
+    "MAX_CHANNELS",
+    "MIN_AUDIO_SECONDS",
+    "check_sampling_rate",
+    "load_audio",
+    "min_audio_samples",
+    "normalize_utterance",
+    "pcm_to_float",
+    "read_audio_file",
+    "resample_audio",
+    "split_clips",
+    "validate_audio",
+    "validate_waveform",
+    "warn_missing_sampling_rate",
+]

@@ -107,11 +107,11 @@ class MambaASRConfig(MambaMixerConfigMixin, PretrainedConfig):
     use_cache: bool = True
     tie_word_embeddings: bool = True
 
+    checkpoint_pipeline = ("automatic-speech-recognition", "pipeline_mamba_asr.MambaASRPipeline",
+                           "AutoModelForSpeechSeq2Seq", "multimodal")
+
     def __post_init__(self, **kwargs):
-        if __name__.startswith("mamba_zoo."):
-            # Installed mamba-zoo registers MambaASRPipeline for the task itself; a checkpoint's `custom_pipelines`
-            # entry (for remote-code users) would otherwise demand trust_remote_code=True here.
-            kwargs.pop("custom_pipelines", None)
+        self.add_checkpoint_pipeline(kwargs)  # the model's save_pretrained copies the pipeline's module
         super().__post_init__(**kwargs)
         self.resolve_and_validate()
 

@@ -40,6 +40,27 @@ class MambaMixerConfigMixin:
 
     # mixer arguments this family leaves at the mixer's default although it declares the field they come from
     mixer_args_at_default: tuple[str, ...] = ()
+    # `AutoModel*` factory name -> "modeling_x.Class" for every model class of the family, set by mamba_zoo's
+    # registration (`__init__.AUTO_CLASSES`): a saved checkpoint's auto_map then lets each of them load it with
+    # trust_remote_code, not only the class that saved it
+    family_auto_map: dict[str, str] = {}
+    # the family's pipeline, named per model in `custom_pipelines` (importing mamba_zoo registers none globally):
+    # (task, "module.Class", model Auto class, pipeline type), or None for a family without one
+    checkpoint_pipeline: tuple[str, str, str, str] | None = None
+
+    def add_checkpoint_pipeline(self, kwargs: dict) -> None:
+        """Called first in `__post_init__`: default `custom_pipelines` to the family's pipeline, so that
+        `pipeline(task, model=path, trust_remote_code=True)` builds it (or `pipeline_class=` with mamba-zoo installed);
+        its module travels with the checkpoint. A fresh dict each time: transformers' pipeline() rewrites it."""
+        if self.checkpoint_pipeline is not None:
+            task, impl, auto_class, pipeline_type = self.checkpoint_pipeline
+            kwargs.setdefault("custom_pipelines", {task: {"impl": impl, "pt": [auto_class], "type": pipeline_type}})
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        if output.get("auto_map") and self.family_auto_map:
+            output["auto_map"] = {**self.family_auto_map, **output["auto_map"]}
+        return output
 
     def resolve_time_step_rank(self) -> int:
         """Replace `time_step_rank="auto"` by `ceil(hidden_size / 16)` (mamba-ssm's `dt_rank="auto"`); return it."""

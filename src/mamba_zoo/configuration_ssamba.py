@@ -131,11 +131,15 @@ class SSAMBAConfig(MambaMixerConfigMixin, PreTrainedConfig):
     generative_loss_weight: float = 10.0
     kernel_backend: str = "auto"
 
+    checkpoint_pipeline = ("audio-classification", "feature_extraction_ssamba.SoundfileAudioClassificationPipeline",
+                           "AutoModelForAudioClassification", "audio")
+
     def __post_init__(self, **kwargs):
         if isinstance(self.patch_size, tuple):
             self.patch_size = list(self.patch_size)
         if isinstance(self.patch_size, list) and len(self.patch_size) == 2 and self.patch_size[0] == self.patch_size[1]:
             self.patch_size = int(self.patch_size[0])
+        self.add_checkpoint_pipeline(kwargs)  # the pipeline's module travels with the feature extractor
         super().__post_init__(**kwargs)
         self.resolve_and_validate()
 

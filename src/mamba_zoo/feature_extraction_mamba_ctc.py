@@ -1,5 +1,10 @@
 # Copyright 2026 The mamba-zoo authors. Apache-2.0.
-"""Log-mel filter-bank features with utterance mean/variance normalisation for MambaForCTC."""
+"""Log-mel filter-bank features with utterance mean/variance normalisation for MambaForCTC.
+
+Input handling is mamba-zoo's one audio-input rule (`audio_utils.validate_audio`). This module also imports the ASR
+pipeline of CTC checkpoints (`pipeline_mamba_asr.MambaASRPipeline`), so `save_pretrained` copies that file with the
+feature extractor and `pipeline("automatic-speech-recognition", model=path, trust_remote_code=True)` finds it through
+the checkpoint's `config.custom_pipelines` (`MambaCTCConfig`)."""
 
 from __future__ import annotations
 
@@ -13,26 +18,17 @@ from transformers.feature_extraction_sequence_utils import SequenceFeatureExtrac
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import PaddingStrategy, TensorType, logging
 
-from .audio_utils import check_sampling_rate, validate_waveform
+from .audio_utils import normalize_utterance, validate_audio
+from .pipeline_mamba_asr import MambaASRPipeline  # noqa: F401  (travels with the feature extractor, see above)
 
 logger = logging.get_logger(__name__)
-
-
-def validate_and_convert_waveform(waveform, index: int = 0) -> np.ndarray:
-    """Check one mono waveform `(num_samples,)` and return it as a new float32 numpy array.
-
-    `audio_utils.validate_waveform` (any length of at least one sample): torch tensors and lists become numpy,
-    float64 becomes float32, integer PCM is scaled to [-1, 1) (int16 / 32768, int32 / 2**31, uint8 (x - 128) / 128).
-    Errors (`ValueError`): empty audio, NaN or infinite samples, non-numeric dtype, more than one channel (downmix
-    first, e.g. `audio.mean(axis=0)` for `(channels, samples)`).
-    """
-    return validate_waveform(waveform, name=f"Audio {index}")
 
 
 class MambaCTCFeatureExtractor(SequenceFeatureExtractor):
     r"""
     Log-mel filter-bank features for [`MambaForCTC`], normalised per utterance (zero mean, unit variance per mel bin
-    over the utterance's own frames), right-padded with zeros, with a frame-level `attention_mask`.
+    over the utterance's own frames), right-padded with zeros, with a frame-level `attention_mask`. Silence gives
+    finite features (mel energies floored at 1e-10 before the log; constant bins normalise to 0).
 
     Frames: a `win_length`-sample Hann window every `hop_length` samples, *centred* on sample `t * hop_length` (zero
     padding at both ends), so an utterance of `n` samples gives exactly `ceil(n / hop_length)` frames. With the
@@ -102,11 +98,8 @@ class MambaCTCFeatureExtractor(SequenceFeatureExtractor):
         return torch.log(mel.clamp_min(1e-10)).numpy()
 
     def _normalize(self, features: np.ndarray) -> np.ndarray:
-        features = features.astype(np.float64)
-        mean = features.mean(axis=0, keepdims=True)
-        std = features.std(axis=0, keepdims=True)
-        # the floor keeps constant bins (digital silence) at exactly zero instead of amplifying rounding noise
-        return ((features - mean) / np.maximum(std, 1e-3)).astype(np.float32)
+        # the std floor keeps constant bins (digital silence) at exactly zero instead of amplifying rounding noise
+        return normalize_utterance(features)
 
     def __call__(
         self,
@@ -121,48 +114,26 @@ class MambaCTCFeatureExtractor(SequenceFeatureExtractor):
         **kwargs,
     ) -> BatchFeature:
         """
-        Featurize one waveform `(num_samples,)` or a batch (a list of 1-D arrays, or a 2-D array `(batch, samples)`).
+        Featurize one clip or a batch (a list of clips), following mamba-zoo's audio-input rule
+        (`audio_utils.validate_audio`): an array or tensor is one clip (a 2-D multi-channel clip is mixed down to mono
+        with a warning); float in [-1, 1] or integer PCM (scaled); empty, NaN/inf, too short (< 0.1 s) or
+        non-numeric audio raises `ValueError`.
 
         Args:
-            raw_speech: mono audio at `self.sampling_rate`; float in [-1, 1] or integer PCM (scaled, see
-                `validate_and_convert_waveform`). Empty, NaN/inf or multi-channel audio raises `ValueError`.
+            raw_speech: one clip or a list of clips at `self.sampling_rate`.
             padding, max_length, truncation, pad_to_multiple_of: as `SequenceFeatureExtractor.pad`, in frames; pads
                 to the longest utterance by default (right padding).
             return_tensors: `"pt"`, `"np"` or `None` (lists).
             sampling_rate: the audio's rate; a different rate raises `ValueError` (resample first). Strongly
-                recommended, a warning is logged when it is missing.
+                recommended: transformers' warning is logged when it is missing.
             return_attention_mask: defaults to `True`.
 
         Returns:
             `BatchFeature` with `input_features` `(batch, frames, feature_size)` and `attention_mask`
             `(batch, frames)` (1 = frame, 0 = padding).
         """
-        check_sampling_rate(sampling_rate, self.sampling_rate, owner=self.__class__.__name__)
-        if sampling_rate is None:
-            logger.warning_once(
-                f"Pass `sampling_rate` to {self.__class__.__name__}() to avoid silent errors from audio at the wrong rate."
-            )
-
-        if isinstance(raw_speech, torch.Tensor):
-            raw_speech = raw_speech.detach().cpu().numpy()
-        if isinstance(raw_speech, np.ndarray):
-            if raw_speech.ndim > 2:
-                raise ValueError(
-                    f"Got an array of shape {raw_speech.shape}: pass one mono waveform (num_samples,) or a batch "
-                    "(batch, num_samples); downmix multi-channel audio first."
-                )
-            batch = list(raw_speech) if raw_speech.ndim == 2 else [raw_speech]
-        elif isinstance(raw_speech, (list, tuple)):
-            if len(raw_speech) == 0:
-                raise ValueError("Got an empty list of audio.")
-            is_batched = isinstance(raw_speech[0], (np.ndarray, torch.Tensor, list, tuple))
-            batch = list(raw_speech) if is_batched else [np.asarray(raw_speech)]
-        else:
-            raise TypeError(f"Expected a numpy array, a torch tensor or a list of them, got {type(raw_speech)}.")
-
         features = []
-        for index, waveform in enumerate(batch):
-            waveform = validate_and_convert_waveform(waveform, index)
+        for waveform in validate_audio(raw_speech, sampling_rate, self.sampling_rate, owner=self.__class__.__name__):
             fbank = self._extract_fbank_features(waveform)
             features.append(self._normalize(fbank) if self.do_normalize else fbank)
 
@@ -182,4 +153,4 @@ class MambaCTCFeatureExtractor(SequenceFeatureExtractor):
         return padded
 
 
-__all__ = ["MambaCTCFeatureExtractor", "validate_and_convert_waveform"]
+__all__ = ["MambaCTCFeatureExtractor"]

@@ -1,6 +1,13 @@
 # Copyright 2026 The mamba-zoo authors. Apache-2.0.
 """SSAMBA feature extractor: SSAST/SSAMBA's kaldi-compatible log-mel filter banks, built on transformers'
-`ASTFeatureExtractor`, with input checks; plus an audio-classification pipeline that decodes files without ffmpeg."""
+`ASTFeatureExtractor`, with mamba-zoo's audio-input rule (`audio_utils.validate_audio`); plus the audio-classification
+pipeline of SSAMBA checkpoints, which reads files with soundfile and resamples with scipy (no ffmpeg, no torchaudio).
+
+The pipeline class lives in this module so that it travels with the feature extractor: `save_pretrained` copies this
+file into the checkpoint, whose `config.custom_pipelines` names it (`SSAMBAConfig`), and
+`pipeline("audio-classification", model=path, trust_remote_code=True)` builds it with or without mamba-zoo installed
+(with mamba-zoo installed, `pipeline_class=SoundfileAudioClassificationPipeline` does the same without remote code).
+Importing mamba_zoo registers nothing globally: other models keep transformers' own pipeline."""
 
 from __future__ import annotations
 
@@ -13,12 +20,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.pipelines.audio_classification import AudioClassificationPipeline
 from transformers.utils import logging
 
-from .audio_utils import check_sampling_rate, read_audio_file, resample_audio, validate_waveform
-
-try:
-    import soundfile
-except ImportError:  # optional: only needed to decode audio files without ffmpeg
-    soundfile = None
+from .audio_utils import load_audio, read_audio_file, resample_audio, validate_audio
 
 logger = logging.get_logger(__name__)
 
@@ -29,20 +31,8 @@ SSAMBA_FEATURE_PRESETS: dict[str, dict[str, float | int]] = {
     "speechcommands": {"mean": -6.845978, "std": 5.5654526, "max_length": 128},
 }
 
-_MIN_SAMPLES = 400  # one 25 ms analysis window at 16 kHz
-_MAX_CHANNELS = 8
-
-
-def to_float_waveform(waveform: Any, name: str = "audio") -> np.ndarray:
-    """One clip `(num_samples,)` as float32 samples in [-1, 1] (a new array), at least one 25 ms window long.
-
-    `audio_utils.validate_waveform` with SSAMBA's minimum length (400 samples): integer PCM is scaled as audio
-    readers do (int16 / 2**15, int32 / 2**31, uint8 (x - 128) / 128), since the filter banks are defined on float
-    waveforms. Raises a `ValueError` for empty, non-finite, multi-channel, too short or non-numeric input.
-    """
-    return validate_waveform(
-        waveform, name=name, min_samples=_MIN_SAMPLES, min_samples_reason="one 25 ms analysis window at 16 kHz"
-    )
+_WINDOW = 400  # kaldi frame: 25 ms at 16 kHz
+_HOP = 160  # 10 ms at 16 kHz
 
 
 class SSAMBAFeatureExtractor(ASTFeatureExtractor):
@@ -55,9 +45,12 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
     against an independent re-implementation of kaldi's algorithm). SSAST also subtracts the waveform mean first; the
     per-frame DC removal makes that a no-op.
 
-    Input handling (a clear `ValueError`, never silent garbage): `sampling_rate` other than 16000 raises; empty,
-    NaN/inf or multi-channel clips raise; integer PCM is converted to float (`to_float_waveform`). A single 2-D array
-    is a batch of clips `(batch, samples)` as in transformers; one that looks like `(samples, channels)` raises.
+    Input handling: mamba-zoo's audio-input rule (`audio_utils.validate_audio`, the same for all audio families): a
+    clear `ValueError` for a wrong `sampling_rate`, empty, NaN/inf, too short (< 0.1 s) or non-numeric audio; a
+    warning for a missing `sampling_rate`; integer PCM scaled to float; an array or tensor is one clip (a 2-D
+    multi-channel clip is mixed down to mono with a warning) and a batch is a list of clips. Silence gives finite
+    features (the mel energies are floored at float32 eps before the log). Only the samples that the first
+    `max_length` frames read are used: a long clip is cropped before its filter banks are computed.
 
     Args:
         preset: optional dataset preset, `"audioset"`, `"esc50"` or `"speechcommands"` (mean, std, max_length).
@@ -98,7 +91,7 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
         if getattr(self, "mel_filters", None) is None:  # torchaudio installed: transformers' kaldi path
             return super()._extract_fbank_features(waveform, max_length)
         waveform = np.asarray(waveform, dtype=np.float64).reshape(-1)
-        frames = np.lib.stride_tricks.sliding_window_view(waveform, _MIN_SAMPLES)[::160]  # (n, 400): snip_edges
+        frames = np.lib.stride_tricks.sliding_window_view(waveform, _WINDOW)[::_HOP]  # (n, 400): snip_edges
         frames = frames - frames.mean(axis=1, keepdims=True)  # per-frame DC removal
         emphasised = frames.copy()
         emphasised[:, 1:] -= 0.97 * frames[:, :-1]
@@ -110,27 +103,12 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
         output[:frames_kept] = fbank[:frames_kept]
         return output
 
-    def _split_batch(self, raw_speech) -> tuple[list, bool]:
-        if isinstance(raw_speech, np.ndarray) or (hasattr(raw_speech, "numpy") and hasattr(raw_speech, "shape")):
-            array = np.asarray(raw_speech.numpy() if hasattr(raw_speech, "numpy") else raw_speech)
-            if array.ndim == 1:
-                return [array], False
-            if array.ndim == 2:
-                if array.shape[1] <= _MAX_CHANNELS < array.shape[0]:
-                    raise ValueError(
-                        f"Got a 2-D array of shape {array.shape}, which looks like (samples, channels) multi-channel "
-                        "audio. Mix it down to mono first (e.g. `audio.mean(axis=1)`); a 2-D array is read as a batch "
-                        "(batch, samples)."
-                    )
-                return list(array), True
-            raise ValueError(f"Only mono audio is supported: got an array of shape {array.shape}.")
-        if isinstance(raw_speech, (list, tuple)):
-            if len(raw_speech) == 0:
-                raise ValueError("Got an empty batch (no clips).")
-            if isinstance(raw_speech[0], (np.ndarray, list, tuple)) or hasattr(raw_speech[0], "shape"):
-                return list(raw_speech), True
-            return [np.asarray(raw_speech)], False
-        raise ValueError(f"raw_speech must be a numpy array, a list of floats or a list of arrays, got {type(raw_speech)}.")
+    def samples_for_max_length(self) -> int:
+        """Samples that the first `max_length` frames read (snip-edges framing: `window + hop * (max_length - 1)`,
+        48 400 at 16 kHz and 300 frames); later samples cannot change the features."""
+        window = max(_WINDOW, int(self.sampling_rate * 0.025))
+        hop = max(_HOP, int(self.sampling_rate * 0.010))
+        return window + hop * (self.max_length - 1)
 
     def __call__(
         self,
@@ -140,13 +118,13 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
         return_attention_mask: bool | None = None,
         **kwargs,
     ) -> BatchFeature:
-        """raw_speech: one clip (1-D samples) or a batch (list of 1-D arrays, or a `(batch, samples)` array), mono.
+        """raw_speech: one clip (a 1-D array, tensor or list of numbers; a 2-D clip is mixed down to mono with a
+        warning) or a batch (a list of clips), see `audio_utils.validate_audio`.
 
         Returns a `BatchFeature` with `input_values` `(batch, max_length, num_mel_bins)` (and `attention_mask`
         `(batch, max_length)` when requested)."""
-        check_sampling_rate(sampling_rate, self.sampling_rate, owner=type(self).__name__)
-        clips, is_batched = self._split_batch(raw_speech)
-        clips = [to_float_waveform(clip, name=f"clip {i}" if is_batched else "audio") for i, clip in enumerate(clips)]
+        clips = validate_audio(raw_speech, sampling_rate, self.sampling_rate, owner=type(self).__name__,
+                               max_samples=self.samples_for_max_length())
         for i, clip in enumerate(clips):
             peak = float(np.abs(clip).max())
             if peak > 1.0 + 1e-3:
@@ -154,40 +132,31 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
                     f"Clip {i} has samples up to {peak:.1f}: float audio is expected in [-1, 1] (int16 values stored as "
                     "floats give shifted log-mel features). Divide by 32768 if these are 16-bit PCM values."
                 )
-        features = super().__call__(clips, sampling_rate=sampling_rate or self.sampling_rate, return_tensors=None)
+        features = super().__call__(clips, sampling_rate=self.sampling_rate, return_tensors=None)
         values = [np.asarray(v, dtype=np.float32) for v in features["input_values"]]
         data = {"input_values": np.stack(values)}
         if return_attention_mask if return_attention_mask is not None else self.return_attention_mask:
             mask = np.zeros((len(clips), self.max_length), dtype=np.int32)
             for i, clip in enumerate(clips):
-                frames = 1 + (clip.size - 400) // 160
+                frames = 1 + (clip.size - _WINDOW) // _HOP
                 mask[i, :min(frames, self.max_length)] = 1
             data["attention_mask"] = mask
         return BatchFeature(data, tensor_type=return_tensors)
 
 
 class SoundfileAudioClassificationPipeline(AudioClassificationPipeline):
-    """transformers' audio-classification pipeline, decoding files with soundfile (no ffmpeg needed) and resampling
-    `{"raw"/"array", "sampling_rate"}` dicts with scipy (no torchaudio needed). Anything soundfile cannot decode goes
-    to the stock ffmpeg path, so behaviour is unchanged for every other input."""
+    """The audio-classification pipeline of SSAMBA checkpoints: transformers' `AudioClassificationPipeline`, reading
+    inputs with `audio_utils.load_audio` (paths and bytes decoded with soundfile, `{"raw"/"array", "sampling_rate"}`
+    dicts resampled with scipy, arrays checked by the audio-input rule), so neither ffmpeg nor torchaudio is needed.
+    URLs (and files soundfile cannot decode, when ffmpeg is installed) take transformers' own route.
+
+    Built by `pipeline("audio-classification", model=path, trust_remote_code=True)` from the checkpoint's
+    `config.custom_pipelines`, or by `pipeline(..., pipeline_class=SoundfileAudioClassificationPipeline)`; it is never
+    registered for the task globally."""
 
     def preprocess(self, inputs):
-        target_rate = self.feature_extractor.sampling_rate
-        if soundfile is not None and isinstance(inputs, (str, bytes, bytearray)) and not (
-            isinstance(inputs, str) and inputs.startswith(("http://", "https://"))
-        ):
-            try:
-                inputs = read_audio_file(inputs, target_rate)
-            except (RuntimeError, soundfile.LibsndfileError if hasattr(soundfile, "LibsndfileError") else RuntimeError):
-                pass
-        if isinstance(inputs, dict) and "sampling_rate" in inputs and ("raw" in inputs or "array" in inputs):
-            # `datasets` rows may hold the samples as a list; decode and resample here (no torchaudio needed)
-            array = inputs["raw"] if inputs.get("raw") is not None else inputs["array"]
-            if hasattr(array, "numpy"):
-                array = array.cpu().numpy()
-            array = to_float_waveform(array)
-            inputs = resample_audio(array, inputs["sampling_rate"], target_rate)
-        return super().preprocess(inputs)
+        audio = load_audio(inputs, self.feature_extractor.sampling_rate, owner=type(self).__name__)
+        return super().preprocess(inputs if audio is None else audio)
 
 
 __all__ = [
@@ -196,5 +165,4 @@ __all__ = [
     "SoundfileAudioClassificationPipeline",
     "read_audio_file",
     "resample_audio",
-    "to_float_waveform",
 ]

@@ -1,19 +1,24 @@
 # Copyright 2026 The mamba-zoo authors. Apache-2.0.
-"""`pipeline("automatic-speech-recognition")` for decoder-only ASR (MambaDecoderOnlyASR / MADEON).
+"""`pipeline("automatic-speech-recognition")` for mamba-zoo's ASR checkpoints: MambaForCTC and MambaDecoderOnlyASR.
 
 transformers' ASR pipeline treats every model that is not a built-in seq2seq class as CTC. This subclass takes the
-generate route for `model_type == "mamba_asr"` (speech prefix in, `<generatetext> ... <eos>` out, decoded by
-the model's processor) and behaves exactly like the built-in pipeline for every other model, so registering it for the
-task changes nothing for them.
+generate route for `model_type == "mamba_asr"` (MADEON: speech prefix in, `<generatetext> ... <eos>` out, decoded by
+the model's processor) and transformers' own route (CTC greedy or beam decoding, chunking, timestamps) for other
+models, MambaForCTC included.
 
-- Inputs: a 16 kHz mono array, a `{"array" | "raw": ..., "sampling_rate": ...}` dict (resampled with scipy), or a
-  path to an audio file (read with soundfile), or a list of those. Bad audio raises a clear ValueError.
+- Inputs (both routes): a mono array at the model's rate, a `{"array" | "raw": ..., "sampling_rate": ...}` dict
+  (resampled with scipy), a path to an audio file or its bytes (decoded with soundfile), or a list of those: read by
+  `audio_utils.load_audio`, so neither ffmpeg nor torchaudio is needed. Bad audio raises a clear ValueError
+  (mamba-zoo's audio-input rule, `audio_utils.validate_audio`).
 - Batching: `batch_size=` (speech prefixes are right-padded; the model never lets padding reach a state).
-- Long audio: `chunk_length_s=` splits the audio into chunks cut at the quietest 20 ms within `stride_length_s` of
-  each boundary (so words are rarely cut); chunks are transcribed independently and joined with spaces.
+- Long audio (MADEON): `chunk_length_s=` splits the audio into chunks cut at the quietest 20 ms within
+  `stride_length_s` of each boundary (so words are rarely cut); chunks are transcribed independently and joined with
+  spaces. CTC models chunk as transformers does.
 
-How it is found: importing mamba_zoo registers it for the task; a saved checkpoint lists it in
-`config.custom_pipelines` and carries this file, so `pipeline(..., trust_remote_code=True)` finds it without mamba-zoo.
+How it is found (per model, never registered for the task globally): a saved MADEON or MambaForCTC checkpoint names
+it in `config.custom_pipelines` and carries this file, so `pipeline("automatic-speech-recognition", model=path,
+trust_remote_code=True)` builds it, with or without mamba-zoo installed; with mamba-zoo installed,
+`pipeline(..., pipeline_class=MambaASRPipeline)` builds it without remote code.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ import numpy as np
 import torch
 from transformers import AutomaticSpeechRecognitionPipeline, GenerationConfig
 
-from .audio_utils import read_audio_file, resample_audio
-from .processing_mamba_asr import MambaASRProcessor, validate_audio
+from .audio_utils import load_audio
+from .processing_mamba_asr import MambaASRProcessor
 
 MODEL_TYPE = "mamba_asr"
 
@@ -33,13 +38,17 @@ def _is_decoder_only_asr(model) -> bool:
 
 
 class MambaASRPipeline(AutomaticSpeechRecognitionPipeline):
-    """Automatic speech recognition with decoder-only (speech-prefix) models; other models as the built-in pipeline.
+    """Automatic speech recognition with decoder-only (speech-prefix) models; other models (MambaForCTC) take the
+    built-in pipeline's route with mamba-zoo's audio reading (`audio_utils.load_audio`: no ffmpeg, no torchaudio).
 
     Returns `{"text": str}` per input (plus `"chunks": [{"text", "timestamp": (start_s, end_s)}]` with
     `return_timestamps=True` and chunking).
     """
 
     _default_generation_config = GenerationConfig(max_new_tokens=128, num_beams=1)
+    # `pipeline()` loads the checkpoint's processor (AutoProcessor) with the caller's `trust_remote_code`, if it has
+    # one: MADEON's MambaASRProcessor (unit centroids, tokenizer) is then never loaded here without that setting.
+    _load_processor = None
 
     def __init__(self, model, feature_extractor=None, tokenizer=None, decoder=None, device=None, processor=None, **kwargs):
         self._decoder_only_asr = _is_decoder_only_asr(model)
@@ -61,8 +70,11 @@ class MambaASRPipeline(AutomaticSpeechRecognitionPipeline):
             return processor
         source = processor if isinstance(processor, str) else getattr(model.config, "_name_or_path", None)
         if source:
+            # Running as a checkpoint's remote code (not from the mamba_zoo package) means the caller passed
+            # trust_remote_code=True for that checkpoint: pass it on, so no nested loader asks on stdin.
+            trust = {} if __name__.startswith("mamba_zoo.") else {"trust_remote_code": True}
             try:
-                return MambaASRProcessor.from_pretrained(source)
+                return MambaASRProcessor.from_pretrained(source, **trust)
             except (OSError, ValueError, TypeError):
                 pass
         if feature_extractor is not None and tokenizer is not None and model.config.speech_input == "features":
@@ -99,19 +111,30 @@ class MambaASRPipeline(AutomaticSpeechRecognitionPipeline):
     # ------------------------------------------------------------------------------------------------ steps
 
     def _load_audio(self, inputs) -> np.ndarray:
-        """A path / file bytes (decoded, mixed down and resampled by `read_audio_file`), an `{"array" | "raw",
-        "sampling_rate"}` dict (checked at its own rate, then resampled) or an array at the model's rate ->
-        a checked float32 `(num_samples,)` array at the model's rate."""
+        """One pipeline input (a path or file bytes, an `{"array" | "raw", "sampling_rate"}` dict, or samples at the
+        model's rate) -> a checked float32 `(num_samples,)` array at the model's rate (`audio_utils.load_audio`)."""
         rate = self.feature_extractor.sampling_rate
-        if isinstance(inputs, (str, bytes)):
-            inputs = read_audio_file(inputs, rate)
-        if isinstance(inputs, dict):
-            if "sampling_rate" not in inputs or not ("array" in inputs or "raw" in inputs):
-                raise ValueError('Audio dicts need "array" (or "raw") and "sampling_rate" keys.')
-            array = inputs["array"] if "array" in inputs else inputs["raw"]
-            array = validate_audio(array, None, inputs["sampling_rate"])[0]
-            inputs = resample_audio(array, int(inputs["sampling_rate"]), rate)
-        return validate_audio(inputs, rate, rate)[0]
+        audio = load_audio(inputs, rate, owner=type(self).__name__)
+        if audio is None:  # a URL or a torchcodec decoder: decoded by transformers
+            raise ValueError(
+                f"{type(self).__name__} reads audio files, their bytes, {{'array', 'sampling_rate'}} dicts and arrays; "
+                f"download URLs first and decode them with soundfile. Got {type(inputs).__name__}."
+            )
+        return audio
+
+    def _stock_inputs(self, inputs):
+        """For transformers' own (CTC) route: decode paths and bytes with soundfile and resample dicts with scipy here
+        (transformers would need ffmpeg and torchaudio), keeping a dict's `stride` in samples at the model's rate."""
+        rate = self.feature_extractor.sampling_rate
+        if isinstance(inputs, dict) and ("raw" in inputs or "array" in inputs) and "sampling_rate" in inputs:
+            extra = {k: v for k, v in inputs.items() if k not in ("raw", "array", "path", "sampling_rate")}
+            audio = load_audio(inputs, rate, owner=type(self).__name__)
+            if extra.get("stride") is not None:
+                ratio = rate / int(inputs["sampling_rate"])
+                extra["stride"] = tuple(int(round(s * ratio)) for s in extra["stride"])
+            return {"raw": audio, "sampling_rate": rate, **extra}
+        audio = load_audio(inputs, rate, owner=type(self).__name__)
+        return inputs if audio is None else audio
 
     @staticmethod
     def _chunk_bounds(audio: np.ndarray, chunk: int, search: int, frame: int) -> list[tuple[int, int]]:
@@ -133,7 +156,8 @@ class MambaASRPipeline(AutomaticSpeechRecognitionPipeline):
 
     def preprocess(self, inputs, chunk_length_s=0, stride_length_s=None):
         if not self._decoder_only_asr:
-            yield from super().preprocess(inputs, chunk_length_s=chunk_length_s, stride_length_s=stride_length_s)
+            yield from super().preprocess(self._stock_inputs(inputs), chunk_length_s=chunk_length_s,
+                                          stride_length_s=stride_length_s)
             return
         audio = self._load_audio(inputs)
         rate = self.feature_extractor.sampling_rate

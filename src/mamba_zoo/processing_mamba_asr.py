@@ -1,8 +1,11 @@
 # Copyright 2026 The mamba-zoo authors. Apache-2.0.
 """Processor of MambaDecoderOnlyASR: audio (+ transcript) -> model inputs, generated ids -> text.
 
-- Features: transformers' `Speech2TextFeatureExtractor` (kaldi-style 80-bin log-mel, 25 ms / 10 ms, per-utterance
-  mean/variance normalisation; numpy path, no torchaudio needed).
+- Audio: mamba-zoo's one audio-input rule (`audio_utils.validate_audio`).
+- Features: transformers' `Speech2TextFeatureExtractor` filter banks (kaldi-style 80-bin log-mel, 25 ms / 10 ms, mel
+  energies floored at float32 eps before the log; numpy path, no torchaudio needed), then per-utterance mean/variance
+  normalisation with a floored standard deviation (`audio_utils.normalize_utterance`): transformers' own
+  normalisation divides a constant bin by 0, so a silent clip gave NaN/inf features (and NaN loss and gradients).
 - Text: a character tokenizer in a joint vocabulary `[specials | characters | <unit_0> .. <unit_{K-1}>]`, stored as a
   plain `tokenizer.json` (loads with `AutoTokenizer` anywhere).
 - Speech units (MADEON's discrete speech tokens): k-means centroids over frame features (`fit_unit_tokenizer`), each
@@ -18,11 +21,10 @@ import numpy as np
 import torch
 from transformers import BatchFeature, PreTrainedTokenizerFast, ProcessorMixin, Speech2TextFeatureExtractor
 
-from .audio_utils import check_sampling_rate, validate_waveform
+from .audio_utils import normalize_utterance, validate_audio
 
 SPECIAL_TOKENS = ["<pad>", "<sos>", "<eos>", "<unk>", "<speech>", "<generatetext>"]
 DEFAULT_CHARACTERS = " abcdefghijklmnopqrstuvwxyz'"
-MIN_AUDIO_SECONDS = 0.1
 
 
 def build_tokenizer(characters: str = DEFAULT_CHARACTERS, num_units: int = 0) -> PreTrainedTokenizerFast:
@@ -44,37 +46,6 @@ def build_tokenizer(characters: str = DEFAULT_CHARACTERS, num_units: int = 0) ->
         tokenizer_object=backend, pad_token="<pad>", bos_token="<sos>", eos_token="<eos>", unk_token="<unk>",
         additional_special_tokens=["<speech>", "<generatetext>"], padding_side="right",
     )
-
-
-def validate_audio(audio, sampling_rate: Optional[int], expected_rate: int) -> list[np.ndarray]:
-    """Check and normalise raw audio: one clip `(samples,)` or a list of clips, each mono, numeric, finite, at least
-    0.1 s long, at `expected_rate` Hz (`sampling_rate=None` skips the rate check). Integer PCM is scaled to [-1, 1)
-    (`audio_utils.pcm_to_float`). Returns a list of float32 `(samples,)` arrays; raises `ValueError` with a clear
-    message otherwise (per clip: `audio_utils.validate_waveform`)."""
-    check_sampling_rate(sampling_rate, expected_rate, owner="The model")
-    if audio is None:
-        raise ValueError("No audio given.")
-    if isinstance(audio, (np.ndarray, torch.Tensor)) and audio.ndim == 1:
-        clips = [audio]
-    elif isinstance(audio, (list, tuple)) and len(audio) > 0 and all(np.isscalar(x) for x in audio):
-        clips = [np.asarray(audio)]
-    elif isinstance(audio, (list, tuple)):
-        clips = list(audio)
-    elif isinstance(audio, (np.ndarray, torch.Tensor)):
-        raise ValueError(
-            f"Audio must be mono: one clip of shape (samples,) or a list of them, got an array of shape "
-            f"{tuple(audio.shape)}. Average the channels of stereo audio first."
-        )
-    else:
-        raise ValueError(f"Audio must be a numpy array, a torch tensor or a list of them, got {type(audio).__name__}.")
-    if len(clips) == 0:
-        raise ValueError("Got an empty batch of audio.")
-    min_samples = int(np.ceil(MIN_AUDIO_SECONDS * expected_rate))
-    return [
-        validate_waveform(clip, name=f"Audio clip {i}", min_samples=min_samples,
-                          min_samples_reason=f"{MIN_AUDIO_SECONDS} s at {expected_rate} Hz")
-        for i, clip in enumerate(clips)
-    ]
 
 
 def kmeans(points: torch.Tensor, num_clusters: int, iterations: int = 25, seed: int = 0) -> torch.Tensor:
@@ -180,10 +151,19 @@ class MambaASRProcessor(ProcessorMixin):
         self.speech_input = "units"
         return self
 
-    def _frame_features(self, clips: list[np.ndarray], sampling_rate) -> list[np.ndarray]:
-        clips = validate_audio(clips, sampling_rate, self.feature_extractor.sampling_rate)
-        features = self.feature_extractor(clips, sampling_rate=self.feature_extractor.sampling_rate, padding=False)
-        return [np.asarray(f, dtype=np.float32) for f in features["input_features"]]
+    def _frame_features(self, audio, sampling_rate) -> list[np.ndarray]:
+        """One clip or a list of clips -> per clip `(frames, num_mel_bins)` float32 features: the feature extractor's
+        filter banks, normalised per utterance as it is configured to (`do_ceptral_normalize`, `normalize_means`,
+        `normalize_vars`) but with a floored standard deviation, so silence gives finite features (0)."""
+        fe = self.feature_extractor
+        features = []
+        for clip in validate_audio(audio, sampling_rate, fe.sampling_rate, owner=type(self).__name__):
+            fbank = np.asarray(fe._extract_fbank_features(clip), dtype=np.float32)  # (frames, bins), floored log-mel
+            if getattr(fe, "do_ceptral_normalize", True):
+                fbank = normalize_utterance(fbank, getattr(fe, "normalize_means", True),
+                                            getattr(fe, "normalize_vars", True))
+            features.append(fbank)
+        return features
 
     def speech_to_units(self, frame_features: list[np.ndarray]) -> list[list[int]]:
         """Frame features -> unit indices `0..K-1` (nearest centroid), consecutive repeats removed."""
@@ -265,4 +245,4 @@ class MambaASRProcessor(ProcessorMixin):
         return speech + ["speech_attention_mask", "input_ids", "attention_mask"]
 
 
-__all__ = ["MambaASRProcessor", "build_tokenizer", "validate_audio", "kmeans"]
+__all__ = ["MambaASRProcessor", "build_tokenizer", "kmeans"]
