@@ -149,8 +149,9 @@ def test_ctc_loss_conventions():
 
 
 def test_ctc_loss_finite_on_too_short_inputs():
-    """8 frames -> 2 logit frames cannot emit 6 labels: infinite loss, zeroed with ctc_zero_infinity."""
-    model = tiny_model()
+    """8 frames -> 2 logit frames cannot emit 6 labels: infinite loss, zeroed with ctc_zero_infinity (off by default,
+    as Wav2Vec2; recipes that want it set it)."""
+    model = tiny_model(ctc_zero_infinity=True)
     model.train()
     x = torch.randn(1, 8, 80, requires_grad=True)
     labels = torch.tensor([[3, 4, 5, 6, 7, 8]])
@@ -224,7 +225,10 @@ def test_pipeline_transcribes_and_chunks(saved_checkpoint):
     from transformers import pipeline
 
     path, model, processor = saved_checkpoint
-    asr = pipeline("automatic-speech-recognition", model=str(path))
+    from mamba_zoo import MambaASRPipeline
+
+    # with mamba-zoo installed, the checkpoint's pipeline class is passed explicitly (or: trust_remote_code=True)
+    asr = pipeline("automatic-speech-recognition", model=str(path), pipeline_class=MambaASRPipeline)
     assert asr.type == "ctc"
     rng = np.random.default_rng(0)
     audio = (rng.standard_normal(16000 * 4) * 0.1).astype(np.float32)
@@ -293,7 +297,10 @@ def test_pipeline_with_beam_decoder(saved_checkpoint):
     from transformers import pipeline
 
     path, model, processor = saved_checkpoint
-    asr = pipeline("automatic-speech-recognition", model=str(path), decoder=processor.build_beam_decoder())
+    from mamba_zoo import MambaASRPipeline
+
+    asr = pipeline("automatic-speech-recognition", model=str(path), decoder=processor.build_beam_decoder(),
+                   pipeline_class=MambaASRPipeline)
     assert asr.type == "ctc_with_lm"
     audio = (np.random.default_rng(2).standard_normal(16000) * 0.1).astype(np.float32)
     assert isinstance(asr(audio)["text"], str)

@@ -244,7 +244,8 @@ def naive_ssast_losses(model, x, mask_index, generative_mask_index):
     for i in range(x.shape[0]):
         pred = model.discriminative_head(out[i, mask_index[i] + 1])
         total = patches[i, mask_index[i]] @ pred.T
-        correct += (torch.argmax(torch.softmax(total, 0), 0) == torch.arange(M)).sum()
+        # SSAST: self.softmax = nn.Softmax(dim=-1); correct += (argmax(self.softmax(total), dim=0) == arange(M))
+        correct += (torch.argmax(torch.softmax(total, -1), 0) == torch.arange(M)).sum()
         nce += torch.diag(torch.log_softmax(total, -1)).sum()
     nce = nce / (-1.0 * x.shape[0] * M)
     out = stack(encode(generative_mask_index))
@@ -332,7 +333,10 @@ def test_pipeline_file_array_dict(saved_classifier, tmp_path):
     from transformers import pipeline
 
     path, model = saved_classifier
-    clf = pipeline("audio-classification", model=str(path))
+    from mamba_zoo import SoundfileAudioClassificationPipeline
+
+    # with mamba-zoo installed, the checkpoint's pipeline class is passed explicitly (or: trust_remote_code=True)
+    clf = pipeline("audio-classification", model=str(path), pipeline_class=SoundfileAudioClassificationPipeline)
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal(16000)).astype(np.float32)
     fe = SSAMBAFeatureExtractor.from_preset("speechcommands")
@@ -404,6 +408,11 @@ def test_remote_code_load_without_mamba_zoo(saved_classifier, tmp_path):
         x = torch.load({str(tmp_path / 'x.pt')!r})
         with torch.no_grad():
             torch.testing.assert_close(model(x).logits, torch.load({str(tmp_path / 'expected.pt')!r}))
+        from transformers import AutoModel, AutoModelForPreTraining
+        # every Auto* class of the family reads the checkpoint, not only the one that saved it
+        assert type(AutoModel.from_pretrained(path, trust_remote_code=True)).__name__ == "SSAMBAModel"
+        pretraining = AutoModelForPreTraining.from_pretrained(path, trust_remote_code=True)
+        assert type(pretraining).__name__ == "SSAMBAForPreTraining"
         fe = AutoFeatureExtractor.from_pretrained(path, trust_remote_code=True)
         assert type(fe).__name__ == "SSAMBAFeatureExtractor"
         clf = pipeline("audio-classification", model=path, trust_remote_code=True)

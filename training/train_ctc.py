@@ -34,7 +34,7 @@ The recipe is fixed-length (15 epochs = 1875 steps on the default corpus); `--ma
 training at a wall-clock budget and records it in `eval_results.json` (`stopped_by_time_budget`). FSDP is not supported
 (the model is saved with `save_pretrained`).
 
-Then: `pipeline("automatic-speech-recognition", model="outputs/mamba-ctc-digits")`.
+Then: `pipeline("automatic-speech-recognition", model="outputs/mamba-ctc-digits", trust_remote_code=True)`.
 """
 
 from __future__ import annotations
@@ -168,7 +168,9 @@ def long_form_check(output_dir: str, dataset: AudioTextDataset, seconds: float =
     unchunked and chunked, and report the WER of each against the reference and between the two."""
     from transformers import pipeline
 
-    asr = pipeline("automatic-speech-recognition", model=output_dir)
+    from mamba_zoo import MambaASRPipeline
+
+    asr = pipeline("automatic-speech-recognition", model=output_dir, pipeline_class=MambaASRPipeline)
     gap = np.zeros(int(0.3 * 16000), dtype=np.float32)
     pieces, words, total = [], [], 0
     for audio, text in zip(dataset.audio, dataset.text):
@@ -248,7 +250,7 @@ def write_model_card(output_dir: str, kind: str, results: dict) -> None:
         "```python",
         "import mamba_zoo  # or trust_remote_code=True without mamba-zoo installed",
         "from transformers import pipeline",
-        f"asr = pipeline('automatic-speech-recognition', model='{output_dir}')",
+        f"asr = pipeline('automatic-speech-recognition', model='{output_dir}', trust_remote_code=True)",
         "asr('audio.wav', chunk_length_s=10, stride_length_s=2, return_timestamps='word')",
         "```",
     ]
@@ -339,7 +341,7 @@ def train_model(model_args: ModelArguments, data_args: DataArguments, run_args: 
             hidden_size=model_args.hidden_size, num_hidden_layers=model_args.num_hidden_layers,
             subsampling_conv_channels=model_args.subsampling_conv_channels, block_type=model_args.block_type,
             intermediate_size=4 * model_args.hidden_size, hidden_dropout=0.1, final_dropout=0.1,
-            mask_time_prob=0.05, mask_time_length=5, mask_feature_prob=0.05, mask_feature_length=8,
+            mask_time_prob=0.05, mask_time_length=5, mask_feature_prob=0.05, mask_feature_length=8, ctc_zero_infinity=True,
         )
         model = MambaForCTC(config)
     parameters = sum(p.numel() for p in model.parameters())

@@ -50,7 +50,9 @@ class MambaCTCConfig(MambaMixerConfigMixin, PretrainedConfig):
             mask_feature_length, mask_feature_min_masks: SpecAugment on the input fbank while training
             (transformers' `_compute_mask_indices`, as Wav2Vec2); masked values are set to 0 (the normalised mean).
         ctc_loss_reduction (`str`, defaults to `"mean"`): `"mean"`, `"sum"` or `"none"` (as `torch.nn.CTCLoss`).
-        ctc_zero_infinity (`bool`, defaults to `True`): zero infinite losses (inputs too short for their labels).
+        ctc_zero_infinity (`bool`, defaults to `False`, as Wav2Vec2): zero the infinite loss (and its gradient) of
+            samples too short for their labels. Off, such a sample gives `inf`, so a bad batch is seen, not hidden;
+            recipes that keep a few too-short utterances set it to `True`.
         initializer_range (`float`): std of the normal init of linear layers.
         kernel_backend (`str`, defaults to `"auto"`): scan backend of the mixers (`auto`, `cuda`, `cpu`,
             `reference`).
@@ -106,7 +108,7 @@ class MambaCTCConfig(MambaMixerConfigMixin, PretrainedConfig):
     mask_feature_length: int = 10
     mask_feature_min_masks: int = 0
     ctc_loss_reduction: str = "mean"
-    ctc_zero_infinity: bool = True
+    ctc_zero_infinity: bool = False
     initializer_range: float = 0.02
     kernel_backend: str = "auto"
     pad_token_id: int | None = 0
@@ -117,8 +119,11 @@ class MambaCTCConfig(MambaMixerConfigMixin, PretrainedConfig):
 
     # the Mamba-2 mixers' gated norm has always used Mamba2Mixer's default eps, not layer_norm_eps
     mixer_args_at_default = ("norm_eps",)
+    checkpoint_pipeline = ("automatic-speech-recognition", "pipeline_mamba_asr.MambaASRPipeline", "AutoModelForCTC",
+                           "multimodal")
 
     def __post_init__(self, **kwargs):
+        self.add_checkpoint_pipeline(kwargs)  # the pipeline's module travels with the feature extractor
         super().__post_init__(**kwargs)
         self.resolve_and_validate()
 

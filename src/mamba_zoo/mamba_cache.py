@@ -4,16 +4,35 @@ transformers `Cache` of linear-attention layers, and the one rule for the cache 
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
+import transformers
+from packaging import version
 from transformers.cache_utils import Cache, DummyLayer, LinearAttentionLayer
+
+# transformers 5.24 renamed the cache argument to `cache` (its own generate() maps the old names to it at entry and
+# passes `cache` to the model); before 5.24 the old names are the only ones and generate() passes them internally.
+_CACHE_IS_THE_NAME = version.parse(transformers.__version__).release >= (5, 24)
 
 
 def resolve_cache_kwarg(cache, kwargs: dict):
-    """Accept transformers' older names for the cache argument (`cache_params`, `past_key_values`)."""
+    """Accept transformers' older names for the cache argument (`cache_params`, `past_key_values`), popped from
+    `kwargs`. With transformers >= 5.24 a non-None value under an old name gives a `FutureWarning` naming `cache`
+    (Python's default filter shows it once per forward that receives it); older transformers use the old names themselves, so no
+    warning there. `cache` wins when both are given."""
     for old_name in ("cache_params", "past_key_values"):
         value = kwargs.pop(old_name, None)
-        if cache is None and value is not None:
+        if value is None:
+            continue
+        if _CACHE_IS_THE_NAME:
+            warnings.warn(
+                f"`{old_name}` is deprecated for mamba-zoo models (transformers >= 5.24 calls the cache argument "
+                f"`cache`): pass `cache=` instead. The old name is still accepted.",
+                FutureWarning,
+                stacklevel=2,  # the model's forward: one warning per model class and name
+            )
+        if cache is None:
             cache = value
     return cache
 

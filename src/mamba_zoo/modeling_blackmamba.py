@@ -27,6 +27,7 @@ from .cpu_inference import inference_workspace
 from .mamba_cache import MambaZooCache, resolve_cache_kwarg
 from .mamba_layers import MambaBlock, MambaMixer, build_mixer
 from .moe_layers import MoEExpert, SwitchMoE, load_balancing_loss
+from .sequence_utils import check_attention_mask, check_labels, check_token_ids, floating_input
 
 
 class BlackMambaPreTrainedModel(PreTrainedModel):
@@ -105,6 +106,23 @@ class BlackMambaModel(BlackMambaPreTrainedModel):
         """An empty inference cache with one state slot per mamba layer."""
         return MambaZooCache([1 if t == "mamba" else 0 for t in self.config.layer_types])
 
+    @staticmethod
+    def _check_attention_mask(attention_mask, shape, cache) -> Optional[torch.Tensor]:
+        """The shared mask check (left padding allowed: prompts are left-padded for generation). A cached step may
+        get transformers' full-length `(batch, past + L)` mask: its last `L` columns are the new tokens'."""
+        if attention_mask is None:
+            return None
+        batch, length = shape
+        past = cache.get_seq_length() if cache is not None else 0
+        if past > 0 and torch.is_tensor(attention_mask) and tuple(attention_mask.shape) == (batch, past + length):
+            attention_mask = attention_mask[:, past:]
+        elif past > 0 and torch.is_tensor(attention_mask) and tuple(attention_mask.shape) != (batch, length):
+            raise ValueError(
+                f"attention_mask must have shape (batch, length) = ({batch}, {length}) or, with a cache holding "
+                f"{past} tokens, ({batch}, {past + length}); got {tuple(attention_mask.shape)}."
+            )
+        return check_attention_mask(attention_mask, batch, length, allow_left_padding=True)
+
     def expert_load(self) -> torch.Tensor:
         """Tokens routed to each expert by the latest forward: `(num_moe_layers, num_experts)` (padding included)."""
         counts = [
@@ -131,8 +149,9 @@ class BlackMambaModel(BlackMambaPreTrainedModel):
         """
         Args:
             input_ids: `(batch, L)` token ids (or `inputs_embeds` `(batch, L, hidden_size)`).
-            attention_mask: `(batch, L)`, 1 = token, 0 = padding (left or right); padded positions never reach the SSM
-                states. Only needed in the prefill.
+            attention_mask: `(batch, L)`, 0/1, 1 = token, 0 = padding (left or right, one block of 1s per row);
+                padded positions never reach the SSM states. Only needed in the prefill; a cached step also accepts
+                transformers' full-length `(batch, past + L)` mask, of which the last `L` columns are read.
             cache: a `MambaZooCache` (also accepted as `cache_params` / `past_key_values`). Empty: the sequence is
                 scanned and the states stored; filled: the tokens continue from the stored states.
             use_cache: build and return a cache when none is given (default: `config.use_cache`, off in training; on
@@ -157,7 +176,16 @@ class BlackMambaModel(BlackMambaPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
-            inputs_embeds = self.embeddings(input_ids)
+            if input_ids.ndim != 2:
+                raise ValueError(f"input_ids must be (batch, L), got shape {tuple(input_ids.shape)}.")
+            inputs_embeds = self.embeddings(check_token_ids(input_ids, self.embeddings.num_embeddings))
+        else:
+            inputs_embeds = floating_input(inputs_embeds, self.embeddings.weight.dtype, "inputs_embeds")
+            if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+                raise ValueError(
+                    f"inputs_embeds must be (batch, L, hidden_size={self.config.hidden_size}), got shape "
+                    f"{tuple(inputs_embeds.shape)}."
+                )
         if self.gradient_checkpointing and self.training:
             use_cache = False
         if use_cache and cache is None:
@@ -168,6 +196,7 @@ class BlackMambaModel(BlackMambaPreTrainedModel):
             )
         if not use_cache:
             cache = None
+        attention_mask = self._check_attention_mask(attention_mask, inputs_embeds.shape[:2], cache)
 
         hidden_states, residual = inputs_embeds, None
         all_hidden_states = () if output_hidden_states else None
@@ -280,6 +309,9 @@ class BlackMambaForCausalLM(BlackMambaPreTrainedModel, GenerationMixin):
             input_ids: `(batch, L)`; attention_mask: `(batch, L)`; cache / use_cache / output_hidden_states /
                 output_router_logits: as in [`BlackMambaModel.forward`].
             labels: `(batch, L)` targets for next-token prediction (shifted inside, -100 = ignored).
+            shift_labels (keyword): `(batch, L)` targets already shifted (context-parallel training): position `t`
+                predicts `shift_labels[:, t]`; used instead of shifting `labels`. Other loss keywords
+                (`num_items_in_batch`, `ignore_index`) go to transformers' `ForCausalLMLoss` too.
             logits_to_keep: compute logits for the last `logits_to_keep` positions only (0 = all).
 
         Returns:
@@ -309,8 +341,11 @@ class BlackMambaForCausalLM(BlackMambaPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden_states.to(self.lm_head.weight.dtype)).float()
 
         loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
+        if labels is not None or kwargs.get("shift_labels") is not None:
+            ignore_index = kwargs.get("ignore_index", -100)
+            check_labels(labels, self.config.vocab_size, "labels", ignore_index)
+            check_labels(kwargs.get("shift_labels"), self.config.vocab_size, "shift_labels", ignore_index)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         aux_loss = None
         if output_router_logits and outputs.router_logits:
             num_tokens = outputs.router_logits[0].shape[0]

@@ -29,6 +29,7 @@ from .configuration_mamba_asr import MambaASRConfig
 from .cpu_inference import inference_workspace
 from .mamba_cache import MambaZooCache, resolve_cache_kwarg
 from .mamba_layers import Mamba2Mixer, MambaBlock, MambaMixer, build_mixer, build_norm
+from .sequence_utils import check_attention_mask, check_labels, check_token_ids, floating_input
 
 
 @dataclass
@@ -164,19 +165,22 @@ class MambaASRModel(MambaASRPreTrainedModel):
                 raise ValueError("This model reads log-mel `input_features` (speech_input='features'), not `speech_ids`.")
             if speech_ids.ndim != 2:
                 raise ValueError(f"speech_ids must be (batch, Ls), got shape {tuple(speech_ids.shape)}.")
+            check_token_ids(speech_ids, self.embeddings.num_embeddings, "speech_ids")
+            check_attention_mask(speech_attention_mask, *speech_ids.shape, name="speech_attention_mask")
             lengths = (speech_attention_mask.sum(-1) if speech_attention_mask is not None
                        else torch.full((speech_ids.shape[0],), speech_ids.shape[1], device=speech_ids.device))
             return self.embeddings(speech_ids), lengths.long()
         if self.config.speech_input != "features":
             raise ValueError("This model reads discrete `speech_ids` (speech_input='units'), not `input_features`.")
+        hidden = floating_input(input_features, self.embeddings.weight.dtype, "input_features")
         if input_features.ndim != 3 or input_features.shape[-1] != self.config.num_mel_bins:
             raise ValueError(
                 f"input_features must be (batch, frames, num_mel_bins={self.config.num_mel_bins}), got "
                 f"{tuple(input_features.shape)}."
             )
+        check_attention_mask(speech_attention_mask, *input_features.shape[:2], name="speech_attention_mask")
         lengths = (speech_attention_mask.sum(-1) if speech_attention_mask is not None
                    else torch.full((input_features.shape[0],), input_features.shape[1], device=input_features.device))
-        hidden = input_features.to(self.embeddings.weight.dtype)
         return self.subsampler(hidden, lengths.long())
 
     def _mask_speech_embeddings(self, speech_embeds: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -277,10 +281,13 @@ class MambaASRModel(MambaASRPreTrainedModel):
         Args:
             input_ids: `(batch, text_len)` text tokens starting with `<generatetext>` (right-padded).
             inputs_embeds: `(batch, text_len, hidden_size)`: embeddings of the text part, instead of `input_ids`.
-            attention_mask: `(batch, text_len)` 1 for text tokens, 0 for padding (right padding only).
+            attention_mask: `(batch, text_len)` 1 for text tokens, 0 for padding (right padding only, no empty
+                rows). Read in the prefill only (a cached step reads its new tokens).
             speech_ids: `(batch, Ls)` discrete speech units (vocabulary ids), right-padded (speech_input="units").
-            input_features: `(batch, frames, num_mel_bins)` log-mel frames, right-padded (speech_input="features").
-            speech_attention_mask: `(batch, Ls)` or `(batch, frames)`: 1 for speech, 0 for padding.
+            input_features: `(batch, frames, num_mel_bins)` log-mel frames, right-padded (speech_input="features");
+                floating inputs of any precision are cast to the model's dtype.
+            speech_attention_mask: `(batch, Ls)` or `(batch, frames)`: 1 for speech, 0 for padding (right padding
+                only, no empty rows).
             cache: a `MambaZooCache`. Empty: the prefix and text are prefilled and the states stored. Filled: only
                 `input_ids` (new text tokens) are read, stepping each layer's states one token at a time.
         Returns:
@@ -305,7 +312,10 @@ class MambaASRModel(MambaASRPreTrainedModel):
                 f"inputs_embeds must be (batch, text_len, hidden_size={self.config.hidden_size}), got shape "
                 f"{tuple(inputs_embeds.shape)}."
             )
-        text_embeds = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        if inputs_embeds is None:
+            text_embeds = self.embeddings(check_token_ids(input_ids, self.embeddings.num_embeddings))
+        else:
+            text_embeds = floating_input(inputs_embeds, self.embeddings.weight.dtype, "inputs_embeds")
 
         if cache is not None and cache.has_state(0):
             if speech_ids is not None or input_features is not None:
@@ -314,6 +324,7 @@ class MambaASRModel(MambaASRPreTrainedModel):
             output = MambaASRModelOutput(last_hidden_state=hidden, cache=cache, hidden_states=all_hidden)
             return output if return_dict else output.to_tuple()
 
+        check_attention_mask(attention_mask, *text_embeds.shape[:2])
         speech_embeds, speech_lengths = self.embed_speech(speech_ids, input_features, speech_attention_mask)
         speech_embeds = self._mask_speech_embeddings(speech_embeds, speech_lengths)
         text_lengths = (attention_mask.sum(-1).long() if attention_mask is not None
@@ -361,12 +372,24 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
     def make_cache(self) -> MambaZooCache:
         return self.model.make_cache()
 
-    def loss_function(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+    def loss_function(self, logits: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                      shift_labels: Optional[torch.Tensor] = None, **kwargs) -> torch.Tensor:
         """Next-token cross-entropy on the text part: logits `(batch, T, V)` at position t predict `labels[:, t+1]`;
-        positions with label -100 (padding, and `<generatetext>` itself) are ignored."""
-        shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-        shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
-        return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+        positions with label -100 (padding, and `<generatetext>` itself) are ignored. With `shift_labels` (already
+        shifted, as transformers' `ForCausalLMLoss` takes them for context-parallel training), position t predicts
+        `shift_labels[:, t]` and `labels` is not read."""
+        if shift_labels is None:
+            check_labels(labels, logits.shape[-1], "labels")
+            logits, shift_labels = logits[:, :-1], labels[:, 1:]
+        else:
+            check_labels(shift_labels, logits.shape[-1], "shift_labels")
+            if shift_labels.shape != logits.shape[:2]:
+                raise ValueError(
+                    f"shift_labels must be (batch, text_len) = {tuple(logits.shape[:2])} like the logits, got "
+                    f"{tuple(shift_labels.shape)}."
+                )
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                               shift_labels.reshape(-1).to(logits.device), ignore_index=-100)
 
     # the head repeats its base model's arguments (transformers convention)
     def forward(
@@ -388,11 +411,14 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
         Args: as `MambaASRModel.forward`, plus
             labels: `(batch, text_len)`, usually `input_ids` with padding set to -100; the loss is the next-token
                 cross-entropy over the text (token `t` predicts `labels[:, t + 1]`).
+            shift_labels (keyword): `(batch, text_len)` targets already shifted (token `t` predicts
+                `shift_labels[:, t]`), used instead of `labels` (transformers' context-parallel convention).
             logits_to_keep: compute logits only for the last `logits_to_keep` text positions (0 = all).
         Returns:
             `MambaASROutput`: loss, logits `(batch, text_len, vocab_size)`, cache, hidden_states, prefix_lengths.
         """
         kwargs.pop("num_items_in_batch", None)
+        shift_labels = kwargs.pop("shift_labels", None)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, speech_ids=speech_ids, input_features=input_features,
@@ -403,7 +429,9 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
-        loss = self.loss_function(logits, labels) if labels is not None else None
+        loss = None
+        if labels is not None or shift_labels is not None:
+            loss = self.loss_function(logits, labels, shift_labels=shift_labels)
         output = MambaASROutput(loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
                                 prefix_lengths=outputs.prefix_lengths)
         return output if return_dict else output.to_tuple()
@@ -453,19 +481,11 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
         return model_inputs
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Also save the ASR pipeline class with the checkpoint (`config.custom_pipelines` + `pipeline_mamba_asr.py`),
-        so `pipeline("automatic-speech-recognition", model=path, trust_remote_code=True)` finds it without mamba-zoo."""
-        self.config.custom_pipelines = {
-            "automatic-speech-recognition": {
-                "impl": "pipeline_mamba_asr.MambaASRPipeline",
-                "pt": ["AutoModelForSpeechSeq2Seq"],
-                "type": "multimodal",
-            }
-        }
-        try:
-            result = super().save_pretrained(save_directory, *args, **kwargs)
-        finally:
-            del self.config.custom_pipelines
+        """Also save the ASR pipeline with the checkpoint: the config names it in `custom_pipelines`
+        (`MambaASRConfig`) and this copies `pipeline_mamba_asr.py` and the files it imports, so
+        `pipeline("automatic-speech-recognition", model=path, trust_remote_code=True)` builds it with or without
+        mamba-zoo installed (per model: importing mamba_zoo registers no pipeline globally)."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
         if getattr(self, "_auto_class", None) is not None and os.path.isdir(save_directory):
             # the model's own files are copied by transformers; the pipeline file and what it imports are not
             pipeline_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline_mamba_asr.py")

@@ -27,7 +27,7 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 from .configuration_mamba_ctc import MambaCTCConfig
 from .cpu_inference import inference_workspace
 from .mamba_layers import DropPath, Mamba2Mixer, MambaBlock, MambaMixer, RMSNorm, build_mixer, build_norm
-from .sequence_utils import mask_padding
+from .sequence_utils import check_attention_mask, check_labels, floating_input, mask_padding
 
 
 def subsampled_lengths(lengths: torch.Tensor, num_layers: int) -> torch.Tensor:
@@ -40,6 +40,15 @@ def subsampled_lengths(lengths: torch.Tensor, num_layers: int) -> torch.Tensor:
 def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     """`(batch,)` lengths -> right-padded `(batch, max_length)` long mask."""
     return (torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]).long()
+
+
+def _features_argument(input_features: Optional[torch.Tensor], input_values: Optional[torch.Tensor]) -> torch.Tensor:
+    """`input_features`, or `input_values` (Wav2Vec2ForCTC's name for the model input) as an alias of it."""
+    if input_features is not None and input_values is not None:
+        raise ValueError("Pass the fbank features once: as input_features or as input_values (its alias), not both.")
+    if input_features is None and input_values is None:
+        raise ValueError("MambaForCTC needs input_features (batch, frames, num_mel_bins) (or input_values, its alias).")
+    return input_features if input_features is not None else input_values
 
 
 class MambaCTCSubsampling(nn.Module):
@@ -183,7 +192,9 @@ class MambaCTCModel(MambaCTCPreTrainedModel):
     def __init__(self, config: MambaCTCConfig):
         super().__init__(config)
         self.subsampling = MambaCTCSubsampling(config)
-        drop_path = [x.item() for x in torch.linspace(0, config.drop_path_rate, config.num_hidden_layers)]
+        # stochastic depth rising linearly to drop_path_rate, in plain Python (no tensor: builds on the meta device)
+        depth = config.num_hidden_layers
+        drop_path = [config.drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         if config.block_type == "conmamba":
             self.layers = nn.ModuleList(
                 ConMambaBlock(config, layer_idx=i, drop_path=drop_path[i]) for i in range(config.num_hidden_layers)
@@ -224,17 +235,21 @@ class MambaCTCModel(MambaCTCPreTrainedModel):
 
     def forward(
         self,
-        input_features: torch.Tensor,
+        input_features: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        input_values: Optional[torch.Tensor] = None,
         **kwargs,
     ) -> Union[tuple, BaseModelOutput]:
         """
         Args:
-            input_features: `(batch, frames, num_mel_bins)` from `MambaCTCFeatureExtractor`.
-            attention_mask: `(batch, frames)`, 1 = frame, 0 = padding (right padding only). `None` = all valid.
+            input_features: `(batch, frames, num_mel_bins)` from `MambaCTCFeatureExtractor`; floating inputs of any
+                precision are cast to the model's dtype.
+            attention_mask: `(batch, frames)`, 1 = frame, 0 = padding (right padding only, no empty rows). `None` =
+                all valid.
             output_hidden_states: also return the subsampled input and the output of every block.
+            input_values: the same features under the name `Wav2Vec2ForCTC` users pass (give one of the two).
 
         Returns:
             `BaseModelOutput` with `last_hidden_state` `(batch, ceil(frames / 4), hidden_size)` (padded positions are
@@ -244,12 +259,15 @@ class MambaCTCModel(MambaCTCPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        input_features = _features_argument(input_features, input_values)
+        input_features = floating_input(input_features, self.subsampling.convs[0].weight.dtype, "input_features")
         if input_features.ndim != 3 or input_features.shape[-1] != self.config.num_mel_bins:
             raise ValueError(
                 f"input_features must be (batch, frames, num_mel_bins={self.config.num_mel_bins}), got "
                 f"{tuple(input_features.shape)}."
             )
         batch, frames, _ = input_features.shape
+        check_attention_mask(attention_mask, batch, frames)
         if attention_mask is None:
             lengths = torch.full((batch,), frames, device=input_features.device, dtype=torch.long)
         else:
@@ -299,6 +317,12 @@ class MambaForCTC(MambaCTCPreTrainedModel):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()
 
+    def _check_labels(self, labels: torch.Tensor, batch: int) -> None:
+        """Labels: `(batch, target_length)` integer ids in `[0, vocab_size)`, or -100 for padding."""
+        check_labels(labels, self.config.vocab_size, pad_token_id=self.config.pad_token_id)
+        if labels.ndim != 2 or labels.shape[0] != batch:
+            raise ValueError(f"labels must be (batch={batch}, target_length), got shape {tuple(labels.shape)}.")
+
     def freeze_feature_encoder(self):
         """Stop gradients into the convolutional subsampling (Wav2Vec2ForCTC's name for the same step)."""
         for param in self.model.subsampling.parameters():
@@ -311,20 +335,21 @@ class MambaForCTC(MambaCTCPreTrainedModel):
 
     def forward(
         self,
-        input_features: torch.Tensor,
+        input_features: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        input_values: Optional[torch.Tensor] = None,
         **kwargs,
     ) -> Union[tuple, CausalLMOutput]:
         """
         Args:
-            input_features: `(batch, frames, num_mel_bins)`.
-            attention_mask: `(batch, frames)` frame-level mask (right padding).
+            input_features: `(batch, frames, num_mel_bins)` (or `input_values`, Wav2Vec2ForCTC's name; one of the two).
+            attention_mask: `(batch, frames)` frame-level 0/1 mask (right padding, no empty rows).
             labels: `(batch, target_length)` character ids, padded with -100 (or the blank `pad_token_id`); every
-                id must be `< vocab_size`. CTC needs `target_length` (plus repeats) <= the logit frames; shorter
-                inputs give an infinite loss, zeroed when `config.ctc_zero_infinity`.
+                other id must be in `[0, vocab_size)`. CTC needs `target_length` (plus repeats) <= the logit frames;
+                shorter inputs give an infinite loss (zeroed only when `config.ctc_zero_infinity`, off by default).
 
         Returns:
             `CausalLMOutput` with `logits` `(batch, ceil(frames / 4), vocab_size)` (padded frames: the blank, with
@@ -332,11 +357,11 @@ class MambaForCTC(MambaCTCPreTrainedModel):
             `ctc_loss_reduction="none"`) when `labels` are given, and optionally `hidden_states`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if labels is not None and labels.max() >= self.config.vocab_size:
-            raise ValueError(f"Label values must be < vocab_size ({self.config.vocab_size}), got {labels.max().item()}.")
-
+        input_features = _features_argument(input_features, input_values)
         outputs = self.model(input_features, attention_mask=attention_mask,
                              output_hidden_states=output_hidden_states, return_dict=True)
+        if labels is not None:
+            self._check_labels(labels, outputs.last_hidden_state.shape[0])
         logits = self.lm_head(self.dropout(outputs.last_hidden_state))
         if attention_mask is not None:
             # padded frames predict the blank, so greedy decoding of a padded batch equals decoding each sample alone

@@ -24,7 +24,7 @@ from transformers.utils import ModelOutput
 from .configuration_ssamba import SSAMBAConfig, patch_grid, patch_shape
 from .cpu_inference import inference_workspace
 from .mamba_layers import DropPath, MambaBlock, MambaMixer, build_mixer, build_norm
-from .sequence_utils import lengths_from_attention_mask
+from .sequence_utils import check_attention_mask, floating_input, lengths_from_attention_mask
 
 
 @dataclass
@@ -35,7 +35,8 @@ class SSAMBAForPreTrainingOutput(ModelOutput):
         discriminative_loss: InfoNCE over the masked patches of each clip (masked patch classification).
         generative_loss: mean squared error of the reconstructed masked patches (masked patch reconstruction).
         discriminative_accuracy: fraction of masked patches whose prediction picks the right patch among the clip's
-            masked patches.
+            masked patches, as SSAST/SSAMBA count it: each true patch's scores are normalised with a softmax over the
+            predictions, and prediction j is right when true patch j has the highest probability in column j.
         hidden_states: per-step hidden states of the discriminative pass when `output_hidden_states=True`.
     """
 
@@ -311,11 +312,12 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
     ):
         r"""
         Args:
-            input_values: log-mel spectrogram `(batch, time, num_mel_bins)` (from `SSAMBAFeatureExtractor`).
-            attention_mask: optional `(batch, time)` frame mask, 1 = real frame, 0 = padding (right-padded). Patches
-                reaching into padding are left out of the sequence (each clip is processed as if alone, at its own
-                length) and out of the pooling. Without it every frame counts, as in SSAMBA's own training, where clips
-                are zero-padded to `max_length`.
+            input_values: log-mel spectrogram `(batch, time, num_mel_bins)` (from `SSAMBAFeatureExtractor`); floating
+                inputs of any precision are cast to the model's dtype.
+            attention_mask: optional `(batch, time)` 0/1 frame mask, 1 = real frame, 0 = padding (right-padded, no
+                empty rows). Patches reaching into padding are left out of the sequence (each clip is processed as if
+                alone, at its own length) and out of the pooling. Without it every frame counts, as in SSAMBA's own
+                training, where clips are zero-padded to `max_length`.
             bool_masked_pos: `(batch, F * T)`, pretraining only: patches replaced by the mask token.
             interpolate_pos_encoding: interpolate the position embeddings to an input grid other than the configured
                 one (more frames than `max_length`, another mel count).
@@ -331,6 +333,7 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        input_values = floating_input(input_values, self._input_dtype(), "input_values")
         self._check_input_values(input_values, interpolate_pos_encoding)
         hidden_states, grid = self.embeddings(input_values, bool_masked_pos, interpolate_pos_encoding)
         token_mask = self._token_mask(attention_mask, input_values, grid)
@@ -354,6 +357,10 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
         return BaseModelOutputWithPooling(
             last_hidden_state=hidden_states, pooler_output=pooled, hidden_states=all_hidden_states
         )
+
+    def _input_dtype(self) -> torch.dtype:
+        """The dtype input spectrograms are cast to: that of the patch projection, which reads them."""
+        return self.embeddings.patch_embeddings.projection.weight.dtype
 
     def _check_input_values(self, input_values: torch.Tensor, interpolate_pos_encoding: bool) -> None:
         """A clear error for a spectrogram of the wrong rank, mel count or length."""
@@ -379,11 +386,7 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
         is valid."""
         if attention_mask is None:
             return None
-        if attention_mask.shape != input_values.shape[:2]:
-            raise ValueError(
-                f"attention_mask must be (batch, time) = {tuple(input_values.shape[:2])}, got "
-                f"{tuple(attention_mask.shape)}."
-            )
+        check_attention_mask(attention_mask, *input_values.shape[:2])
         token_mask = self.token_mask(attention_mask, grid)
         return None if bool(token_mask.all()) else token_mask
 
@@ -508,6 +511,16 @@ class SSAMBAForAudioClassification(SSAMBAPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
+def discriminative_accuracy(scores: torch.Tensor) -> torch.Tensor:
+    """SSAST/SSAMBA's masked-patch classification accuracy of `scores` `(batch, M, M)`, where `scores[b, i, j]` =
+    <true patch i, predicted patch j> (their `total`): each row is normalised with a softmax over the predictions,
+    then prediction j is right when true patch j has the highest probability in column j. Original:
+    `torch.argmax(self.softmax(total), dim=0) == torch.arange(mask_patch)` with `self.softmax = nn.Softmax(dim=-1)`
+    (SSAST `src/models/ast_models.py` `mpc`, SSAMBA `src/models/both_models.py` `mpc`). Returns a scalar in [0, 1]."""
+    diagonal = torch.arange(scores.shape[-1], device=scores.device)
+    return (F.softmax(scores.float(), dim=-1).argmax(dim=1) == diagonal[None, :]).float().mean()
+
+
 def cluster_mask_indices(
     grid: tuple[int, int], mask_count: int, cluster_factor: int = 3, generator: Optional[torch.Generator] = None
 ) -> torch.Tensor:
@@ -611,6 +624,7 @@ class SSAMBAForPreTraining(SSAMBAPreTrainedModel):
             `SSAMBAForPreTrainingOutput`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        input_values = floating_input(input_values, self.ssamba._input_dtype(), "input_values")
         batch = input_values.shape[0]
         expected = (self.config.max_length, self.config.num_mel_bins)
         if input_values.ndim != 3 or tuple(input_values.shape[1:]) != expected:
@@ -640,9 +654,8 @@ class SSAMBAForPreTraining(SSAMBAPreTrainedModel):
             prediction = self.discriminative_head(encoded).float()  # (batch, M, P)
             # scores[b, i, j] = <true patch i, predicted patch j>; patch i should pick prediction i
             scores = torch.bmm(targets(mask_index).detach().float(), prediction.transpose(1, 2))
-            diagonal = torch.arange(scores.shape[1], device=device)
             nce = -torch.diagonal(F.log_softmax(scores, dim=-1), dim1=1, dim2=2).mean()
-            accuracy = (scores.argmax(dim=1) == diagonal[None, :]).float().mean()
+            accuracy = discriminative_accuracy(scores)
             loss = loss + self.config.discriminative_loss_weight * nce
         if self.config.generative_loss_weight > 0:
             encoded, generative_hidden = self._encode_masked(input_values, generative_mask_index, output_hidden_states)
@@ -665,5 +678,6 @@ __all__ = [
     "SSAMBAForPreTraining",
     "SSAMBAForPreTrainingOutput",
     "cluster_mask_indices",
+    "discriminative_accuracy",
     "resize_grid_embeddings",
 ]
