@@ -335,6 +335,9 @@ class MambaASRModel(MambaASRPreTrainedModel):
         else:
             hidden, all_hidden = self._run_blocks(packed, mask, prefix_lengths, None, output_hidden_states)
         hidden = hidden.gather(1, text_positions[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        # padded text positions are zero, whatever else is in the batch (batch equivalence)
+        text_mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < text_lengths[:, None]
+        hidden = hidden * text_mask[:, :, None].to(hidden.dtype)
         output = MambaASRModelOutput(last_hidden_state=hidden, cache=cache, hidden_states=all_hidden,
                                      prefix_lengths=prefix_lengths)
         return output if return_dict else output.to_tuple()
@@ -404,11 +407,12 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
         use_cache: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
         logits_to_keep: int = 0,
         **kwargs,
     ):
         """
-        Args: as `MambaASRModel.forward`, plus
+        Args: as `MambaASRModel.forward` (`inputs_embeds` included), plus
             labels: `(batch, text_len)`, usually `input_ids` with padding set to -100; the loss is the next-token
                 cross-entropy over the text (token `t` predicts `labels[:, t + 1]`).
             shift_labels (keyword): `(batch, text_len)` targets already shifted (token `t` predicts
@@ -423,7 +427,7 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, speech_ids=speech_ids, input_features=input_features,
             speech_attention_mask=speech_attention_mask, cache=cache, use_cache=use_cache,
-            output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
+            output_hidden_states=output_hidden_states, return_dict=True, inputs_embeds=inputs_embeds, **kwargs,
         )
         hidden = outputs.last_hidden_state
         if logits_to_keep:

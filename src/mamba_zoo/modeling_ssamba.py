@@ -339,17 +339,20 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
         token_mask = self._token_mask(attention_mask, input_values, grid)
         order = None
         if token_mask is not None:
-            # gather each clip's valid tokens to the front (frequency-major order kept): a right-padded sequence
+            # the embeddings as returned in hidden_states[0] (zeros at padded patches); the layers read them with each
+            # clip's valid tokens gathered to the front (frequency-major order kept): a right-padded sequence
+            hidden_states = embeddings = hidden_states * token_mask[:, :, None].to(hidden_states.dtype)
             order = torch.argsort((~token_mask).to(torch.int8), dim=1, stable=True)
             hidden_states = hidden_states.gather(1, order[:, :, None].expand_as(hidden_states))
         hidden_states, residual, all_hidden_states = self._run_layers(hidden_states, token_mask, output_hidden_states)
         hidden_states = self._final_norm(hidden_states, residual)
-        if output_hidden_states:
-            all_hidden_states += (hidden_states,)
         if order is not None:  # back to the grid order, zeros at the padded patches
             hidden_states = _scatter_tokens(hidden_states, order, token_mask)
             if output_hidden_states:
-                all_hidden_states = tuple(_scatter_tokens(h, order, token_mask) for h in all_hidden_states)
+                all_hidden_states = (embeddings,) + tuple(_scatter_tokens(h, order, token_mask)
+                                                          for h in all_hidden_states[1:])
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
 
         pooled = self.pool(hidden_states, token_mask)
         if not return_dict:
