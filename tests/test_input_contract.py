@@ -46,18 +46,19 @@ def left_mask(lengths, length):
 # ------------------------------------------------------------------------------------------------ tiny models
 
 
+def _ssamba_config(**overrides):
+    return SSAMBAConfig(hidden_size=32, num_hidden_layers=2, num_mel_bins=32, max_length=48, patch_size=8,
+                        frequency_stride=8, time_stride=8, drop_path_rate=0.0, **overrides)
+
+
 def ssamba():
     torch.manual_seed(0)
-    config = SSAMBAConfig(hidden_size=32, num_hidden_layers=2, num_mel_bins=32, max_length=48, patch_size=8,
-                          frequency_stride=8, time_stride=8, drop_path_rate=0.0, num_labels=3)
-    return SSAMBAForAudioClassification(config).eval()
+    return SSAMBAForAudioClassification(_ssamba_config(num_labels=3)).eval()
 
 
 def ssamba_pretraining():
     torch.manual_seed(0)
-    config = SSAMBAConfig(hidden_size=32, num_hidden_layers=2, num_mel_bins=32, max_length=48, patch_size=8,
-                          frequency_stride=8, time_stride=8, drop_path_rate=0.0, mask_patch_count=6)
-    return SSAMBAForPreTraining(config).eval()
+    return SSAMBAForPreTraining(_ssamba_config(mask_patch_count=6)).eval()
 
 
 def ctc(**overrides):

@@ -194,8 +194,6 @@ def resolve_backend(kernel: str, *tensors: Optional[torch.Tensor], backend: str 
     check_backend_name(backend)
     spec = _kernel(kernel)
     devices = {t.device.type for t in tensors if t is not None} or {"cpu"}
-    if backend == "auto" and devices == {"cpu"} and (not spec.cpu_needs_numba or cpu_kernels() is not None):
-        return "cpu"  # the common case, first: models resolve in every layer and every decoding step
     if backend != "auto":
         reason = _why_unavailable(kernel, backend, devices)
         if reason is not None:
@@ -203,7 +201,9 @@ def resolve_backend(kernel: str, *tensors: Optional[torch.Tensor], backend: str 
         return backend
 
     if devices == {"cpu"}:
-        if _why_unavailable(kernel, "cpu", devices) is None:
+        # the same condition as `_why_unavailable(kernel, "cpu", ...)`, without building its messages: models resolve
+        # in every layer and every decoding step
+        if not spec.cpu_needs_numba or cpu_kernels() is not None:
             return "cpu"
         _log_fallback_once(kernel, "no numba", f"numba is not installed; {kernel} on CPU tensors falls back to the "
                                                "slow PyTorch reference. Install it with `pip install numba`.")

@@ -98,14 +98,19 @@ def check_attention_mask(
     return attention_mask
 
 
+def _require_integer_ids(ids, name: str) -> None:
+    """A `TypeError` unless `ids` is an integer tensor (token ids and labels alike)."""
+    if not torch.is_tensor(ids) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        dtype = ids.dtype if torch.is_tensor(ids) else type(ids).__name__
+        raise TypeError(f"{name} must be an integer tensor of token ids, got {dtype}.")
+
+
 def check_token_ids(ids: Optional[torch.Tensor], vocab_size: int, name: str = "input_ids") -> Optional[torch.Tensor]:
     """A `ValueError` naming the vocabulary size and the offending id when an id falls outside `[0, vocab_size)`
     (instead of torch's "index out of range in self" from the embedding); returns `ids` unchanged."""
     if ids is None:
         return None
-    if not torch.is_tensor(ids) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        dtype = ids.dtype if torch.is_tensor(ids) else type(ids).__name__
-        raise TypeError(f"{name} must be an integer tensor of token ids, got {dtype}.")
+    _require_integer_ids(ids, name)
     if ids.numel() == 0:
         return ids
     low, high = int(ids.min()), int(ids.max())
@@ -125,9 +130,7 @@ def check_labels(labels: Optional[torch.Tensor], vocab_size: int, name: str = "l
     negative id silently treated as padding). Returns `labels` unchanged."""
     if labels is None:
         return None
-    if not torch.is_tensor(labels) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        kind = labels.dtype if torch.is_tensor(labels) else type(labels).__name__
-        raise TypeError(f"{name} must be an integer tensor of token ids, got {kind}.")
+    _require_integer_ids(labels, name)
     bad = labels[((labels < 0) & (labels != ignore_index)) | (labels >= vocab_size)]
     if bad.numel() > 0:
         padding = f"{ignore_index}" + ("" if pad_token_id is None else f" or the pad_token_id ({pad_token_id})")
