@@ -4,7 +4,7 @@
 Both models see the same spectrograms: 128 mel bins, non-overlapping 16x16 patches (8 frequency patches), and
 `tokens / 8` time patches, batch 2, fp32, CPU (or CUDA with --device cuda). SSAMBA-tiny has the released depth (24
 bidirectional Mamba layers, D 192) unless --ssamba-layers says otherwise; AST is transformers' `ASTModel` with D 192,
-12 layers, 3 heads, MLP 768, `attn_implementation="sdpa"`.
+12 layers, 3 heads, MLP 768, `attn_implementation="sdpa"` (`--ast-attn eager`: the plain attention SSAST used).
 
 How things are measured: every (tokens) row runs in a fresh subprocess that builds both models; after one warm-up call
 each (numba JIT / cache load), the two models are timed round-robin (SSAMBA, AST, SSAMBA, AST, ...) so that load from
@@ -54,7 +54,7 @@ def _peak_growth(fn):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
 
 
-def build(name, tokens, ssamba_layers, device):
+def build(name, tokens, ssamba_layers, device, ast_attn="sdpa"):
     import torch
     from transformers import ASTConfig, ASTModel
 
@@ -70,13 +70,13 @@ def build(name, tokens, ssamba_layers, device):
     else:
         model = ASTModel(ASTConfig(
             hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768, max_length=frames,
-            num_mel_bins=128, patch_size=16, frequency_stride=16, time_stride=16, attn_implementation="sdpa",
+            num_mel_bins=128, patch_size=16, frequency_stride=16, time_stride=16, attn_implementation=ast_attn,
         ))
-        assert model.config._attn_implementation == "sdpa"
+        assert model.config._attn_implementation == ast_attn
     return model.eval().to(device), torch.randn(2, frames, 128, device=device)
 
 
-def worker(tokens, mode, ssamba_layers, threads, repeats, device):
+def worker(tokens, mode, ssamba_layers, threads, repeats, device, ast_attn):
     """mode "time": both models, timed round-robin; mode "mem:<name>": one model alone in this process, so that no
     memory freed by the other model is reused (which would hide its allocations from the resident-set growth)."""
     import torch
@@ -85,7 +85,7 @@ def worker(tokens, mode, ssamba_layers, threads, repeats, device):
     names = ["ssamba", "ast"] if mode == "time" else [mode.split(":", 1)[1]]
     models = {}
     for name in names:
-        models[name], x = build(name, tokens, ssamba_layers, device)
+        models[name], x = build(name, tokens, ssamba_layers, device, ast_attn)
 
     def call(name):
         with torch.inference_mode():
@@ -120,7 +120,7 @@ def worker(tokens, mode, ssamba_layers, threads, repeats, device):
 def run_worker(n, mode, args):
     command = [sys.executable, os.path.abspath(__file__), "--_worker", str(n), "--_mode", mode, "--ssamba-layers",
                str(args.ssamba_layers), "--threads", str(args.threads), "--repeats", str(args.repeats),
-               "--device", args.device]
+               "--device", args.device, "--ast-attn", args.ast_attn]
     proc = subprocess.run(command, capture_output=True, text=True)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
@@ -136,17 +136,20 @@ def main():
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ast-attn", default="sdpa", choices=["sdpa", "eager"],
+                        help="AST's attention: sdpa (fused, memory-light) or eager (plain softmax(QK^T)V, as SSAST)")
     parser.add_argument("--plot", default="benchmarks/ssamba_vs_ast.png", help="PNG path ('' to skip)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--_worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_mode", default="time", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._worker is not None:
-        worker(args._worker, args._mode, args.ssamba_layers, args.threads, args.repeats, args.device)
+        worker(args._worker, args._mode, args.ssamba_layers, args.threads, args.repeats, args.device, args.ast_attn)
         return
 
     tokens = args.tokens or DEFAULT_TOKENS + (LONG_TOKENS if args.long else [])
-    print(f"SSAMBA-tiny ({args.ssamba_layers} layers, D 192) vs AST (12 layers, D 192, 3 heads, sdpa), batch 2, "
+    print(f"SSAMBA-tiny ({args.ssamba_layers} layers, D 192) vs AST (12 layers, D 192, 3 heads, {args.ast_attn}), "
+          f"batch 2, "
           f"{args.device}, {args.threads} threads, best of {args.repeats}")
     header = (f"{'tokens':>7} {'frames':>7} | {'SSAMBA s':>9} {'AST s':>9} {'AST/SSAMBA':>10} | "
               f"{'SSAMBA MiB':>10} {'AST MiB':>9} {'AST/SSAMBA':>10}")
@@ -178,7 +181,8 @@ def main():
             return
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         x = [r["tokens"] for r in rows]
-        for key, label in (("ssamba", f"SSAMBA-tiny ({args.ssamba_layers} layers)"), ("ast", "AST (12 layers, sdpa)")):
+        labels = (("ssamba", f"SSAMBA-tiny ({args.ssamba_layers} layers)"), ("ast", f"AST (12 layers, {args.ast_attn})"))
+        for key, label in labels:
             axes[0].plot(x, [r[f"{key}_s"] for r in rows], "o-", label=label)
             axes[1].plot(x, [r[f"{key}_peak_mib"] for r in rows], "o-", label=label)
         for ax, title in zip(axes, ("forward time (s), batch 2", "peak memory growth (MiB)")):

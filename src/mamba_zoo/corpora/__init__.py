@@ -1,4 +1,9 @@
-"""Embedded speech corpora that need no download: real synthesized speech from espeak-ng.
+"""Embedded speech corpora that need no download: real synthesized speech from espeak-ng, Festival and SAM.
+
+Engines (:mod:`.engines`): espeak-ng always (a PyPI wheel); Festival's three English voices (Debian packages) and
+SAM's twelve (Node.js + npm) when installed: ``python -m mamba_zoo.corpora engines`` says which speak here.
+``engines=`` picks the training engines of a corpus, ``heldout_engines=`` adds a ``heldout_engine`` split spoken
+only by engines the model never hears in training.
 
 The ``espeakng-loader`` wheel on PyPI bundles the espeak-ng synthesizer (``libespeak-ng``) and its voice
 data; :mod:`.synth` drives it through ctypes. espeak-ng speaks at 22.05 kHz; clips are resampled to
@@ -52,10 +57,12 @@ command line::
 
 from .builders import (
     CORPUS_VERSION,
+    HELDOUT_SPLIT,
     SILENCE_LABEL,
     SPLITS,
     UNKNOWN_LABEL,
     ClipSpec,
+    corpus_voices,
     default_cache_dir,
     load_keywords,
     load_speakers,
@@ -65,6 +72,7 @@ from .builders import (
     render_clip,
     split_voices,
 )
+from .engines import ENGINES, EngineUnavailableError, engine_of, engine_voices, engines_status
 from .export import export_audio_dataset, export_text_dataset
 from .synth import ENGLISH_ACCENTS, SynthResult, Voice, default_variants, list_variants, list_voices, parse_voice, synthesize
 from .vocabulary import COMMANDS, DIGITS, SPEECH_COMMANDS_AUXILIARY, UNKNOWN_WORDS
@@ -73,7 +81,10 @@ __all__ = [
     "COMMANDS",
     "CORPUS_VERSION",
     "DIGITS",
+    "ENGINES",
     "ENGLISH_ACCENTS",
+    "EngineUnavailableError",
+    "HELDOUT_SPLIT",
     "SILENCE_LABEL",
     "SPEECH_COMMANDS_AUXILIARY",
     "SPLITS",
@@ -82,8 +93,12 @@ __all__ = [
     "ClipSpec",
     "SynthResult",
     "Voice",
+    "corpus_voices",
     "default_cache_dir",
     "default_variants",
+    "engine_of",
+    "engine_voices",
+    "engines_status",
     "export_audio_dataset",
     "export_text_dataset",
     "list_variants",

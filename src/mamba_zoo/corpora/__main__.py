@@ -4,6 +4,10 @@
     python -m mamba_zoo.corpora speakers --out DIR [--num-speakers 10] [--num-sentences 60]
     python -m mamba_zoo.corpora transcribed --out DIR [--kind digits|sentences] [--num-train 2000]
     python -m mamba_zoo.corpora text --out DIR [--num-sentences 20000]
+    python -m mamba_zoo.corpora engines        # which synthesis engines speak here, and how to install the rest
+
+Audio corpora take ``--engines espeak-ng festival`` (training engines) and ``--heldout-engines sam`` (an extra
+``heldout_engine`` split).
 """
 
 from __future__ import annotations
@@ -13,15 +17,23 @@ import sys
 import time
 
 from .builders import load_keywords, load_speakers, load_text_corpus, load_transcribed
+from .engines import ENGINES, engines_status
 from .export import export_audio_dataset, export_text_dataset
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mamba_zoo.corpora",
-        description="Build a synthetic speech corpus (espeak-ng, no download) and write WAV files + manifest.csv.",
+        description="Build a synthetic speech corpus (espeak-ng, Festival, SAM; no download) and write WAV files + "
+                    "manifest.csv.",
     )
     corpora = parser.add_subparsers(dest="corpus", required=True)
+    corpora.add_parser("engines", help="which synthesis engines are installed here, and how to install the others")
+
+    def engines(sub):
+        sub.add_argument("--engines", nargs="+", default=["espeak-ng"], choices=ENGINES, help="training engines")
+        sub.add_argument("--heldout-engines", nargs="+", default=[], choices=ENGINES,
+                         help="engines of the extra heldout_engine split only")
 
     def common(sub, audio: bool = True):
         sub.add_argument("--out", required=True, help="output folder")
@@ -37,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     keywords.add_argument("--num-per-class", type=int, default=200, help="train clips per class")
     keywords.add_argument("--num-eval-per-class", type=int, default=None, help="validation/test clips per class")
     keywords.add_argument("--include-digits", action="store_true", help="add zero..nine as classes")
+    engines(keywords)
 
     speakers = common(corpora.add_parser("speakers", help="speaker identification (folder per voice)"))
     speakers.add_argument("--num-speakers", type=int, default=10)
@@ -46,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     transcribed.add_argument("--kind", choices=["digits", "sentences"], default="digits")
     transcribed.add_argument("--num-train", type=int, default=2000)
     transcribed.add_argument("--num-eval", type=int, default=200)
+    engines(transcribed)
 
     text = common(corpora.add_parser("text", help="plain text sentences for language models"), audio=False)
     text.add_argument("--num-sentences", type=int, default=20000)
@@ -56,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     start = time.perf_counter()
+    if args.corpus == "engines":
+        for engine, reason in engines_status().items():
+            print(f"{engine:<10} {'installed' if reason is None else 'missing: ' + reason}")
+        return 0
     if args.corpus == "text":
         dataset = load_text_corpus(num_sentences=args.num_sentences, kind=args.kind, seed=args.seed)
         manifest = export_text_dataset(dataset, args.out)
@@ -67,14 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.corpus == "keywords":
             dataset = load_keywords(
                 num_per_class=args.num_per_class, num_eval_per_class=args.num_eval_per_class,
-                include_digits=args.include_digits, **options,
+                include_digits=args.include_digits, engines=args.engines, heldout_engines=args.heldout_engines,
+                **options,
             )
             group_by = "label"
         elif args.corpus == "speakers":
             dataset = load_speakers(num_speakers=args.num_speakers, num_sentences=args.num_sentences, **options)
             group_by = "label"
         else:
-            dataset = load_transcribed(kind=args.kind, num_train=args.num_train, num_eval=args.num_eval, **options)
+            dataset = load_transcribed(kind=args.kind, num_train=args.num_train, num_eval=args.num_eval,
+                                       engines=args.engines, heldout_engines=args.heldout_engines, **options)
             group_by = None
         manifest = export_audio_dataset(dataset, args.out, group_by=group_by, progress=not args.no_progress)
     sizes = ", ".join(f"{split} {len(ds)}" for split, ds in dataset.items())

@@ -1,10 +1,16 @@
-"""Builders that turn espeak-ng speech into ``datasets.DatasetDict`` objects, cached on disk.
+"""Builders that turn synthesized speech (espeak-ng, Festival, SAM) into ``datasets.DatasetDict`` objects, cached on
+disk.
 
 Every builder works in two steps. First it draws a list of :class:`ClipSpec` (what to say, with which
 voice, rate, pitch, noise, room...) from one ``numpy`` generator seeded with ``seed``; then it renders
 the clips, in worker processes when ``num_workers > 0``. A clip is a pure function of its spec
-(:func:`render_clip`; espeak-ng is reloaded for every utterance, see :mod:`mamba_zoo.corpora.synth`),
-so a corpus is the same bytes whatever the number of workers.
+(:func:`render_clip`; espeak-ng is reloaded for every utterance, see :mod:`mamba_zoo.corpora.synth`; Festival and
+SAM are deterministic), so a corpus is the same bytes whatever the number of workers.
+
+**Engines.** ``engines=`` picks the training engines (:mod:`.engines`); an engine with at least 6 voices is split by
+voice like espeak-ng's variants, one with fewer (Festival's 3) goes to train only. Clips draw an engine first (equal
+shares), then one of its voices. ``heldout_engines=`` adds a fourth split, ``heldout_engine``, spoken by every voice
+of engines that are in no other split: the number that says whether a model heard speech or one synthesizer.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from .augment import (
     scale_to_peak_dbfs,
     trim_silence,
 )
-from .synth import Voice, espeak_version, list_voices, parse_voice, synthesize, variant_base_pitch
+from .engines import check_engine_names, check_engines, engine_of, engine_voice, engine_voices
+from .synth import SynthResult, Voice, espeak_version, list_voices, parse_voice, synthesize, variant_base_pitch
 from .vocabulary import COMMANDS, DIGITS, NUMBER_WORDS, UNKNOWN_WORDS, digit_string, fact_book, make_fact, make_sentence
 
 __all__ = [
@@ -41,7 +48,9 @@ __all__ = [
     "SILENCE_LABEL",
     "SPLITS",
     "UNKNOWN_LABEL",
+    "HELDOUT_SPLIT",
     "ClipSpec",
+    "corpus_voices",
     "default_cache_dir",
     "load_keywords",
     "load_speakers",
@@ -54,6 +63,7 @@ __all__ = [
 
 CORPUS_VERSION = "1"  # bump when rendering changes, so stale caches are not reused
 SPLITS = ("train", "validation", "test")
+HELDOUT_SPLIT = "heldout_engine"  # present when a corpus is built with heldout_engines
 SILENCE_LABEL = "_silence_"
 UNKNOWN_LABEL = "_unknown_"
 SHARD_SIZE = 32  # clips per task sent to a worker (does not change the output)
@@ -80,9 +90,10 @@ class ClipSpec:
 
     Attributes:
         text: words to speak (lowercase, no punctuation), or None for noise only.
-        voice: espeak voice ``"accent+variant"``.
+        voice: espeak voice ``"accent+variant"``, or ``"festival:<voice>"`` / ``"sam:<voice>"`` (:mod:`.engines`).
         punctuation: appended when speaking ("." / "!" / "?" change the intonation).
-        rate, pitch, pitch_range: espeak parameters (words per minute, 0..100, 0..100).
+        rate, pitch, pitch_range: espeak-scale parameters (words per minute, 0..100, 0..100); Festival and SAM map
+            rate and pitch onto their own controls and ignore pitch_range.
         seed: seeds espeak's noise generator and the augmentation generator.
         sampling_rate: output rate in Hz.
         length: fixed length in samples, or None for the natural length plus padding.
@@ -117,8 +128,38 @@ class RenderedClip:
     word_starts: list[float] = field(default_factory=list)
 
 
-def render_clip(spec: ClipSpec) -> RenderedClip:
-    """Synthesize and augment one clip; a pure function of ``spec``."""
+def _speak(specs: list[ClipSpec]) -> list[SynthResult | None]:
+    """The raw speech of every spec (``None`` for noise-only clips): espeak-ng one utterance at a time, Festival and
+    SAM in one process per engine for the whole list."""
+    from .festival import FestivalRequest, synthesize_festival
+    from .sam import SamRequest, synthesize_sam
+
+    spoken: list[SynthResult | None] = [None] * len(specs)
+    batches: dict[str, list[int]] = {"festival": [], "sam": []}
+    for i, spec in enumerate(specs):
+        if spec.text is None:
+            continue
+        engine = engine_of(spec.voice)
+        if engine == "espeak-ng":
+            spoken[i] = synthesize(
+                spec.text + spec.punctuation, spec.voice, rate=spec.rate, pitch=spec.pitch,
+                pitch_range=spec.pitch_range, volume=ESPEAK_VOLUME, seed=spec.seed,
+            )
+        else:
+            batches[engine].append(i)
+    for engine, request_class, run in (("festival", FestivalRequest, synthesize_festival),
+                                       ("sam", SamRequest, synthesize_sam)):
+        indices = batches[engine]
+        requests = [request_class(specs[i].text + specs[i].punctuation, engine_voice(specs[i].voice),
+                                  specs[i].rate, specs[i].pitch) for i in indices]
+        for i, result in zip(indices, run(requests)):
+            spoken[i] = result
+    return spoken
+
+
+def render_clip(spec: ClipSpec, spoken: SynthResult | None = None) -> RenderedClip:
+    """Synthesize and augment one clip; a pure function of ``spec`` (``spoken``: its speech, if already
+    synthesized)."""
     rng = np.random.default_rng(spec.seed)
     sr = spec.sampling_rate
     if spec.text is None:
@@ -127,19 +168,17 @@ def render_clip(spec: ClipSpec) -> RenderedClip:
         noise = background_noise(spec.length, sr, rng) * 10 ** (spec.noise_dbfs / 20)
         return RenderedClip(np.clip(noise, -1, 1).astype(np.float32))
 
-    spoken = synthesize(
-        spec.text + spec.punctuation, spec.voice, rate=spec.rate, pitch=spec.pitch,
-        pitch_range=spec.pitch_range, volume=ESPEAK_VOLUME, seed=spec.seed,
-    )
+    spoken = _speak([spec])[0] if spoken is None else spoken
+    engine = engine_of(spec.voice)
     num_words = len(spec.text.split())
     if len(spoken.word_starts) != num_words:
         raise RuntimeError(
-            f"espeak-ng spoke {len(spoken.word_starts)} words for the {num_words}-word text {spec.text!r}; "
+            f"{engine} spoke {len(spoken.word_starts)} words for the {num_words}-word text {spec.text!r}; "
             "use plain lowercase words without digits or abbreviations."
         )
     audio, trim_start = trim_silence(spoken.audio.astype(np.float32) / 32768.0, spoken.sampling_rate)
     if audio.size == 0:
-        raise RuntimeError(f"espeak-ng produced silence for {spec.text!r} with voice {spec.voice!r}.")
+        raise RuntimeError(f"{engine} produced silence for {spec.text!r} with voice {spec.voice!r}.")
     ratio = sr / spoken.sampling_rate
     word_starts = [max(0.0, (s - trim_start) * ratio) for s in spoken.word_starts]
     audio = resample(audio, spoken.sampling_rate, sr)
@@ -165,7 +204,7 @@ def render_clip(spec: ClipSpec) -> RenderedClip:
 
 
 def _render_shard(specs: list[ClipSpec]) -> list[RenderedClip]:
-    return [render_clip(spec) for spec in specs]
+    return [render_clip(spec, spoken) for spec, spoken in zip(specs, _speak(specs))]
 
 
 def _process_context():
@@ -227,8 +266,9 @@ def _check_common(sampling_rate: int, seed: int, split: str | None):
         raise ValueError(f"sampling_rate must be a positive integer number of Hz, got {sampling_rate!r}.")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; choose one of {SPLITS} or None for all three.")
+    if split is not None and split not in SPLITS + (HELDOUT_SPLIT,):
+        raise ValueError(f"Unknown split {split!r}; choose one of {SPLITS} (or {HELDOUT_SPLIT!r} with "
+                         "heldout_engines), or None for all.")
 
 
 def _check_count(name: str, value: int, minimum: int = 1):
@@ -281,6 +321,91 @@ def split_voices(
         if not members:
             raise ValueError(f"No voice left for the {name} split; pass more voices (distinct variants).")
     return result
+
+
+MIN_VOICES_TO_SPLIT = 6  # an engine with fewer voices goes to train only
+
+
+def _split_by_name(names: list[str], seed: int) -> dict[str, list[str]]:
+    """Voices of an engine other than espeak-ng split by voice: in each block of 6 (sorted by name), one to
+    validation, one to test, the rest to train."""
+    rng = np.random.default_rng([seed, 11])
+    result = {name: [] for name in SPLITS}
+    names = sorted(names)
+    for start in range(0, len(names), MIN_VOICES_TO_SPLIT):
+        block = [names[i] for i in rng.permutation(np.arange(start, min(start + MIN_VOICES_TO_SPLIT, len(names))))]
+        for position, name in enumerate(block):
+            result["validation" if position == 0 else "test" if position == 1 else "train"].append(name)
+    return {name: sorted(members) for name, members in result.items()}
+
+
+def corpus_voices(
+    voices: Sequence[str] | None = None,
+    engines: Sequence[str] = ("espeak-ng",),
+    heldout_engines: Sequence[str] = (),
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """The voices of each split of a corpus: ``{"train", "validation", "test"[, "heldout_engine"]: [voice, ...]}``.
+
+    ``voices`` (names of any engine, see :mod:`.engines`) replaces the default pool, which is every voice of
+    ``engines``. espeak-ng voices are split by :func:`split_voices`; another engine's voices by voice when it has at
+    least 6, else all to train. ``heldout_engines`` (none of ``engines``, and none of ``voices``' engines) make the
+    ``heldout_engine`` split: all their voices, heard in no other split.
+    With the defaults this is exactly ``split_voices(None, seed)``.
+    """
+    engines = check_engine_names(engines)
+    heldout_engines = check_engine_names(heldout_engines, "heldout_engines")
+    pool = [v.name if isinstance(v, Voice) else str(v) for v in voices] if voices is not None else None
+    used = sorted({engine_of(v) for v in pool}) if pool is not None else engines
+    if not used:
+        raise ValueError("No voices: pass voices= or at least one engine in engines=.")
+    overlap = sorted(set(used) & set(heldout_engines))
+    if overlap:
+        raise ValueError(f"{overlap} cannot both train and be held out; an engine is either in engines/voices or in "
+                         "heldout_engines.")
+    if pool is None and list(engines) == ["espeak-ng"]:
+        result = split_voices(None, seed)
+    else:
+        pool = pool if pool is not None else [v for engine in engines for v in engine_voices(engine)]
+        result = {name: [] for name in SPLITS}
+        for engine in sorted({engine_of(v) for v in pool}):
+            members = [v for v in pool if engine_of(v) == engine]
+            if engine == "espeak-ng":
+                part = split_voices(members, seed)
+            elif len(members) >= MIN_VOICES_TO_SPLIT:
+                part = _split_by_name(members, seed)
+            else:
+                part = {"train": sorted(members), "validation": [], "test": []}
+            for name in SPLITS:
+                result[name].extend(part[name])
+        for name, members in result.items():
+            if not members:
+                raise ValueError(f"No voice left for the {name} split: the engines given have too few voices "
+                                 f"(an engine needs {MIN_VOICES_TO_SPLIT} to be split); add espeak-ng or more voices.")
+    if heldout_engines:
+        result[HELDOUT_SPLIT] = [v for engine in heldout_engines for v in engine_voices(engine)]
+    return result
+
+
+def _corpus_voice_config(voices, engines, heldout_engines, seed) -> dict:
+    """The cache-key entries for a corpus' voices: for espeak-ng alone the same keys as before engines existed, so
+    cached espeak-only corpora stay valid."""
+    config = {"voices": corpus_voices(voices, engines, heldout_engines, seed)}
+    used = sorted({engine_of(v) for members in config["voices"].values() for v in members})
+    if used != ["espeak-ng"]:
+        config["engines"] = used
+    return config
+
+
+def _pick_voice(rng: np.random.Generator, names: list[str]) -> str:
+    """One voice of ``names``: uniformly when they share one engine; else an engine first (equal shares), then one of
+    its voices, so three Festival voices are not drowned by 555 espeak-ng ones."""
+    engines = sorted({engine_of(v) for v in names})
+    if len(engines) == 1:
+        return names[rng.integers(len(names))]
+    engine = engines[rng.integers(len(engines))]
+    members = [v for v in names if engine_of(v) == engine]
+    return members[rng.integers(len(members))]
 
 
 @contextmanager
@@ -380,6 +505,8 @@ def load_keywords(
     peak_dbfs: tuple[float, float] = (-20, -1),
     silence_dbfs: tuple[float, float] = (-60, -20),
     voices: Sequence[str] | None = None,
+    engines: Sequence[str] = ("espeak-ng",),
+    heldout_engines: Sequence[str] = (),
     commands: Sequence[str] | None = None,
     unknown_words: Sequence[str] | None = None,
     sampling_rate: int = 16000,
@@ -401,7 +528,10 @@ def load_keywords(
         reverb_probability, rt60_range: share of clips in a synthetic room, and its RT60 in seconds.
         rate_wpm, pitch: ranges of espeak's speaking rate (words/minute) and base pitch (0..100).
         peak_dbfs, silence_dbfs: speech peak level and noise-only RMS level ranges.
-        voices: espeak voices (default: 8 English accents x 81 variants).
+        voices: voices of any engine (default: every voice of ``engines``).
+        engines: training engines (default espeak-ng's 8 English accents x 81 variants; see :mod:`.engines`).
+        heldout_engines: engines whose voices make the extra ``heldout_engine`` split only (``num_eval_per_class``
+            clips per class, like test).
         commands, unknown_words: replace the word lists.
         cache_dir: where built corpora are kept (default :func:`default_cache_dir`).
         num_workers: rendering processes (default: the CPUs available).
@@ -432,7 +562,7 @@ def load_keywords(
         "pitch": _check_range("pitch", pitch, 0, 100),
         "peak_dbfs": _check_range("peak_dbfs", peak_dbfs, -60, 0),
         "silence_dbfs": _check_range("silence_dbfs", silence_dbfs, -90, 0),
-        "voices": split_voices(voices, seed),
+        **_corpus_voice_config(voices, engines, heldout_engines, seed),
         "commands": commands, "unknown_words": unknown_words,
         "sampling_rate": int(sampling_rate), "clip_seconds": float(clip_seconds),
     }
@@ -441,10 +571,11 @@ def load_keywords(
     def build():
         from datasets import ClassLabel, DatasetDict, Value
 
+        check_engines([v for members in config["voices"].values() for v in members])
         rng = np.random.default_rng([seed, 1])
         length = int(round(config["clip_seconds"] * sampling_rate))
         splits = {}
-        for split_name in SPLITS:
+        for split_name in config["voices"]:
             count = num_per_class if split_name == "train" else num_eval_per_class
             split_voice_names = config["voices"][split_name]
             rows = []
@@ -459,7 +590,7 @@ def load_keywords(
                         word = label if label != UNKNOWN_LABEL else unknown_words[rng.integers(len(unknown_words))]
                         spec = ClipSpec(
                             text=word,
-                            voice=split_voice_names[rng.integers(len(split_voice_names))],
+                            voice=_pick_voice(rng, split_voice_names),
                             seed=_seed_for(rng),
                             sampling_rate=sampling_rate,
                             punctuation=str(rng.choice([".", "!", "?", ""], p=[0.4, 0.2, 0.2, 0.2])),
@@ -645,6 +776,8 @@ def load_transcribed(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     voices: Sequence[str] | None = None,
+    engines: Sequence[str] = ("espeak-ng",),
+    heldout_engines: Sequence[str] = (),
     words: Sequence[str] | None = None,
     min_digits: int = 1,
     max_digits: int = 7,
@@ -664,7 +797,8 @@ def load_transcribed(
     long, like TIDIGITS. ``kind="sentences"``: 3-8 word sentences from a small grammar; ``words``
     replaces its noun list. Transcripts are lowercase words without punctuation (the speech has the
     intonation of a statement or a question). ``num_train`` utterances in train, ``num_eval`` in
-    validation and in test, whose voices are never heard in training.
+    validation and in test, whose voices are never heard in training. ``voices``, ``engines`` and
+    ``heldout_engines`` as in :func:`load_keywords` (the ``heldout_engine`` split has ``num_eval`` utterances).
 
     Returns:
         columns ``audio``, ``text``, ``voice``, ``id`` and ``word_starts`` (onset of each word in seconds,
@@ -690,16 +824,17 @@ def load_transcribed(
         "rate_wpm": _check_range("rate_wpm", rate_wpm, 80, 450),
         "pitch": _check_range("pitch", pitch, 0, 100),
         "peak_dbfs": _check_range("peak_dbfs", peak_dbfs, -60, 0),
-        "voices": split_voices(voices, seed),
+        **_corpus_voice_config(voices, engines, heldout_engines, seed),
         "sampling_rate": int(sampling_rate),
     }
 
     def build():
         from datasets import DatasetDict, List, Value
 
+        check_engines([v for members in config["voices"].values() for v in members])
         rng = np.random.default_rng([seed, 4])
         splits = {}
-        for split_name in SPLITS:
+        for split_name in config["voices"]:
             split_voice_names = config["voices"][split_name]
             specs = []
             for _ in range(num_train if split_name == "train" else num_eval):
@@ -709,7 +844,7 @@ def load_transcribed(
                     text, punctuation = make_sentence(rng, words)
                 specs.append(
                     ClipSpec(
-                        text=text, voice=split_voice_names[rng.integers(len(split_voice_names))],
+                        text=text, voice=_pick_voice(rng, split_voice_names),
                         seed=_seed_for(rng), sampling_rate=sampling_rate, punctuation=punctuation,
                         rate=int(rng.integers(config["rate_wpm"][0], config["rate_wpm"][1] + 1)),
                         pitch=int(rng.integers(config["pitch"][0], config["pitch"][1] + 1)),
