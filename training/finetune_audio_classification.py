@@ -83,6 +83,12 @@ class DataArguments:
     eval_split: str = field(default="validation")
     test_split: str = field(default="test")
     num_per_class: int = field(default=200, metadata={"help": "embedded corpus: training clips per class"})
+    engines: str = field(default="espeak-ng", metadata={
+        "help": "embedded corpus: training engines, comma-separated (espeak-ng, festival, sam)"})
+    heldout_engines: str = field(default="", metadata={
+        "help": "embedded corpus: engines heard in no training split, evaluated as the heldout_engine split"})
+    heldout_split: str = field(default="heldout_engine", metadata={
+        "help": "split evaluated at the end beside test when present (accuracy overall and per engine)"})
     max_train_samples: Optional[int] = field(default=None)
     train_per_class: Optional[int] = field(
         default=None, metadata={"help": "keep only this many training clips per class (few-label experiments)"}
@@ -105,10 +111,30 @@ def load_audio_dataset(data_args: DataArguments):
     if data_args.dataset_path is None:
         from mamba_zoo.corpora import load_keywords
 
-        return load_keywords(num_per_class=data_args.num_per_class)
+        return load_keywords(num_per_class=data_args.num_per_class, engines=engine_list(data_args.engines),
+                             heldout_engines=engine_list(data_args.heldout_engines))
     from datasets import load_from_disk
 
     return load_from_disk(data_args.dataset_path)
+
+
+def engine_list(text: str) -> tuple[str, ...]:
+    """"espeak-ng,festival" -> ("espeak-ng", "festival"); "" -> ()."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def accuracy_by_engine(predictions: np.ndarray, labels: np.ndarray, voices) -> dict:
+    """Accuracy over all clips and over each synthesis engine's clips (noise-only clips, whose voice is empty, count
+    only in the total)."""
+    from mamba_zoo.corpora import engine_of
+
+    correct = predictions == labels
+    result = {"accuracy": float(correct.mean())}
+    if voices is not None:
+        engines = np.asarray([engine_of(v) if v else "" for v in voices])
+        for engine in sorted(set(engines) - {""}):
+            result[f"accuracy_{engine}"] = float(correct[engines == engine].mean())
+    return result
 
 
 def decode_audio(example_audio, sampling_rate: int) -> np.ndarray:
@@ -252,7 +278,10 @@ def wrap_lora(model, model_args: ModelArguments):
 
 def write_model_card(output_dir, model, results: dict, training_args, model_args, data_args, base_model=None):
     labels = ", ".join(f"`{name}`" for name in model.config.id2label.values())
-    dataset = data_args.dataset_path or "mamba-zoo embedded keyword corpus (espeak-ng voices, split by voice)"
+    dataset = data_args.dataset_path or (
+        f"mamba-zoo embedded keyword corpus, training engines {data_args.engines.replace(',', ', ')}, split by voice"
+        + (f"; held-out engines {data_args.heldout_engines.replace(',', ', ')} (heldout_engine_* rows: never heard "
+           "in training)" if data_args.heldout_engines else ""))
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items())
     card = f"""---
 library_name: transformers
@@ -325,6 +354,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     train = split(data_args.train_split, data_args.spec_augment, data_args.train_per_class, data_args.max_train_samples)
     evaluation = split(data_args.eval_split) if data_args.eval_split in dataset else None
     test = split(data_args.test_split) if data_args.test_split in dataset else None
+    heldout = split(data_args.heldout_split) if data_args.heldout_split in dataset else None
 
     model = build_model(model_args, len(names), id2label, label2id, feature_extractor.max_length,
                         feature_extractor.num_mel_bins)
@@ -344,6 +374,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     if test is not None:
         results["test_accuracy"] = trainer.evaluate(test, metric_key_prefix="test")["test_accuracy"]
         results["test_clips"] = len(test)
+    if heldout is not None:  # engines never heard in training: the number that says whether the model generalises
+        prediction = trainer.predict(heldout, metric_key_prefix="heldout")
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        voices = dataset[data_args.heldout_split]["voice"] if "voice" in dataset[data_args.heldout_split].column_names \
+            else None
+        for key, value in accuracy_by_engine(np.argmax(logits, -1), heldout.labels.numpy(), voices).items():
+            results[f"heldout_engine_{key}"] = value
+        results["heldout_engine_clips"] = len(heldout)
 
     final_model = trainer.model
     if model_args.lora:

@@ -35,6 +35,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/ssamba-keywords")
     parser.add_argument("--num_per_class", type=int, default=200, help="training clips per class in the corpus")
+    parser.add_argument("--engines", default="espeak-ng,festival",
+                        help="training engines, comma-separated (python -m mamba_zoo.corpora engines lists them)")
+    parser.add_argument("--heldout_engines", default="sam",
+                        help="engines never heard in training, evaluated apart ('' for none)")
     parser.add_argument("--hidden_size", type=int, default=128, help="model width (SSAMBA-tiny: 192)")
     parser.add_argument("--num_hidden_layers", type=int, default=8, help="depth (released SSAMBA: 24)")
     parser.add_argument("--patch_frames", type=int, default=4,
@@ -79,11 +83,15 @@ def main(argv=None):
     # 1. data ---------------------------------------------------------------------------------------------------------
     t0 = time.time()
     print("[1/5] keyword corpus (built once, then cached)")
-    corpus = load_keywords(num_per_class=args.num_per_class, seed=args.seed)
+    corpus = load_keywords(num_per_class=args.num_per_class, seed=args.seed,
+                           engines=finetune.engine_list(args.engines),
+                           heldout_engines=finetune.engine_list(args.heldout_engines))
     names = corpus["train"].features["label"].names
     corpus_minutes = (time.time() - t0) / 60
     print(f"      {len(corpus['train'])} train / {len(corpus['validation'])} validation / {len(corpus['test'])} test "
           f"clips, {len(names)} classes, voices disjoint across splits ({corpus_minutes:.1f} min)")
+    if "heldout_engine" in corpus:
+        print(f"      + {len(corpus['heldout_engine'])} clips from engines never heard in training: {args.heldout_engines}")
 
     common = dict(report_to=[], seed=args.seed, save_strategy="no", logging_steps=20, dataloader_num_workers=0,
                   per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64)
@@ -122,7 +130,8 @@ def main(argv=None):
     finetune_minutes = None  # what the budget leaves after pretraining
     if args.max_train_minutes is not None:
         finetune_minutes = max(0.0, args.max_train_minutes - pretrain_results.get("train_minutes", 0.0))
-    data_args = finetune.DataArguments(max_train_minutes=finetune_minutes)
+    data_args = finetune.DataArguments(max_train_minutes=finetune_minutes, engines=args.engines,
+                                       heldout_engines=args.heldout_engines)
     training_args = TrainingArguments(
         output_dir=args.output_dir, max_steps=args.finetune_steps, learning_rate=args.learning_rate,
         warmup_steps=0.05, lr_scheduler_type="cosine", weight_decay=0.05, eval_strategy="no", **common,
@@ -130,6 +139,9 @@ def main(argv=None):
     results = finetune.run(model_args, data_args, training_args, dataset=corpus)
     print(f"[4/5] test accuracy on voices never heard in training: {results['test_accuracy']:.4f} "
           f"({results['test_clips']} clips); saved to {os.path.abspath(args.output_dir)}")
+    if "heldout_engine_accuracy" in results:
+        print(f"      accuracy on engines never heard in training ({args.heldout_engines}): "
+              f"{results['heldout_engine_accuracy']:.4f} ({results['heldout_engine_clips']} clips)")
 
     # 5. pipeline on held-out clips ----------------------------------------------------------------------------------
     print("[5/5] pipeline('audio-classification') on held-out clips")
@@ -153,6 +165,10 @@ def main(argv=None):
         "finetune_steps": results["train_steps"],
         "validation_accuracy": round(results["validation_accuracy"], 4),
         "test_accuracy": round(results["test_accuracy"], 4),
+        "heldout_engine_accuracy": round(results["heldout_engine_accuracy"], 4)
+                                   if "heldout_engine_accuracy" in results else None,
+        "training_engines": args.engines,
+        "heldout_engines": args.heldout_engines,
         "pipeline_correct": f"{sum(t == p for t, p, _ in shown)}/{len(shown)}",
         "total_minutes": round(total_minutes, 2),
         "stopped_by_time_budget": pretrain_results.get("stopped_by_time_budget", False)

@@ -16,7 +16,8 @@ generator in these voices: the same request gives the same samples.
 
 Speaking rate and pitch follow espeak's scale (words per minute, 175 normal; pitch 0..100, 50 normal) so corpora
 can draw them the same way for every engine: diphone voices get ``Duration_Stretch`` and a new target F0 mean for
-their linear-regression intonation model; HTS voices get hts_engine's speed (``-r``) and half-tone shift (``-fm``).
+their linear-regression intonation model; HTS voices get hts_engine's speed (``-r``) only, as Debian's Festival
+passes hts_engine no pitch shift (pitch variety for them comes from training-time augmentation).
 For HTS voices the printed word onsets are Festival's before hts_engine's own durations, rescaled by the speed:
 approximate.
 """
@@ -86,10 +87,9 @@ def _voice_commands(request: FestivalRequest) -> str:
     """Scheme that selects the voice and sets its rate and pitch."""
     _, method, base_f0 = FESTIVAL_VOICES[request.voice]
     speed = request.rate / 175.0
-    if method == "hts":
-        half_tones = (request.pitch - 50) / 50 * 5.0  # +-5 semitones over espeak's 0..100
+    if method == "hts":  # Debian's Festival passes hts_engine a speed (-r) but no pitch shift: pitch is ignored
         return (f"(voice_{request.voice})\n"
-                f"(set! hts_engine_params (append hts_engine_params '((\"-r\" {speed:.4f}) (\"-fm\" {half_tones:.4f}))))\n")
+                f"(set! hts_engine_params (append hts_engine_params '((\"-r\" {speed:.4f}))))\n")
     target_f0 = base_f0 * 2 ** ((request.pitch - 50) / 100)  # +-half an octave
     return (f"(voice_{request.voice})\n"
             f"(Parameter.set 'Duration_Stretch {1 / speed:.4f})\n"

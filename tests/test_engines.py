@@ -1,0 +1,178 @@
+"""Synthesis engines of the corpora: Festival and SAM beside espeak-ng, voice-disjoint splits across engines, the
+held-out-engine split, and clear errors when an engine is missing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mamba_zoo.corpora import (
+    HELDOUT_SPLIT,
+    EngineUnavailableError,
+    corpus_voices,
+    engine_of,
+    engine_voices,
+    load_keywords,
+    load_transcribed,
+    split_voices,
+)
+from mamba_zoo.corpora import festival as festival_module
+from mamba_zoo.corpora import sam as sam_module
+from mamba_zoo.corpora.builders import ClipSpec, _pick_voice, render_clip
+from mamba_zoo.corpora.festival import FestivalRequest, festival_available, synthesize_festival
+from mamba_zoo.corpora.sam import SamRequest, sam_available, synthesize_sam
+
+needs_festival = pytest.mark.skipif(not festival_available(), reason="Festival is not installed (see .ci/run)")
+needs_sam = pytest.mark.skipif(not sam_available(), reason="Node.js + sam-js are not installed (see .ci/run)")
+
+
+def test_engine_of_names_the_engine_from_the_prefix():
+    assert engine_of("en-us+f3") == "espeak-ng"
+    assert engine_of("festival:kal_diphone") == "festival"
+    assert engine_of("sam:elf") == "sam"
+    assert all(engine_of(v) == "festival" for v in engine_voices("festival"))
+    assert len(engine_voices("sam")) == 12 and len(engine_voices("festival")) == 3
+
+
+def test_default_voices_are_exactly_the_espeak_split():
+    assert corpus_voices() == split_voices(None, 0)
+    assert corpus_voices(seed=3) == split_voices(None, 3)
+
+
+@pytest.mark.parametrize("engines, heldout", [(("espeak-ng", "festival"), ("sam",)),
+                                              (("espeak-ng", "sam"), ("festival",))])
+def test_splits_are_voice_disjoint_across_engines_and_the_heldout_engine_is_nowhere_else(engines, heldout):
+    splits = corpus_voices(engines=engines, heldout_engines=heldout, seed=1)
+    assert set(splits) == {"train", "validation", "test", HELDOUT_SPLIT}
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not set(splits[a]) & set(splits[b]), (a, b)
+    assert {engine_of(v) for v in splits[HELDOUT_SPLIT]} == set(heldout)
+    assert sorted(splits[HELDOUT_SPLIT]) == sorted(engine_voices(heldout[0]))
+    for name in ("train", "validation", "test"):
+        assert not {engine_of(v) for v in splits[name]} & set(heldout)
+    # espeak-ng timbres never cross splits, whichever engines come along
+    variants = {name: {v.split("+")[1] for v in splits[name] if engine_of(v) == "espeak-ng"}
+                for name in ("train", "validation", "test")}
+    assert not variants["train"] & variants["test"] and not variants["train"] & variants["validation"]
+
+
+def test_engines_with_few_voices_train_only_and_large_ones_are_split():
+    splits = corpus_voices(engines=("espeak-ng", "festival", "sam"))
+    festival = set(engine_voices("festival"))
+    assert festival <= set(splits["train"])  # 3 voices: too few to hold one out
+    sam_voices = {name: [v for v in members if engine_of(v) == "sam"] for name, members in splits.items()}
+    assert sam_voices["validation"] and sam_voices["test"] and len(sam_voices["train"]) >= 6
+
+
+def test_bad_engine_arguments_name_the_problem():
+    with pytest.raises(ValueError, match="unknown engines \\['flite'\\]"):
+        corpus_voices(engines=("espeak-ng", "flite"))
+    with pytest.raises(ValueError, match="cannot both train and be held out"):
+        corpus_voices(engines=("espeak-ng", "sam"), heldout_engines=("sam",))
+    with pytest.raises(ValueError, match="too few voices"):
+        corpus_voices(engines=("festival",))
+    with pytest.raises(ValueError, match="repeats an engine"):
+        corpus_voices(engines=("espeak-ng", "espeak-ng"))
+
+
+def test_pick_voice_gives_each_engine_an_equal_share():
+    rng = np.random.default_rng(0)
+    names = engine_voices("festival") + [f"en+m{i}" for i in range(1, 8)] * 20
+    picks = [engine_of(_pick_voice(rng, names)) for _ in range(2000)]
+    assert 0.45 < picks.count("festival") / len(picks) < 0.55
+    # one engine: the same draw as before engines existed (corpora keep their bytes)
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    espeak = [f"en+m{i}" for i in range(1, 8)]
+    assert [_pick_voice(a, espeak) for _ in range(20)] == [espeak[b.integers(len(espeak))] for _ in range(20)]
+
+
+@pytest.mark.parametrize("engine", ["festival", "sam"])
+def test_a_missing_engine_is_a_clear_error_before_anything_renders(engine, monkeypatch, tmp_path):
+    module = festival_module if engine == "festival" else sam_module
+    program = "festival" if engine == "festival" else "node"
+    real_which = module.shutil.which
+    monkeypatch.setattr(module.shutil, "which", lambda name: None if name == program else real_which(name))
+    heldout = ("sam",) if engine == "festival" else ("festival",)
+    with pytest.raises(EngineUnavailableError, match=rf"not installed[\s\S]*apt-get install") as info:
+        load_keywords(num_per_class=2, engines=("espeak-ng", engine), heldout_engines=(), cache_dir=tmp_path,
+                      progress=False, num_workers=0)
+    assert engine in str(info.value)
+    assert not list(tmp_path.iterdir())  # nothing half-built was cached
+    del heldout
+
+
+@needs_festival
+def test_festival_is_deterministic_and_follows_rate_and_pitch():
+    requests = [FestivalRequest("turn left now.", voice, rate, pitch)
+                for voice in ("kal_diphone", "cmu_us_slt_arctic_hts") for rate, pitch in ((175, 50), (120, 50),
+                                                                                         (175, 90))]
+    first, second = synthesize_festival(requests), synthesize_festival(list(reversed(requests)))[::-1]
+    for a, b in zip(first, second):
+        assert np.array_equal(a.audio, b.audio) and a.word_starts == b.word_starts
+    for voice_results in (first[:3], first[3:]):
+        normal, slow, high = voice_results
+        assert len(normal.word_starts) == 3 and normal.word_starts == sorted(normal.word_starts)
+        assert len(slow.audio) > 1.25 * len(normal.audio)  # 175 -> 120 words per minute
+    assert not np.array_equal(first[2].audio, first[0].audio)  # diphone pitch (HTS voices ignore pitch)
+
+
+@needs_festival
+def test_festival_pitch_moves_the_fundamental():
+    normal, high = synthesize_festival([FestivalRequest("aaah.", "kal_diphone", 175, 50),
+                                        FestivalRequest("aaah.", "kal_diphone", 175, 100)])
+
+    def f0(result):  # cepstral pitch (60..400 Hz) of the loudest 64 ms
+        audio, sr, frame = result.audio.astype(np.float64), result.sampling_rate, 1024
+        energy = [np.sum(audio[i:i + frame] ** 2) for i in range(0, len(audio) - frame, 256)]
+        start = int(np.argmax(energy)) * 256
+        spectrum = np.log(np.abs(np.fft.rfft(audio[start:start + frame] * np.hanning(frame), 4096)) + 1e-6)
+        cepstrum = np.fft.irfft(spectrum)
+        quefrencies = np.arange(sr // 400, sr // 60)
+        return sr / quefrencies[np.argmax(cepstrum[quefrencies])]
+
+    assert f0(high) > 1.2 * f0(normal)  # half an octave up asked for (1.41x)
+
+
+@needs_sam
+def test_sam_is_deterministic_with_exact_word_onsets():
+    requests = [SamRequest("go left", "elf"), SamRequest("go left", "deep", 120, 20), SamRequest("stop", "sam")]
+    first, second = synthesize_sam(requests), synthesize_sam(requests)
+    for a, b in zip(first, second):
+        assert np.array_equal(a.audio, b.audio) and a.word_starts == b.word_starts
+    assert first[0].word_starts[0] == 0 and first[0].word_starts[1] > 0.1 * first[0].sampling_rate
+    assert len(first[1].audio) > len(first[0].audio)  # slower
+    assert first[0].audio.dtype == np.int16 and np.abs(first[0].audio).max() > 1000
+
+
+@needs_festival
+@needs_sam
+def test_multi_engine_corpora_render_the_same_bytes_whatever_the_workers(tmp_path):
+    options = dict(num_per_class=3, engines=("espeak-ng", "festival"), heldout_engines=("sam",), progress=False)
+    a = load_keywords(cache_dir=tmp_path / "a", num_workers=0, **options)
+    b = load_keywords(cache_dir=tmp_path / "b", num_workers=2, **options)
+    assert set(a) == {"train", "validation", "test", HELDOUT_SPLIT}
+    for split in a:
+        assert a[split]["voice"] == b[split]["voice"]
+        for x, y in zip(a[split].with_format("numpy")["audio"], b[split].with_format("numpy")["audio"]):
+            assert np.array_equal(x["array"], y["array"])
+    assert {engine_of(v) for v in a[HELDOUT_SPLIT]["voice"] if v} == {"sam"}
+    assert "festival" in {engine_of(v) for v in a["train"]["voice"] if v}
+    assert not {engine_of(v) for v in a["test"]["voice"] if v} - {"espeak-ng"}
+    # transcribed corpora: word onsets for every word, whichever engine spoke
+    t = load_transcribed(num_train=4, num_eval=2, engines=("espeak-ng", "festival"), heldout_engines=("sam",),
+                         cache_dir=tmp_path / "t", progress=False, num_workers=0)
+    for split in t:
+        for row in t[split]:
+            assert len(row["word_starts"]) == len(row["text"].split())
+
+
+@needs_festival
+def test_render_clip_keeps_the_length_and_level_contracts_for_festival():
+    spec = ClipSpec(text="yes", voice="festival:ked_diphone", seed=4, sampling_rate=16000, length=16000,
+                    peak_dbfs=-6.0)
+    clip = render_clip(spec)
+    assert clip.audio.shape == (16000,) and clip.audio.dtype == np.float32
+    assert 0.3 < np.abs(clip.audio).max() <= 0.99
+    assert np.array_equal(render_clip(spec).audio, clip.audio)
