@@ -61,6 +61,11 @@ def causal_conv1d_fn(x, weight, bias=None, activation=None, backend="auto"):
 
     if resolve_backend("causal_conv1d", x, weight, bias, backend=backend) == "cuda":
         cuda_fn, _ = cuda_kernels("causal_conv1d")
+        channel_last = x.stride(1) == 1 and x.stride(2) != 1
+        if channel_last and (x.shape[1] % 8 or x.stride(0) % 8 or x.stride(2) % 8):
+            # causal-conv1d reads a channel-last view only with 8-aligned channels and strides (a Mamba-2 in_proj
+            # slice of another width is not): give it a channel-first copy instead of an error
+            x = x.contiguous()
         return cuda_fn(x, weight, bias, activation=activation)
 
     width = weight.shape[1]

@@ -338,16 +338,18 @@ class MambaMixer(_SelectiveMixerBase):
             ssm_state = cache.get_recurrent_state(self.layer_idx, state_idx)
             outputs = []
             for t in range(x.shape[-1]):
-                x_t = causal_conv1d_update(x[:, :, t], conv_state, conv_weight, conv1d.bias, activation="silu")
+                x_t = causal_conv1d_update(x[:, :, t], conv_state, conv_weight, conv1d.bias, activation="silu",
+                                           backend=self.backend)
                 dt_t, B_t, C_t = torch.split(x_proj(x_t), [self.dt_rank, self.d_state, self.d_state], dim=-1)
                 outputs.append(selective_state_update(
-                    ssm_state, x_t, dt_proj(dt_t), A, B_t, C_t, D=D.float(), z=z[:, :, t], dt_softplus=True
+                    ssm_state, x_t, dt_proj(dt_t), A, B_t, C_t, D=D.float(), z=z[:, :, t], dt_softplus=True,
+                    backend=self.backend,
                 ))
             return torch.stack(outputs, dim=-1)
 
         if cache is not None:
             self._store_conv_state(x, cache, state_idx)
-        x = causal_conv1d_fn(x, conv_weight, conv1d.bias, activation="silu")
+        x = causal_conv1d_fn(x, conv_weight, conv1d.bias, activation="silu", backend=self.backend)
         x = mask_padding(x, attention_mask, time_dim=2)
         dt, B, C = torch.split(x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = dt_proj(dt).transpose(1, 2)  # (batch, d_inner, L); the dt bias is inside the projection
@@ -484,12 +486,13 @@ class Mamba2Mixer(_SelectiveMixerBase):
             ssm_state = cache.get_recurrent_state(self.layer_idx, state_idx)
             outputs = []
             for t in range(seq_len):
-                xBC_t = causal_conv1d_update(xBC[:, t], conv_state, conv_weight, conv1d.bias, activation="silu")
+                xBC_t = causal_conv1d_update(xBC[:, t], conv_state, conv_weight, conv1d.bias, activation="silu",
+                                             backend=self.backend)
                 x_t, B_t, C_t = torch.split(xBC_t, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
                 y_t = mamba2_state_update(
                     ssm_state, x_t.view(batch, self.nheads, self.headdim), dt[:, t], A,
                     B_t.view(batch, self.ngroups, self.d_state), C_t.view(batch, self.ngroups, self.d_state),
-                    D=D.float(), dt_bias=dt_bias.float(), dt_softplus=True,
+                    D=D.float(), dt_bias=dt_bias.float(), dt_softplus=True, backend=self.backend,
                 )
                 outputs.append(y_t.reshape(batch, self.d_inner))
             return torch.stack(outputs, dim=1)
@@ -497,7 +500,7 @@ class Mamba2Mixer(_SelectiveMixerBase):
         xBC = xBC.transpose(1, 2)
         if cache is not None:
             self._store_conv_state(xBC, cache, state_idx)
-        xBC = causal_conv1d_fn(xBC, conv_weight, conv1d.bias, activation="silu").transpose(1, 2)
+        xBC = causal_conv1d_fn(xBC, conv_weight, conv1d.bias, activation="silu", backend=self.backend).transpose(1, 2)
         xBC = mask_padding(xBC, attention_mask)
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         if attention_mask is not None:

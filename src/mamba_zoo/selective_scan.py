@@ -183,6 +183,22 @@ def selective_scan_reference(
 # ----------------------------------------------------------------------------------------------
 
 
+def _last_state_with_grad(u, delta, A, B, delta_bias, delta_softplus):
+    """The scan's final state ``(batch, dim, N)``, float32, differentiable, in closed form:
+    ``h_L = sum_t exp(A * sum_{s>t} dt_s) * dt_t * u_t * B_t``. Used on CUDA where mamba-ssm's backward ignores
+    the last state's gradient; it holds a ``(batch, dim, N, L)`` tensor, so only when that gradient is needed."""
+    dt = delta.float()
+    if delta_bias is not None:
+        dt = dt + delta_bias.float()[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    after = dt.flip(-1).cumsum(-1).flip(-1) - dt  # sum of dt over the steps after t
+    B = B.float()
+    B = B.unsqueeze(1) if B.dim() == 3 else B.repeat_interleave(u.shape[1] // B.shape[1], dim=1)  # (b, d|1, N, L)
+    decay = torch.exp(A.float()[None, :, :, None] * after[:, :, None, :])  # (b, d, N, L)
+    return (decay * (dt * u.float())[:, :, None, :] * B).sum(-1)
+
+
 def selective_scan_fn(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -223,6 +239,11 @@ def selective_scan_fn(
     resolved = resolve_backend("selective_scan", u, delta, A, B, C, D, z, delta_bias, backend=backend)
     if resolved == "cuda":
         scan_fn, _ = cuda_kernels("selective_scan")
+        needs_state_grad = return_last_state and torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (u, delta, A, B, delta_bias))
+        if needs_state_grad:  # mamba-ssm's backward drops the last state's gradient: compute that state here
+            out = scan_fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+            return out, _last_state_with_grad(u, delta, A, B, delta_bias, delta_softplus)
         return scan_fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                        delta_softplus=delta_softplus, return_last_state=return_last_state)
     if resolved == "cpu":
@@ -326,6 +347,30 @@ def selective_state_update_reference(state, x, dt, A, B, C, D=None, z=None, dt_b
     return out.squeeze(-1) if squeeze else out
 
 
+def _cuda_state_update(cuda_update, state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+    """mamba-ssm's Triton step, fed what it needs: zeros for an absent ``D`` / ``dt_bias`` (it reads their strides
+    unconditionally), and grouped ``B``/``C`` of the Mamba-1 layout as heads (it only groups heads)."""
+    head_shape = x.shape[1:]
+    if dt_bias is None:
+        dt_bias = torch.zeros(head_shape, dtype=torch.float32, device=x.device)
+    if D is None:
+        D = torch.zeros(head_shape, dtype=torch.float32, device=x.device)
+    if state.dim() == 4 or B.dim() == 2:
+        return cuda_update(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+    batch, dim, dstate = state.shape  # Mamba-1 layout with groups: channel d reads group d // (dim // G)
+    groups = B.shape[1]
+    heads = (groups, dim // groups)
+    state_4d = state if state.is_contiguous() else state.contiguous()
+    out = cuda_update(
+        state_4d.view(batch, *heads, dstate), x.reshape(batch, *heads), dt.reshape(batch, *heads),
+        A.reshape(*heads, dstate), B, C, D=D.reshape(heads), z=None if z is None else z.reshape(batch, *heads),
+        dt_bias=dt_bias.reshape(heads), dt_softplus=dt_softplus,
+    )
+    if state_4d is not state:
+        state.copy_(state_4d)
+    return out.reshape(batch, dim)
+
+
 def selective_state_update(
     state: torch.Tensor,
     x: torch.Tensor,
@@ -356,7 +401,7 @@ def selective_state_update(
     resolved = resolve_backend("selective_scan", state, x, dt, A, B, C, D, z, dt_bias, backend=backend)
     cuda_update = cuda_kernels("selective_scan")[1] if resolved == "cuda" else None
     if cuda_update is not None:  # None: mamba-ssm's Triton step did not import; the PyTorch step runs instead
-        return cuda_update(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+        return _cuda_state_update(cuda_update, state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     if resolved == "cpu":
         return cpu_kernels().selective_state_update_cpu(
             state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus

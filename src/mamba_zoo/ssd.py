@@ -330,8 +330,12 @@ def mamba2_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_
         # mamba-ssm's kernel is per (head, channel); stride-0 expansions tie them (as Mamba2.step does).
         A_full = A[:, None, None].expand(nheads, headdim, dstate).to(torch.float32)
         dt_full = dt[:, :, None].expand(batch, nheads, headdim)
-        bias_full = None if dt_bias is None else dt_bias[:, None].expand(nheads, headdim)
-        D_full = None if D is None else (D if D.dim() == 2 else D[:, None].expand(nheads, headdim))
+        # mamba-ssm's step reads dt_bias's and D's strides unconditionally: zeros stand in for absent ones
+        bias_full = (x.new_zeros((), dtype=torch.float32) if dt_bias is None else dt_bias)
+        bias_full = bias_full.expand(nheads) if bias_full.dim() == 0 else bias_full
+        bias_full = bias_full[:, None].expand(nheads, headdim)
+        D_full = x.new_zeros((nheads, headdim), dtype=torch.float32) if D is None else (
+            D if D.dim() == 2 else D[:, None].expand(nheads, headdim))
         return cuda_update(state, x, dt_full, A_full, B, C, D_full, z=z, dt_bias=bias_full,
                            dt_softplus=dt_softplus)
 
