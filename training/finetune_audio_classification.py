@@ -35,7 +35,13 @@ from mamba_zoo import SSAMBAConfig, SSAMBAFeatureExtractor, SSAMBAForAudioClassi
 from mamba_zoo.configuration_ssamba import patch_shape
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.py, also when imported from elsewhere
-from common import TrainingBudgetCallback, end_distributed_run, max_train_minutes_field, parse_script_args  # noqa: E402
+from common import (  # noqa: E402
+    TrainingBudgetCallback,
+    augmented_copies,
+    end_distributed_run,
+    max_train_minutes_field,
+    parse_script_args,
+)
 
 logger = logging.getLogger("finetune_audio_classification")
 
@@ -96,6 +102,10 @@ class DataArguments:
     feature_preset: str = field(default="speechcommands", metadata={"help": "audioset, esc50 or speechcommands"})
     max_length: Optional[int] = field(default=None, metadata={"help": "frames (default: the preset's)"})
     spec_augment: bool = field(default=True, metadata={"help": "random time shift + time/frequency masking"})
+    waveform_augment_copies: int = field(default=0, metadata={
+        "help": "voice + channel augmentation (speed, pitch, VTLP, rooms, band limits, codecs, noise; "
+                "mamba_zoo.augmentation): this many seeded augmented versions of every training clip are computed "
+                "once, and each step draws one of the original and its copies"})
     freq_mask: int = field(default=24, metadata={"help": "SpecAugment: max masked mel bins"})
     time_mask: int = field(default=24, metadata={"help": "SpecAugment: max masked frames"})
     max_train_minutes: Optional[float] = max_train_minutes_field()
@@ -152,19 +162,25 @@ def decode_audio(example_audio, sampling_rate: int) -> np.ndarray:
     raise ValueError(f"Cannot read audio cell of type {type(example_audio)}.")
 
 
-def compute_features(dataset, feature_extractor, audio_column="audio", batch_size=256, desc="features"):
-    """All clips of a split as one `(n, max_length, mel)` float32 tensor (the features are deterministic, so they are
-    computed once instead of every epoch)."""
+def decode_clips(dataset, sampling_rate: int, audio_column="audio") -> list:
+    """Every clip of a split as float32 arrays at `sampling_rate`."""
     from datasets import Audio
-    from tqdm.auto import tqdm
 
     if isinstance(dataset.features.get(audio_column), Audio):
         dataset = dataset.cast_column(audio_column, Audio(decode=False))
+    return [decode_audio(a, sampling_rate) for a in dataset[audio_column]]
+
+
+def compute_features(dataset, feature_extractor, audio_column="audio", batch_size=256, desc="features", clips=None):
+    """All clips of a split (or the decoded `clips`) as one `(n, max_length, mel)` float32 tensor (the features are
+    deterministic, so they are computed once instead of every epoch)."""
+    from tqdm.auto import tqdm
+
+    clips = decode_clips(dataset, feature_extractor.sampling_rate, audio_column) if clips is None else clips
     chunks = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc=desc, leave=False):
-        rows = dataset[start:start + batch_size][audio_column]
-        clips = [decode_audio(a, feature_extractor.sampling_rate) for a in rows]
-        values = feature_extractor(clips, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
+    for start in tqdm(range(0, len(clips), batch_size), desc=desc, leave=False):
+        values = feature_extractor(clips[start:start + batch_size], sampling_rate=feature_extractor.sampling_rate,
+                                   return_tensors="pt")
         chunks.append(values["input_values"])
     return torch.cat(chunks)
 
@@ -182,17 +198,22 @@ def subsample_per_class(labels: np.ndarray, per_class: int, seed: int) -> np.nda
 class SpectrogramDataset(torch.utils.data.Dataset):
     """Precomputed spectrograms `(n, time, mel)` + labels; with `augment`, SSAST-style SpecAugment (up to
     `freq_mask` mel bins and `time_mask` frames masked to 0, the normalised padding value's neighbourhood) and a random
-    circular time shift of up to `max_shift` frames."""
+    circular time shift of up to `max_shift` frames. `views`: spectrograms of augmented versions of the same clips,
+    `(copies, n, time, mel)`; each item is then drawn from the original and its copies."""
 
-    def __init__(self, features, labels=None, augment=False, freq_mask=24, time_mask=24, max_shift=10):
+    def __init__(self, features, labels=None, augment=False, freq_mask=24, time_mask=24, max_shift=10, views=None):
         self.features, self.labels, self.augment = features, labels, augment
         self.freq_mask, self.time_mask, self.max_shift = freq_mask, time_mask, max_shift
+        self.views = views
 
     def __len__(self):
         return self.features.shape[0]
 
     def __getitem__(self, i):
         x = self.features[i]
+        if self.views is not None:
+            view = int(torch.randint(0, self.views.shape[0] + 1, ()))
+            x = x if view == 0 else self.views[view - 1, i]
         if self.augment:
             x = x.clone()
             shift = int(torch.randint(-self.max_shift, self.max_shift + 1, ()))
@@ -282,6 +303,11 @@ def write_model_card(output_dir, model, results: dict, training_args, model_args
         f"mamba-zoo embedded keyword corpus, training engines {data_args.engines.replace(',', ', ')}, split by voice"
         + (f"; held-out engines {data_args.heldout_engines.replace(',', ', ')} (heldout_engine_* rows: never heard "
            "in training)" if data_args.heldout_engines else ""))
+    if data_args.waveform_augment_copies:
+        from mamba_zoo.augmentation import WaveformAugmenter
+
+        dataset += (f". Voice and channel augmentation: {data_args.waveform_augment_copies} seeded copies of every "
+                    f"training clip ({WaveformAugmenter().describe()})")
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items())
     card = f"""---
 library_name: transformers
@@ -340,18 +366,27 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     id2label = {i: n for i, n in enumerate(names)}
     label2id = {n: i for i, n in id2label.items()}
 
-    def split(name, augment=False, per_class=None, max_samples=None):
+    def split(name, augment=False, per_class=None, max_samples=None, waveform_copies=0):
         ds = dataset[name]
         labels = np.asarray(ds[data_args.label_column])
         if per_class is not None:
             ds = ds.select(subsample_per_class(labels, per_class, training_args.seed))
         if max_samples is not None:
             ds = ds.select(range(min(max_samples, len(ds))))
-        features = compute_features(ds, feature_extractor, data_args.audio_column, desc=f"{name} features")
+        sampling_rate = feature_extractor.sampling_rate
+        clips = decode_clips(ds, sampling_rate, data_args.audio_column)
+        features = compute_features(ds, feature_extractor, desc=f"{name} features", clips=clips)
+        views = None
+        if waveform_copies > 0:
+            copies = augmented_copies(clips, sampling_rate, waveform_copies, training_args.seed,
+                                      num_workers=min(2, os.cpu_count() or 1), desc=f"{name} augmentation")
+            views = torch.stack([compute_features(None, feature_extractor, desc=f"{name} augmented features",
+                                                  clips=copy) for copy in copies])
         return SpectrogramDataset(features, torch.tensor(ds[data_args.label_column]), augment=augment,
-                                  freq_mask=data_args.freq_mask, time_mask=data_args.time_mask)
+                                  freq_mask=data_args.freq_mask, time_mask=data_args.time_mask, views=views)
 
-    train = split(data_args.train_split, data_args.spec_augment, data_args.train_per_class, data_args.max_train_samples)
+    train = split(data_args.train_split, data_args.spec_augment, data_args.train_per_class, data_args.max_train_samples,
+                  waveform_copies=data_args.waveform_augment_copies)
     evaluation = split(data_args.eval_split) if data_args.eval_split in dataset else None
     test = split(data_args.test_split) if data_args.test_split in dataset else None
     heldout = split(data_args.heldout_split) if data_args.heldout_split in dataset else None
@@ -367,7 +402,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         compute_metrics=accuracy_metrics, callbacks=[budget], processing_class=feature_extractor,
     )
     train_result = trainer.train()
-    results = {"train_clips": len(train), "train_steps": train_result.global_step,
+    results = {"train_clips": len(train), "waveform_augment_copies": data_args.waveform_augment_copies,
+               "train_steps": train_result.global_step,
                "train_minutes": round(train_result.metrics["train_runtime"] / 60, 2), **budget.summary()}
     if evaluation is not None:
         results["validation_accuracy"] = trainer.evaluate(evaluation, metric_key_prefix="eval")["eval_accuracy"]

@@ -39,6 +39,8 @@ def parse_args(argv=None):
                         help="training engines, comma-separated (python -m mamba_zoo.corpora engines lists them)")
     parser.add_argument("--heldout_engines", default="sam",
                         help="engines never heard in training, evaluated apart ('' for none)")
+    parser.add_argument("--waveform_augment_copies", type=int, default=2,
+                        help="seeded voice + channel augmented copies of every fine-tuning clip (0: none)")
     parser.add_argument("--hidden_size", type=int, default=128, help="model width (SSAMBA-tiny: 192)")
     parser.add_argument("--num_hidden_layers", type=int, default=8, help="depth (released SSAMBA: 24)")
     parser.add_argument("--patch_frames", type=int, default=4,
@@ -131,7 +133,8 @@ def main(argv=None):
     if args.max_train_minutes is not None:
         finetune_minutes = max(0.0, args.max_train_minutes - pretrain_results.get("train_minutes", 0.0))
     data_args = finetune.DataArguments(max_train_minutes=finetune_minutes, engines=args.engines,
-                                       heldout_engines=args.heldout_engines)
+                                       heldout_engines=args.heldout_engines,
+                                       waveform_augment_copies=args.waveform_augment_copies)
     training_args = TrainingArguments(
         output_dir=args.output_dir, max_steps=args.finetune_steps, learning_rate=args.learning_rate,
         warmup_steps=0.05, lr_scheduler_type="cosine", weight_decay=0.05, eval_strategy="no", **common,
@@ -169,6 +172,7 @@ def main(argv=None):
                                    if "heldout_engine_accuracy" in results else None,
         "training_engines": args.engines,
         "heldout_engines": args.heldout_engines,
+        "waveform_augment_copies": args.waveform_augment_copies,
         "pipeline_correct": f"{sum(t == p for t, p, _ in shown)}/{len(shown)}",
         "total_minutes": round(total_minutes, 2),
         "stopped_by_time_budget": pretrain_results.get("stopped_by_time_budget", False)
