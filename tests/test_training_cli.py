@@ -438,8 +438,16 @@ def test_decoder_asr_explicit_flags_win(tmp_path):
     assert ta.output_dir == "outputs/mamba-asr-digits"
 
 
+def _engines_here():
+    from mamba_zoo.corpora import engines_status
+
+    # the default engines (Festival to train, SAM held out) where installed, else espeak-ng alone
+    return [] if all(reason is None for reason in engines_status().values()) else [
+        "--engines", "espeak-ng", "--heldout_engines", ""]
+
+
 TINY_ASR = ["--num_train", "16", "--num_eval", "4", "--hidden_size", "32", "--num_layers", "2",
-            "--per_device_train_batch_size", "4", "--max_steps", "2"]
+            "--per_device_train_batch_size", "4", "--max_steps", "2"] + _engines_here()
 
 
 def test_decoder_asr_tiny_run_writes_output_dir(tmp_path):
@@ -512,7 +520,7 @@ def test_ctc_tiny_run_writes_output_dir(tmp_path):
     out = tmp_path / "ctc"
     results = ctc.main(["--num_train", "16", "--num_eval", "4", "--hidden_size", "32", "--num_hidden_layers", "2",
                         "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--skip_long_form",
-                        "--output_dir", str(out)])
+                        "--output_dir", str(out)] + _engines_here())
     assert results["steps"] == 2 and 0 <= results["test"]["cer"] and results["stopped_by_time_budget"] is False
     assert json.loads((out / "eval_results.json").read_text())["steps"] == 2
     for name in ("config.json", "model.safetensors", "processor_config.json", "vocab.json", "README.md"):

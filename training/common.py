@@ -203,3 +203,21 @@ def augmented_copies(clips, sampling_rate: int, copies: int, seed: int, settings
                     bar.update(len(job[0]))
         result.append(out)
     return result
+
+
+def parse_engines(text: str):
+    """The `--engines` flag of the speech recipes: "espeak-ng,festival" (equal shares) or with weights
+    "espeak-ng:3,festival:1". Returns `(names, weights or None)`; "" gives `((), None)`."""
+    names, weights = [], []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, _, weight = part.partition(":")
+        names.append(name.strip())
+        try:
+            weights.append(float(weight) if weight else None)
+        except ValueError:
+            raise ValueError(f"Bad engine weight in {part!r}: write engine:weight, e.g. 'festival:1'.") from None
+    if any(w is not None for w in weights) and any(w is None for w in weights):
+        raise ValueError(f"Give a weight to every engine or to none: {text!r}.")
+    return tuple(names), (tuple(weights) if weights and weights[0] is not None else None)

@@ -40,6 +40,7 @@ from common import (  # noqa: E402
     augmented_copies,
     end_distributed_run,
     max_train_minutes_field,
+    parse_engines,
     parse_script_args,
 )
 
@@ -90,7 +91,8 @@ class DataArguments:
     test_split: str = field(default="test")
     num_per_class: int = field(default=200, metadata={"help": "embedded corpus: training clips per class"})
     engines: str = field(default="espeak-ng", metadata={
-        "help": "embedded corpus: training engines, comma-separated (espeak-ng, festival, sam)"})
+        "help": "embedded corpus: training engines, comma-separated (espeak-ng, festival, sam), optionally with "
+                "shares: espeak-ng:3,festival:1"})
     heldout_engines: str = field(default="", metadata={
         "help": "embedded corpus: engines heard in no training split, evaluated as the heldout_engine split"})
     heldout_split: str = field(default="heldout_engine", metadata={
@@ -121,7 +123,8 @@ def load_audio_dataset(data_args: DataArguments):
     if data_args.dataset_path is None:
         from mamba_zoo.corpora import load_keywords
 
-        return load_keywords(num_per_class=data_args.num_per_class, engines=engine_list(data_args.engines),
+        engines, weights = parse_engines(data_args.engines)
+        return load_keywords(num_per_class=data_args.num_per_class, engines=engines, engine_weights=weights,
                              heldout_engines=engine_list(data_args.heldout_engines))
     from datasets import load_from_disk
 
@@ -129,8 +132,8 @@ def load_audio_dataset(data_args: DataArguments):
 
 
 def engine_list(text: str) -> tuple[str, ...]:
-    """"espeak-ng,festival" -> ("espeak-ng", "festival"); "" -> ()."""
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+    """"espeak-ng:3,festival:1" or "espeak-ng,festival" -> ("espeak-ng", "festival"); "" -> ()."""
+    return parse_engines(text)[0]
 
 
 def accuracy_by_engine(predictions: np.ndarray, labels: np.ndarray, voices) -> dict:

@@ -35,8 +35,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/ssamba-keywords")
     parser.add_argument("--num_per_class", type=int, default=200, help="training clips per class in the corpus")
-    parser.add_argument("--engines", default="espeak-ng,festival",
-                        help="training engines, comma-separated (python -m mamba_zoo.corpora engines lists them)")
+    parser.add_argument("--engines", default="espeak-ng:3,festival:1",
+                        help="training engines, comma-separated, optionally with their shares of the clips "
+                             "(python -m mamba_zoo.corpora engines lists them)")
     parser.add_argument("--heldout_engines", default="sam",
                         help="engines never heard in training, evaluated apart ('' for none)")
     parser.add_argument("--waveform_augment_copies", type=int, default=2,
@@ -85,9 +86,9 @@ def main(argv=None):
     # 1. data ---------------------------------------------------------------------------------------------------------
     t0 = time.time()
     print("[1/5] keyword corpus (built once, then cached)")
-    corpus = load_keywords(num_per_class=args.num_per_class, seed=args.seed,
-                           engines=finetune.engine_list(args.engines),
-                           heldout_engines=finetune.engine_list(args.heldout_engines))
+    engines, engine_weights = finetune.parse_engines(args.engines)
+    corpus = load_keywords(num_per_class=args.num_per_class, seed=args.seed, engines=engines,
+                           engine_weights=engine_weights, heldout_engines=finetune.engine_list(args.heldout_engines))
     names = corpus["train"].features["label"].names
     corpus_minutes = (time.time() - t0) / 60
     print(f"      {len(corpus['train'])} train / {len(corpus['validation'])} validation / {len(corpus['test'])} test "

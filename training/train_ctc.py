@@ -2,14 +2,16 @@
 # Copyright 2026 The mamba-zoo authors. Apache-2.0.
 """Train MambaForCTC with `Trainer` on transcribed speech and save a pipeline-ready checkpoint.
 
-Defaults: the embedded digit-string corpus (`mamba_zoo.corpora.load_transcribed("digits")`: espeak-ng voices, split by
-voice so test voices are never heard in training), a 0.4M-parameter bidirectional Mamba encoder (4 blocks, width 96), greedy CTC, and
+Defaults: the embedded digit-string corpus (`mamba_zoo.corpora.load_transcribed("digits")`: espeak-ng and Festival
+voices, split by voice so test voices are never heard in training, plus a `heldout_engine` split spoken by SAM, an
+engine never heard in training), a 0.4M-parameter bidirectional Mamba encoder (4 blocks, width 96), greedy CTC, and
 `outputs/mamba-ctc-digits/` with model, processor and a model card holding the measured WER/CER:
 
     python training/train_ctc.py
     python training/train_ctc.py --kind sentences --output_dir outputs/mamba-ctc-sentences --num_train_epochs 30
     python training/train_ctc.py --lora --init_from outputs/mamba-ctc-digits --output_dir outputs/mamba-ctc-lora
     python training/train_ctc.py --per_device_train_batch_size 32 --learning_rate 1e-3 --max_steps 500
+    python training/train_ctc.py --engines espeak-ng --heldout_engines festival,sam --waveform_augment_copies 2
     python training/train_ctc.py args.json                                  # every flag below as one JSON object
     torchrun --nproc_per_node 2 training/train_ctc.py --output_dir outputs/mamba-ctc-ddp ...
 
@@ -34,6 +36,13 @@ The recipe is fixed-length (15 epochs = 1875 steps on the default corpus); `--ma
 training at a wall-clock budget and records it in `eval_results.json` (`stopped_by_time_budget`). FSDP is not supported
 (the model is saved with `save_pretrained`).
 
+Generalisation: `--engines` (default "espeak-ng,festival"; "espeak-ng:3,festival:1" gives shares) picks the training
+engines, `--heldout_engines` (default "sam"; "" for none) those of the `heldout_engine` split, which is decoded like
+test after training (`heldout_engine_wer`, `heldout_engine_cer` and, with several engines, `heldout_engine_wer_<engine>`
+in `eval_results.json`, the printed summary and the model card). `--waveform_augment_copies N` (default 0) precomputes N
+seeded augmented versions of every training utterance (`mamba_zoo.augmentation.WaveformAugmenter`, same length); each
+training item is drawn among the original and its copies.
+
 Then: `pipeline("automatic-speech-recognition", model="outputs/mamba-ctc-digits", trust_remote_code=True)`.
 """
 
@@ -57,28 +66,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mamba_zoo  # noqa: E402  (registers the Auto* classes)
 from mamba_zoo import MambaCTCConfig, MambaCTCProcessor, MambaForCTC, normalize_transcript  # noqa: E402
-from common import TrainingBudgetCallback, end_distributed_run, max_train_minutes_field, parse_script_args  # noqa: E402
+from common import (  # noqa: E402
+    TrainingBudgetCallback,
+    augmented_copies,
+    end_distributed_run,
+    max_train_minutes_field,
+    parse_engines,
+    parse_script_args,
+)
+from mamba_zoo.corpora import HELDOUT_SPLIT  # noqa: E402  (the split spoken only by engines never heard in training)
 
 
 # ---------------------------------------------------------------------------------------------------------- data
 
 
 class AudioTextDataset(torch.utils.data.Dataset):
-    """In-memory list of `{"audio": float32 array at 16 kHz, "text": str}`."""
+    """In-memory list of `{"audio": float32 array at 16 kHz, "text": str}`; `voice` (optional) names each utterance's
+    voice. `views`: augmented versions of the same utterances, a list of copies each as long as `audio` (same
+    lengths); each item is then drawn among the original and its copies (torch's generator, which the Trainer seeds)."""
 
-    def __init__(self, audio: list[np.ndarray], text: list[str]):
-        self.audio, self.text = audio, text
+    def __init__(self, audio: list[np.ndarray], text: list[str], voice: Optional[list[str]] = None,
+                 views: Optional[list[list[np.ndarray]]] = None):
+        self.audio, self.text, self.voice, self.views = audio, text, voice, views
 
     def __len__(self):
         return len(self.audio)
 
     def __getitem__(self, index):
-        return {"audio": self.audio[index], "text": self.text[index]}
+        audio = self.audio[index]
+        if self.views:
+            view = int(torch.randint(0, len(self.views) + 1, ()))
+            audio = audio if view == 0 else self.views[view - 1][index]
+        return {"audio": audio, "text": self.text[index]}
 
 
 def dataset_to_memory(split) -> AudioTextDataset:
     """A `datasets.Dataset` with `audio` ({array, sampling_rate}) and `text` -> `AudioTextDataset` (arrays decoded
     once; no torchcodec needed)."""
+    voice = [str(v) for v in split["voice"]] if "voice" in split.column_names else None
     split = split.with_format("numpy", columns=["audio", "text"])
     audio, text = [], []
     for row in split:
@@ -86,7 +111,7 @@ def dataset_to_memory(split) -> AudioTextDataset:
             raise ValueError(f"Expected 16 kHz audio, got {row['audio']['sampling_rate']} Hz; resample first.")
         audio.append(np.asarray(row["audio"]["array"], dtype=np.float32))
         text.append(str(row["text"]))
-    return AudioTextDataset(audio, text)
+    return AudioTextDataset(audio, text, voice)
 
 
 @dataclass
@@ -126,6 +151,22 @@ def word_and_char_error_rates(predictions: list[str], references: list[str]) -> 
     references = [normalize_transcript(r) for r in references]
     predictions = [normalize_transcript(p) for p in predictions]
     return {"wer": float(jiwer.wer(references, predictions)), "cer": float(jiwer.cer(references, predictions))}
+
+
+def heldout_engine_rates(predictions: list[str], dataset: AudioTextDataset) -> dict[str, float]:
+    """`heldout_engine_wer` / `heldout_engine_cer` over the held-out-engine split and, when it has several engines,
+    `heldout_engine_wer_<engine>` for each (fractions, like the test split's)."""
+    from mamba_zoo.corpora import engine_of
+
+    rates = word_and_char_error_rates(predictions, dataset.text)
+    result = {"heldout_engine_wer": rates["wer"], "heldout_engine_cer": rates["cer"]}
+    engines = [engine_of(v) for v in dataset.voice] if dataset.voice is not None else []
+    if len(set(engines)) > 1:
+        for engine in sorted(set(engines)):
+            members = [i for i, e in enumerate(engines) if e == engine]
+            result[f"heldout_engine_wer_{engine}"] = word_and_char_error_rates(
+                [predictions[i] for i in members], [dataset.text[i] for i in members])["wer"]
+    return result
 
 
 def make_compute_metrics(processor: MambaCTCProcessor):
@@ -210,8 +251,24 @@ def long_form_check(output_dir: str, dataset: AudioTextDataset, seconds: float =
 # ---------------------------------------------------------------------------------------------------------- card
 
 
+def engines_sentence(results: dict) -> str:
+    """Which engines trained and which were held out, for the model card."""
+    training = ", ".join(results.get("training_engines") or ["espeak-ng"])
+    heldout = ", ".join(results.get("heldout_engines") or [])
+    sentence = f"Training engines: {training}."
+    heard = sorted(set(results.get("heldout_engines") or []) & set(results.get("training_engines") or []))
+    if heard:  # --eval_only on a corpus whose held-out engines this checkpoint was trained on
+        sentence += (f" The `{HELDOUT_SPLIT}` rows ({heldout}) include engines heard in training ({', '.join(heard)}):"
+                     " they do not measure generalisation to an unseen synthesiser.")
+    elif heldout:
+        sentence += (f" Held-out engines: {heldout}, never heard in training (the `{HELDOUT_SPLIT}` rows measure "
+                     "how the model generalises to an unseen synthesiser).")
+    return sentence
+
+
 def write_model_card(output_dir: str, kind: str, results: dict) -> None:
     test = results["test"]
+    engines = ", ".join(results.get("training_engines") or ["espeak-ng"])
     lines = [
         "---",
         "library_name: transformers",
@@ -222,7 +279,7 @@ def write_model_card(output_dir: str, kind: str, results: dict) -> None:
         f"- name: {Path(output_dir).name}",
         "  results:",
         "  - task: {type: automatic-speech-recognition}",
-        f"    dataset: {{name: mamba-zoo transcribed-{kind} (espeak-ng, held-out voices), type: synthetic}}",
+        f"    dataset: {{name: mamba-zoo transcribed-{kind} ({engines}, held-out voices), type: synthetic}}",
         "    metrics:",
         f"    - {{type: wer, value: {100 * test['wer']:.2f}}}",
         f"    - {{type: cer, value: {100 * test['cer']:.2f}}}",
@@ -231,8 +288,8 @@ def write_model_card(output_dir: str, kind: str, results: dict) -> None:
         f"# {Path(output_dir).name}",
         "",
         f"MambaForCTC (bidirectional Mamba encoder, CTC) trained with `training/train_ctc.py` on the embedded "
-        f"`{kind}` corpus of mamba-zoo ({results['num_train']} training utterances, espeak-ng voices). Test voices "
-        f"are never heard in training.",
+        f"`{kind}` corpus of mamba-zoo ({results['num_train']} training utterances, {engines} voices). Test voices "
+        f"are never heard in training. {engines_sentence(results)}",
         "",
         "| split | WER | CER |",
         "|---|---|---|",
@@ -240,6 +297,20 @@ def write_model_card(output_dir: str, kind: str, results: dict) -> None:
     for split in ("validation", "test"):
         if split in results:
             lines.append(f"| {split} (held-out voices) | {100 * results[split]['wer']:.2f}% | {100 * results[split]['cer']:.2f}% |")
+    if "heldout_engine_wer" in results:
+        heldout = ", ".join(results.get("heldout_engines") or [])
+        heldout += "" if set(results.get("heldout_engines") or []) & set(results.get("training_engines") or []) \
+            else ": never heard in training"
+        lines.append(f"| {HELDOUT_SPLIT} ({heldout}) | "
+                     f"{100 * results['heldout_engine_wer']:.2f}% | {100 * results['heldout_engine_cer']:.2f}% |")
+        for key in sorted(k for k in results if k.startswith("heldout_engine_wer_")):
+            lines.append(f"| {HELDOUT_SPLIT}, {key[len('heldout_engine_wer_'):]} only | {100 * results[key]:.2f}% | |")
+    if results.get("waveform_augment_copies"):
+        from mamba_zoo.augmentation import WaveformAugmenter
+
+        lines += ["", f"Voice and channel augmentation: {results['waveform_augment_copies']} seeded copies of every "
+                      f"training utterance ({WaveformAugmenter().describe()}); each training item is drawn among the "
+                      "original and its copies."]
     lines += [
         "",
         f"Parameters: {results['parameters'] / 1e6:.2f}M. Training: {results['steps']} steps"
@@ -285,6 +356,15 @@ class DataArguments:
         "help": "join this fraction of training utterances with a batch neighbour (silence between, 'a b' transcript) "
                 "so that the model learns word boundaries across pauses, as in long-form audio (trained without it, "
                 "words merged across the gaps of a 60 s recording)"})
+    engines: str = field(default="espeak-ng,festival", metadata={
+        "help": "training engines, comma-separated (espeak-ng, festival, sam), optionally with shares: "
+                "espeak-ng:3,festival:1 (python -m mamba_zoo.corpora engines lists them)"})
+    heldout_engines: str = field(default="sam", metadata={
+        "help": "engines never heard in training, decoded after training as the heldout_engine split ('' for none)"})
+    waveform_augment_copies: int = field(default=0, metadata={
+        "help": "voice + channel augmentation (mamba_zoo.augmentation): this many seeded augmented versions of every "
+                "training utterance are computed before training (same length), and each training item is drawn "
+                "among the original and its copies (0: none)"})
 
 
 @dataclass
@@ -410,11 +490,17 @@ def main(argv=None):
     from mamba_zoo.corpora import load_transcribed
 
     set_seed(training_args.seed)
+    engines, engine_weights = parse_engines(data_args.engines)
+    heldout_engines = parse_engines(data_args.heldout_engines)[0]
     corpus = load_transcribed(data_args.kind, num_train=data_args.num_train, num_eval=data_args.num_eval,
-                              seed=training_args.seed)
+                              seed=training_args.seed, engines=engines, engine_weights=engine_weights,
+                              heldout_engines=heldout_engines)
     train, validation, test = (dataset_to_memory(corpus[s]) for s in ("train", "validation", "test"))
-    print(f"corpus: {len(train)} train / {len(validation)} validation / {len(test)} test utterances "
-          f"({sum(len(a) for a in train.audio) / 16000 / 3600:.2f} h train audio), "
+    heldout = dataset_to_memory(corpus[HELDOUT_SPLIT]) if HELDOUT_SPLIT in corpus else None
+    print(f"corpus: {len(train)} train / {len(validation)} validation / {len(test)} test"
+          f"{f' / {len(heldout)} {HELDOUT_SPLIT}' if heldout is not None else ''} utterances "
+          f"({sum(len(a) for a in train.audio) / 16000 / 3600:.2f} h train audio; training engines "
+          f"{', '.join(engines)}{'; held out ' + ', '.join(heldout_engines) if heldout_engines else ''}), "
           f"{time.perf_counter() - script_start:.0f} s to load", flush=True)
 
     if run_args.eval_only:
@@ -422,10 +508,26 @@ def main(argv=None):
         model = MambaForCTC.from_pretrained(output_dir).eval()
         results = json.loads(Path(output_dir, "eval_results.json").read_text())
         results["evaluated_separately"] = True
+        results.setdefault("training_engines", list(engines))  # what the checkpoint was trained on, if recorded
     else:
+        if data_args.waveform_augment_copies > 0:
+            start = time.perf_counter()
+            train.views = augmented_copies(train.audio, 16000, data_args.waveform_augment_copies, training_args.seed,
+                                           num_workers=min(2, os.cpu_count() or 1), desc="train augmentation")
+            print(f"waveform augmentation: {data_args.waveform_augment_copies} copies of {len(train)} utterances in "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
         model, processor, results = train_model(model_args, data_args, run_args, training_args, train, validation)
+        results["training_engines"] = list(engines)
+        if engine_weights is not None:
+            results["engine_weights"] = list(engine_weights)
+        results["waveform_augment_copies"] = data_args.waveform_augment_copies
         if training_args.process_index != 0:  # under a launcher: the main process evaluates and writes the files
             return results
+    results["heldout_engines"] = list(heldout_engines)
+    heard = sorted(set(heldout_engines) & set(results["training_engines"]))
+    if heard:
+        print(f"warning: the {HELDOUT_SPLIT} split's engines {', '.join(heard)} were heard in training: its error "
+              "rates do not measure generalisation to an unseen engine", flush=True)
     for name, split in (("validation", validation), ("test", test)):
         predictions = transcribe(model, processor, split)
         results[name] = word_and_char_error_rates(predictions, split.text)
@@ -433,12 +535,31 @@ def main(argv=None):
             {"reference": r, "prediction": p} for r, p in list(zip(split.text, predictions))[:5]
         ]
         print(f"{name}: WER {100 * results[name]['wer']:.2f}%  CER {100 * results[name]['cer']:.2f}%", flush=True)
+    for key in [k for k in results if k.startswith(f"{HELDOUT_SPLIT}_")]:  # eval_only: no stale held-out numbers
+        del results[key]
+    if heldout is not None:  # engines never heard in training, decoded exactly as test
+        predictions = transcribe(model, processor, heldout)
+        results.update(heldout_engine_rates(predictions, heldout))
+        results[f"{HELDOUT_SPLIT}_utterances"] = len(heldout)
+        results[f"{HELDOUT_SPLIT}_examples"] = [
+            {"reference": r, "prediction": p} for r, p in list(zip(heldout.text, predictions))[:5]
+        ]
+        per_engine = "".join(f"  {k[len('heldout_engine_wer_'):]} WER {100 * v:.2f}%" for k, v in results.items()
+                             if k.startswith("heldout_engine_wer_"))
+        print(f"{HELDOUT_SPLIT} ({', '.join(heldout_engines)}{'' if heard else ', never heard in training'}): "
+              f"WER {100 * results['heldout_engine_wer']:.2f}%  CER {100 * results['heldout_engine_cer']:.2f}%"
+              f"{per_engine}", flush=True)
     if run_args.beam_width:
         try:
             decoder = processor.build_beam_decoder()
             predictions = transcribe(model, processor, test, beam_decoder=decoder)
             results["test_beam"] = word_and_char_error_rates(predictions, test.text)
             print(f"test (beam {run_args.beam_width}): WER {100 * results['test_beam']['wer']:.2f}%", flush=True)
+            if heldout is not None:
+                predictions = transcribe(model, processor, heldout, beam_decoder=decoder)
+                results[f"{HELDOUT_SPLIT}_beam"] = word_and_char_error_rates(predictions, heldout.text)
+                print(f"{HELDOUT_SPLIT} (beam {run_args.beam_width}): "
+                      f"WER {100 * results[f'{HELDOUT_SPLIT}_beam']['wer']:.2f}%", flush=True)
         except ImportError as error:
             print(f"beam search skipped: {error}")
     if not run_args.skip_long_form:

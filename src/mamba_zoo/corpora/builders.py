@@ -387,23 +387,42 @@ def corpus_voices(
     return result
 
 
-def _corpus_voice_config(voices, engines, heldout_engines, seed) -> dict:
+def _check_engine_weights(engine_weights, engines) -> dict[str, float] | None:
+    """``engine_weights`` aligned with ``engines`` -> ``{engine: share}`` summing to 1 (``None``: equal shares)."""
+    if engine_weights is None:
+        return None
+    weights = [float(w) for w in engine_weights]
+    if len(weights) != len(engines) or any(not np.isfinite(w) or w <= 0 for w in weights):
+        raise ValueError(f"engine_weights must give one positive weight per engine of {list(engines)}, got "
+                         f"{list(engine_weights)}.")
+    return {engine: round(w / sum(weights), 6) for engine, w in zip(engines, weights)}
+
+
+def _corpus_voice_config(voices, engines, heldout_engines, seed, engine_weights=None) -> dict:
     """The cache-key entries for a corpus' voices: for espeak-ng alone the same keys as before engines existed, so
     cached espeak-only corpora stay valid."""
     config = {"voices": corpus_voices(voices, engines, heldout_engines, seed)}
     used = sorted({engine_of(v) for members in config["voices"].values() for v in members})
     if used != ["espeak-ng"]:
         config["engines"] = used
+    weights = _check_engine_weights(engine_weights, list(engines))
+    if weights is not None:
+        config["engine_weights"] = weights
     return config
 
 
-def _pick_voice(rng: np.random.Generator, names: list[str]) -> str:
-    """One voice of ``names``: uniformly when they share one engine; else an engine first (equal shares), then one of
-    its voices, so three Festival voices are not drowned by 555 espeak-ng ones."""
+def _pick_voice(rng: np.random.Generator, names: list[str], weights: dict[str, float] | None = None) -> str:
+    """One voice of ``names``: uniformly when they share one engine; else an engine first (equal shares, or
+    ``weights``' shares among the engines present), then one of its voices, so three Festival voices are not drowned by
+    555 espeak-ng ones."""
     engines = sorted({engine_of(v) for v in names})
     if len(engines) == 1:
         return names[rng.integers(len(names))]
-    engine = engines[rng.integers(len(engines))]
+    if weights is None:
+        engine = engines[rng.integers(len(engines))]
+    else:
+        shares = np.asarray([weights.get(e, 0.0) for e in engines])
+        engine = engines[rng.choice(len(engines), p=shares / shares.sum())]
     members = [v for v in names if engine_of(v) == engine]
     return members[rng.integers(len(members))]
 
@@ -507,6 +526,7 @@ def load_keywords(
     voices: Sequence[str] | None = None,
     engines: Sequence[str] = ("espeak-ng",),
     heldout_engines: Sequence[str] = (),
+    engine_weights: Sequence[float] | None = None,
     commands: Sequence[str] | None = None,
     unknown_words: Sequence[str] | None = None,
     sampling_rate: int = 16000,
@@ -532,6 +552,7 @@ def load_keywords(
         engines: training engines (default espeak-ng's 8 English accents x 81 variants; see :mod:`.engines`).
         heldout_engines: engines whose voices make the extra ``heldout_engine`` split only (``num_eval_per_class``
             clips per class, like test).
+        engine_weights: share of each engine of ``engines`` (same order) where a split has several (default equal).
         commands, unknown_words: replace the word lists.
         cache_dir: where built corpora are kept (default :func:`default_cache_dir`).
         num_workers: rendering processes (default: the CPUs available).
@@ -562,7 +583,7 @@ def load_keywords(
         "pitch": _check_range("pitch", pitch, 0, 100),
         "peak_dbfs": _check_range("peak_dbfs", peak_dbfs, -60, 0),
         "silence_dbfs": _check_range("silence_dbfs", silence_dbfs, -90, 0),
-        **_corpus_voice_config(voices, engines, heldout_engines, seed),
+        **_corpus_voice_config(voices, engines, heldout_engines, seed, engine_weights),
         "commands": commands, "unknown_words": unknown_words,
         "sampling_rate": int(sampling_rate), "clip_seconds": float(clip_seconds),
     }
@@ -590,7 +611,7 @@ def load_keywords(
                         word = label if label != UNKNOWN_LABEL else unknown_words[rng.integers(len(unknown_words))]
                         spec = ClipSpec(
                             text=word,
-                            voice=_pick_voice(rng, split_voice_names),
+                            voice=_pick_voice(rng, split_voice_names, config.get("engine_weights")),
                             seed=_seed_for(rng),
                             sampling_rate=sampling_rate,
                             punctuation=str(rng.choice([".", "!", "?", ""], p=[0.4, 0.2, 0.2, 0.2])),
@@ -778,6 +799,7 @@ def load_transcribed(
     voices: Sequence[str] | None = None,
     engines: Sequence[str] = ("espeak-ng",),
     heldout_engines: Sequence[str] = (),
+    engine_weights: Sequence[float] | None = None,
     words: Sequence[str] | None = None,
     min_digits: int = 1,
     max_digits: int = 7,
@@ -824,7 +846,7 @@ def load_transcribed(
         "rate_wpm": _check_range("rate_wpm", rate_wpm, 80, 450),
         "pitch": _check_range("pitch", pitch, 0, 100),
         "peak_dbfs": _check_range("peak_dbfs", peak_dbfs, -60, 0),
-        **_corpus_voice_config(voices, engines, heldout_engines, seed),
+        **_corpus_voice_config(voices, engines, heldout_engines, seed, engine_weights),
         "sampling_rate": int(sampling_rate),
     }
 
@@ -844,7 +866,7 @@ def load_transcribed(
                     text, punctuation = make_sentence(rng, words)
                 specs.append(
                     ClipSpec(
-                        text=text, voice=_pick_voice(rng, split_voice_names),
+                        text=text, voice=_pick_voice(rng, split_voice_names, config.get("engine_weights")),
                         seed=_seed_for(rng), sampling_rate=sampling_rate, punctuation=punctuation,
                         rate=int(rng.integers(config["rate_wpm"][0], config["rate_wpm"][1] + 1)),
                         pitch=int(rng.integers(config["pitch"][0], config["pitch"][1] + 1)),
