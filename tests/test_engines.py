@@ -176,3 +176,17 @@ def test_render_clip_keeps_the_length_and_level_contracts_for_festival():
     assert clip.audio.shape == (16000,) and clip.audio.dtype == np.float32
     assert 0.3 < np.abs(clip.audio).max() <= 0.99
     assert np.array_equal(render_clip(spec).audio, clip.audio)
+
+
+def test_engine_weights_set_the_shares_and_are_validated():
+    from mamba_zoo.corpora.builders import _check_engine_weights
+
+    rng = np.random.default_rng(1)
+    names = engine_voices("festival") + [f"en+m{i}" for i in range(1, 8)]
+    weights = _check_engine_weights([3, 1], ["espeak-ng", "festival"])
+    assert weights == {"espeak-ng": 0.75, "festival": 0.25}
+    picks = [engine_of(_pick_voice(rng, names, weights)) for _ in range(4000)]
+    assert 0.22 < picks.count("festival") / len(picks) < 0.28
+    for bad in ([1], [1, 0], [1, float("nan")]):
+        with pytest.raises(ValueError, match="one positive weight per engine"):
+            load_keywords(num_per_class=1, engines=("espeak-ng", "festival"), engine_weights=bad)
