@@ -1,4 +1,4 @@
-"""Tests of the training-time voice and channel augmentation (mamba_zoo.augmentation)."""
+"""Tests of the training-time voice and channel augmentation (mamba_zoo.corpora.voice_augmentation)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.signal import butter, sosfiltfilt, welch
 
-from mamba_zoo.augmentation import (
+from mamba_zoo.corpora.voice_augmentation import (
     CODEC_KINDS,
     WaveformAugmenter,
     band_limit,

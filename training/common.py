@@ -164,14 +164,14 @@ def end_distributed_run() -> None:
 
 def _augment_chunk(job):
     clips, sampling_rate, seeds, settings = job
-    from mamba_zoo.augmentation import WaveformAugmenter
+    from mamba_zoo.corpora.voice_augmentation import WaveformAugmenter
 
     return [WaveformAugmenter(**settings, seed=seed)(clip, sampling_rate) for clip, seed in zip(clips, seeds)]
 
 
 def augmented_copies(clips, sampling_rate: int, copies: int, seed: int, settings: Optional[dict] = None,
                      num_workers: int = 0, desc: str = "augmenting"):
-    """`copies` augmented versions of every clip (`mamba_zoo.augmentation.WaveformAugmenter`, default settings unless
+    """`copies` augmented versions of every clip (`mamba_zoo.corpora.voice_augmentation.WaveformAugmenter`, default settings unless
     `settings`): a list of `copies` lists, each as long as `clips`, float32 arrays of the clips' lengths.
 
     Computed once before training: a 1 s clip costs about 40 ms, too much to redo every step on 2 cores, so each step

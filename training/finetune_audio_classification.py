@@ -106,7 +106,7 @@ class DataArguments:
     spec_augment: bool = field(default=True, metadata={"help": "random time shift + time/frequency masking"})
     waveform_augment_copies: int = field(default=0, metadata={
         "help": "voice + channel augmentation (speed, pitch, VTLP, rooms, band limits, codecs, noise; "
-                "mamba_zoo.augmentation): this many seeded augmented versions of every training clip are computed "
+                "mamba_zoo.corpora.voice_augmentation): this many seeded augmented versions of every training clip are computed "
                 "once, and each step draws one of the original and its copies"})
     freq_mask: int = field(default=24, metadata={"help": "SpecAugment: max masked mel bins"})
     time_mask: int = field(default=24, metadata={"help": "SpecAugment: max masked frames"})
@@ -307,7 +307,7 @@ def write_model_card(output_dir, model, results: dict, training_args, model_args
         + (f"; held-out engines {data_args.heldout_engines.replace(',', ', ')} (heldout_engine_* rows: never heard "
            "in training)" if data_args.heldout_engines else ""))
     if data_args.waveform_augment_copies:
-        from mamba_zoo.augmentation import WaveformAugmenter
+        from mamba_zoo.corpora.voice_augmentation import WaveformAugmenter
 
         dataset += (f". Voice and channel augmentation: {data_args.waveform_augment_copies} seeded copies of every "
                     f"training clip ({WaveformAugmenter().describe()})")

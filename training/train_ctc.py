@@ -40,7 +40,7 @@ Generalisation: `--engines` (default "espeak-ng,festival"; "espeak-ng:3,festival
 engines, `--heldout_engines` (default "sam"; "" for none) those of the `heldout_engine` split, which is decoded like
 test after training (`heldout_engine_wer`, `heldout_engine_cer` and, with several engines, `heldout_engine_wer_<engine>`
 in `eval_results.json`, the printed summary and the model card). `--waveform_augment_copies N` (default 0) precomputes N
-seeded augmented versions of every training utterance (`mamba_zoo.augmentation.WaveformAugmenter`, same length); each
+seeded augmented versions of every training utterance (`mamba_zoo.corpora.voice_augmentation.WaveformAugmenter`, same length); each
 training item is drawn among the original and its copies.
 
 Then: `pipeline("automatic-speech-recognition", model="outputs/mamba-ctc-digits", trust_remote_code=True)`.
@@ -306,7 +306,7 @@ def write_model_card(output_dir: str, kind: str, results: dict) -> None:
         for key in sorted(k for k in results if k.startswith("heldout_engine_wer_")):
             lines.append(f"| {HELDOUT_SPLIT}, {key[len('heldout_engine_wer_'):]} only | {100 * results[key]:.2f}% | |")
     if results.get("waveform_augment_copies"):
-        from mamba_zoo.augmentation import WaveformAugmenter
+        from mamba_zoo.corpora.voice_augmentation import WaveformAugmenter
 
         lines += ["", f"Voice and channel augmentation: {results['waveform_augment_copies']} seeded copies of every "
                       f"training utterance ({WaveformAugmenter().describe()}); each training item is drawn among the "
@@ -362,7 +362,7 @@ class DataArguments:
     heldout_engines: str = field(default="sam", metadata={
         "help": "engines never heard in training, decoded after training as the heldout_engine split ('' for none)"})
     waveform_augment_copies: int = field(default=0, metadata={
-        "help": "voice + channel augmentation (mamba_zoo.augmentation): this many seeded augmented versions of every "
+        "help": "voice + channel augmentation (mamba_zoo.corpora.voice_augmentation): this many seeded augmented versions of every "
                 "training utterance are computed before training (same length), and each training item is drawn "
                 "among the original and its copies (0: none)"})
 

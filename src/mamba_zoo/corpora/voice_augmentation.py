@@ -30,7 +30,7 @@ from numbers import Integral, Real
 import numpy as np
 from scipy.signal import butter, istft, sosfiltfilt, stft
 
-from .corpora.augment import (
+from .augment import (
     add_noise,
     apply_reverb,
     background_noise,
