@@ -5,7 +5,10 @@
     python training/ssamba_keywords_main.py            # -> outputs/ssamba-keywords/
 
 A fixed-length recipe: 178 pretraining and 1759 fine-tuning steps of batch 32, the documented run of
-model_cards/ssamba.md (14.0 min in all on an idle 2-core machine; longer on a busy one, but the same model).
+model_cards/ssamba.md (18.4 min in all on an idle 2-core machine; longer on a busy one, but the same model).
+Data: espeak-ng and Festival voices (shares 3:1; `--engines`), 2 seeded voice/channel-augmented copies of every
+fine-tuning clip (`--waveform_augment_copies`), and SAM held out (`--heldout_engines`): an engine never heard in
+training, scored apart (`heldout_engine_accuracy`). Festival and SAM: `bash scripts/install_engines.sh`.
 `--max_train_minutes` (opt-in) caps the training time of both phases together and records in `results.json` whether
 it cut them.
 
