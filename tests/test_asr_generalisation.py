@@ -88,9 +88,9 @@ TIMING = ("train_seconds", "train_cpu_seconds", "total_seconds", "total_cpu_seco
 def test_engine_flags_default_to_espeak_and_festival_with_sam_held_out():
     _, data_args, _, _ = ctc.parse_args([])
     assert (data_args.engines, data_args.heldout_engines, data_args.waveform_augment_copies) == (
-        "espeak-ng,festival", "sam", 0)
+        "espeak-ng:3,festival:1", "sam", 0)
     _, data_args, _, _ = decoder_asr.parse_args([])
-    assert (data_args.engines, data_args.heldout_engines) == ("espeak-ng,festival", "sam")
+    assert (data_args.engines, data_args.heldout_engines) == ("espeak-ng:3,festival:1", "sam")
     for parse in (ctc.parse_args, decoder_asr.parse_args):
         _, data_args, _, _ = parse(["--engines", "espeak-ng:3,festival:1", "--heldout_engines", ""])
         assert (data_args.engines, data_args.heldout_engines) == ("espeak-ng:3,festival:1", "")

@@ -36,7 +36,7 @@ The recipe is fixed-length (15 epochs = 1875 steps on the default corpus); `--ma
 training at a wall-clock budget and records it in `eval_results.json` (`stopped_by_time_budget`). FSDP is not supported
 (the model is saved with `save_pretrained`).
 
-Generalisation: `--engines` (default "espeak-ng,festival"; "espeak-ng:3,festival:1" gives shares) picks the training
+Generalisation: `--engines` (default "espeak-ng:3,festival:1", the shares of the clips; "espeak-ng,festival" for equal shares) picks the training
 engines, `--heldout_engines` (default "sam"; "" for none) those of the `heldout_engine` split, which is decoded like
 test after training (`heldout_engine_wer`, `heldout_engine_cer` and, with several engines, `heldout_engine_wer_<engine>`
 in `eval_results.json`, the printed summary and the model card). `--waveform_augment_copies N` (default 0) precomputes N
@@ -356,7 +356,7 @@ class DataArguments:
         "help": "join this fraction of training utterances with a batch neighbour (silence between, 'a b' transcript) "
                 "so that the model learns word boundaries across pauses, as in long-form audio (trained without it, "
                 "words merged across the gaps of a 60 s recording)"})
-    engines: str = field(default="espeak-ng,festival", metadata={
+    engines: str = field(default="espeak-ng:3,festival:1", metadata={
         "help": "training engines, comma-separated (espeak-ng, festival, sam), optionally with shares: "
                 "espeak-ng:3,festival:1 (python -m mamba_zoo.corpora engines lists them)"})
     heldout_engines: str = field(default="sam", metadata={

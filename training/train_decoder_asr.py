@@ -34,7 +34,7 @@ scripts), so the script runs unchanged under `torchrun` / `accelerate launch`. W
 With `--ablation`, each configuration trains with the same `TrainingArguments` in `OUTPUT_DIR/runs/<mixer>-<prefix>`
 (nothing is saved or pushed but `OUTPUT_DIR/ablation.json`).
 
-Generalisation: `--engines` (default "espeak-ng,festival"; "espeak-ng:3,festival:1" gives shares) picks the training
+Generalisation: `--engines` (default "espeak-ng:3,festival:1", the shares of the clips; "espeak-ng,festival" for equal shares) picks the training
 engines, `--heldout_engines` (default "sam"; "" for none) those of the `heldout_engine` split, which is decoded like
 test after training (`heldout_engine_wer`, `heldout_engine_cer` and, with several engines,
 `heldout_engine_wer_<engine>`, percentages like `test_wer`, in `results.json`, the printed summary and the model card
@@ -259,7 +259,7 @@ class DataArguments:
                                                   "help": "embedded corpus: digit strings or grammar sentences"})
     num_train: int = field(default=2000, metadata={"help": "training utterances"})
     num_eval: int = field(default=200, metadata={"help": "validation and test utterances (each)"})
-    engines: str = field(default="espeak-ng,festival", metadata={
+    engines: str = field(default="espeak-ng:3,festival:1", metadata={
         "help": "training engines, comma-separated (espeak-ng, festival, sam), optionally with shares: "
                 "espeak-ng:3,festival:1 (python -m mamba_zoo.corpora engines lists them)"})
     heldout_engines: str = field(default="sam", metadata={
