@@ -7,12 +7,18 @@
         --model_name_or_path outputs/ssamba-pretrained --num_train_epochs 5
     # LoRA (r 16 on every mixer projection): only adapters + head train; merged into the saved checkpoint
     python training/finetune_audio_classification.py --output_dir outputs/ssamba-kws-lora --lora --learning_rate 3e-3 ...
-    # any `datasets` audio dataset saved with save_to_disk (columns: audio, label)
+    # your own data (training/data_loading.py): a Hub dataset (or one in the offline cache), audio folders,
+    # save_to_disk folders, or any of them streamed; flags as in transformers' run_audio_classification.py
+    python training/finetune_audio_classification.py --dataset_name org/name --dataset_config_name cfg \
+        --audio_column_name audio --label_column_name label --eval_split_name validation --output_dir ...
+    python training/finetune_audio_classification.py --train_dir clips/train --eval_dir clips/validation ...
     python training/finetune_audio_classification.py --dataset_path my_dataset --output_dir ...
+    python training/finetune_audio_classification.py --dataset_name org/name --streaming --max_steps 2000 ...
 
-Flags: transformers' `TrainingArguments` plus the model and data arguments below (HfArgumentParser). The test split is
-evaluated at the end, a model card with the measured numbers is written to the output directory, and
-`--push_to_hub` is passed through to the Trainer.
+Flags: transformers' `TrainingArguments` plus the model and data arguments below (HfArgumentParser). Audio is decoded
+and turned into spectrograms on the fly, when the DataLoader asks for a clip (`--dataloader_num_workers N` runs it in N
+processes), so memory does not grow with the dataset. The test split is evaluated at the end, a model card with the
+measured numbers is written to the output directory, and `--push_to_hub` is passed through to the Trainer.
 """
 
 from __future__ import annotations
@@ -42,6 +48,16 @@ from common import (  # noqa: E402
     max_train_minutes_field,
     parse_engines,
     parse_script_args,
+)
+from data_loading import (  # noqa: E402
+    AudioDatasetArguments,
+    check_streaming_training,
+    decode_audio,
+    label_names,
+    load_splits,
+    on_the_fly,
+    require_column,
+    user_source,
 )
 
 logger = logging.getLogger("finetune_audio_classification")
@@ -80,24 +96,24 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    dataset_path: Optional[str] = field(
-        default=None, metadata={"help": "a DatasetDict saved with save_to_disk; default: the embedded keyword corpus"}
-    )
-    audio_column: str = field(default="audio")
-    label_column: str = field(default="label")
-    train_split: str = field(default="train")
-    eval_split: str = field(default="validation")
-    test_split: str = field(default="test")
+class DataArguments(AudioDatasetArguments):
+    """The data flags: where the data comes from (`AudioDatasetArguments`, see `data_loading.py`: `--dataset_name`,
+    `--train_dir/--eval_dir/--test_dir`, `--dataset_path`, `--streaming`, split and column names) and how it is used.
+    With no source given, the embedded keyword corpus."""
+
+    label_column_name: str = field(default="label", metadata={"help": "the column holding the class labels"})
+    max_length_seconds: Optional[float] = field(default=None, metadata={
+        "help": "training clips longer than this are cut at a random offset to this length (as in transformers' "
+                "run_audio_classification.py); default: none (the feature window keeps the first --max_length "
+                "frames)"})
+    heldout_split_name: str = field(default="heldout_engine", metadata={
+        "help": "split evaluated at the end beside test when present (accuracy overall and per engine)"})
     num_per_class: int = field(default=200, metadata={"help": "embedded corpus: training clips per class"})
     engines: str = field(default="espeak-ng", metadata={
         "help": "embedded corpus: training engines, comma-separated (espeak-ng, festival, sam), optionally with "
                 "shares: espeak-ng:3,festival:1"})
     heldout_engines: str = field(default="", metadata={
         "help": "embedded corpus: engines heard in no training split, evaluated as the heldout_engine split"})
-    heldout_split: str = field(default="heldout_engine", metadata={
-        "help": "split evaluated at the end beside test when present (accuracy overall and per engine)"})
-    max_train_samples: Optional[int] = field(default=None)
     train_per_class: Optional[int] = field(
         default=None, metadata={"help": "keep only this many training clips per class (few-label experiments)"}
     )
@@ -106,8 +122,9 @@ class DataArguments:
     spec_augment: bool = field(default=True, metadata={"help": "random time shift + time/frequency masking"})
     waveform_augment_copies: int = field(default=0, metadata={
         "help": "voice + channel augmentation (speed, pitch, VTLP, rooms, band limits, codecs, noise; "
-                "mamba_zoo.corpora.voice_augmentation): this many seeded augmented versions of every training clip are computed "
-                "once, and each step draws one of the original and its copies"})
+                "mamba_zoo.corpora.voice_augmentation): this many seeded augmented versions of every training clip "
+                "are computed once (kept in memory: for small corpora), and each step draws one of the original and "
+                "its copies"})
     freq_mask: int = field(default=24, metadata={"help": "SpecAugment: max masked mel bins"})
     time_mask: int = field(default=24, metadata={"help": "SpecAugment: max masked frames"})
     max_train_minutes: Optional[float] = max_train_minutes_field()
@@ -118,17 +135,13 @@ class DataArguments:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def load_audio_dataset(data_args: DataArguments):
-    """The embedded keyword corpus, or a DatasetDict from disk."""
-    if data_args.dataset_path is None:
-        from mamba_zoo.corpora import load_keywords
+def load_embedded_keywords(data_args: DataArguments):
+    """The embedded keyword corpus (train / validation / test voices, plus `heldout_engine` with --heldout_engines)."""
+    from mamba_zoo.corpora import load_keywords
 
-        engines, weights = parse_engines(data_args.engines)
-        return load_keywords(num_per_class=data_args.num_per_class, engines=engines, engine_weights=weights,
-                             heldout_engines=engine_list(data_args.heldout_engines))
-    from datasets import load_from_disk
-
-    return load_from_disk(data_args.dataset_path)
+    engines, weights = parse_engines(data_args.engines)
+    return load_keywords(num_per_class=data_args.num_per_class, engines=engines, engine_weights=weights,
+                         heldout_engines=engine_list(data_args.heldout_engines))
 
 
 def engine_list(text: str) -> tuple[str, ...]:
@@ -150,44 +163,6 @@ def accuracy_by_engine(predictions: np.ndarray, labels: np.ndarray, voices) -> d
     return result
 
 
-def decode_audio(example_audio, sampling_rate: int) -> np.ndarray:
-    """An `audio` cell as float32 at `sampling_rate`: {array, sampling_rate} dicts, or undecoded {bytes, path}
-    (datasets' Audio(decode=False); decoded with soundfile, since torchcodec does not load with CPU torch here)."""
-    from mamba_zoo.feature_extraction_ssamba import read_audio_file, resample_audio
-
-    if isinstance(example_audio, dict) and example_audio.get("array") is not None:
-        array = np.asarray(example_audio["array"], dtype=np.float32)
-        return resample_audio(array, example_audio.get("sampling_rate", sampling_rate), sampling_rate)
-    if isinstance(example_audio, dict) and (example_audio.get("bytes") or example_audio.get("path")):
-        return read_audio_file(example_audio.get("bytes") or example_audio["path"], sampling_rate)
-    if isinstance(example_audio, str):
-        return read_audio_file(example_audio, sampling_rate)
-    raise ValueError(f"Cannot read audio cell of type {type(example_audio)}.")
-
-
-def decode_clips(dataset, sampling_rate: int, audio_column="audio") -> list:
-    """Every clip of a split as float32 arrays at `sampling_rate`."""
-    from datasets import Audio
-
-    if isinstance(dataset.features.get(audio_column), Audio):
-        dataset = dataset.cast_column(audio_column, Audio(decode=False))
-    return [decode_audio(a, sampling_rate) for a in dataset[audio_column]]
-
-
-def compute_features(dataset, feature_extractor, audio_column="audio", batch_size=256, desc="features", clips=None):
-    """All clips of a split (or the decoded `clips`) as one `(n, max_length, mel)` float32 tensor (the features are
-    deterministic, so they are computed once instead of every epoch)."""
-    from tqdm.auto import tqdm
-
-    clips = decode_clips(dataset, feature_extractor.sampling_rate, audio_column) if clips is None else clips
-    chunks = []
-    for start in tqdm(range(0, len(clips), batch_size), desc=desc, leave=False):
-        values = feature_extractor(clips[start:start + batch_size], sampling_rate=feature_extractor.sampling_rate,
-                                   return_tensors="pt")
-        chunks.append(values["input_values"])
-    return torch.cat(chunks)
-
-
 def subsample_per_class(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """Indices of `per_class` examples of every class (fewer if a class has fewer)."""
     rng = np.random.default_rng(seed)
@@ -198,27 +173,37 @@ def subsample_per_class(labels: np.ndarray, per_class: int, seed: int) -> np.nda
     return np.sort(np.asarray(keep))
 
 
-class SpectrogramDataset(torch.utils.data.Dataset):
-    """Precomputed spectrograms `(n, time, mel)` + labels; with `augment`, SSAST-style SpecAugment (up to
-    `freq_mask` mel bins and `time_mask` frames masked to 0, the normalised padding value's neighbourhood) and a random
-    circular time shift of up to `max_shift` frames. `views`: spectrograms of augmented versions of the same clips,
-    `(copies, n, time, mel)`; each item is then drawn from the original and its copies."""
+class SpectrogramItems:
+    """`prepare(row, index)` for `data_loading.on_the_fly`: one row's audio -> `{"input_values": (time, mel),
+    "labels": class id}`, computed when the DataLoader asks for it.
 
-    def __init__(self, features, labels=None, augment=False, freq_mask=24, time_mask=24, max_shift=10, views=None):
-        self.features, self.labels, self.augment = features, labels, augment
+    Training items (`augment`) get SSAST-style SpecAugment: a random circular time shift of up to `max_shift` frames,
+    up to `freq_mask` mel bins and `time_mask` frames set to 0 (the normalised padding value's neighbourhood).
+    `views`: augmented waveforms of the same clips (`(copies, n)` nested lists, map-style data only); each item is then
+    drawn among the original and its copies. `max_samples`: longer training clips are cut at a random offset. Random
+    draws use torch's generator (seeded by the Trainer), in the order view, crop, shift, masks."""
+
+    def __init__(self, feature_extractor, audio_column: str, label_column: Optional[str] = None, label_ids=None,
+                 augment=False, freq_mask=24, time_mask=24, max_shift=10, views=None, max_samples=None):
+        self.feature_extractor, self.audio_column, self.label_column = feature_extractor, audio_column, label_column
+        self.label_ids, self.augment, self.views, self.max_samples = label_ids, augment, views, max_samples
         self.freq_mask, self.time_mask, self.max_shift = freq_mask, time_mask, max_shift
-        self.views = views
 
-    def __len__(self):
-        return self.features.shape[0]
-
-    def __getitem__(self, i):
-        x = self.features[i]
+    def clip(self, row: dict, index) -> np.ndarray:
         if self.views is not None:
-            view = int(torch.randint(0, self.views.shape[0] + 1, ()))
-            x = x if view == 0 else self.views[view - 1, i]
+            view = int(torch.randint(0, len(self.views) + 1, ()))
+            if view > 0:
+                return self.views[view - 1][index]
+        return decode_audio(row[self.audio_column], self.feature_extractor.sampling_rate, self.audio_column, index)
+
+    def __call__(self, row: dict, index=None) -> dict:
+        clip = self.clip(row, index)
+        if self.max_samples is not None and len(clip) > self.max_samples:
+            offset = int(torch.randint(0, len(clip) - self.max_samples + 1, ()))
+            clip = clip[offset:offset + self.max_samples]
+        x = self.feature_extractor(clip, sampling_rate=self.feature_extractor.sampling_rate,
+                                   return_tensors="pt")["input_values"][0]
         if self.augment:
-            x = x.clone()
             shift = int(torch.randint(-self.max_shift, self.max_shift + 1, ()))
             x = torch.roll(x, shift, dims=0)
             f = int(torch.randint(0, self.freq_mask + 1, ()))
@@ -228,15 +213,58 @@ class SpectrogramDataset(torch.utils.data.Dataset):
             t0 = int(torch.randint(0, x.shape[0] - t + 1, ()))
             x[t0:t0 + t, :] = 0
         item = {"input_values": x}
-        if self.labels is not None:
-            item["labels"] = self.labels[i]
+        if self.label_column is not None:
+            item["labels"] = torch.tensor(self.label_ids(row[self.label_column]), dtype=torch.long)
         return item
 
 
-def accuracy_metrics(eval_pred):
-    logits, labels = eval_pred
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+def label_mapper(names: list[str], feature, column: str):
+    """Row label -> class id: a ClassLabel column's ids as they are, a string column's values through `names`."""
+    import datasets
+
+    if isinstance(feature, datasets.ClassLabel):
+        return int
+    index = {name: i for i, name in enumerate(names)}
+
+    def to_id(value):
+        try:
+            return index[str(value)]
+        except KeyError:
+            raise ValueError(f"Label {value!r} (column {column!r}) is not one of the training labels {names}.") \
+                from None
+
+    return to_id
+
+
+def compute_features(clips, feature_extractor, batch_size=256) -> torch.Tensor:
+    """Decoded clips -> one `(n, max_length, mel)` tensor (for probes and benchmarks; training featurises on the
+    fly)."""
+    chunks = [feature_extractor(clips[start:start + batch_size], sampling_rate=feature_extractor.sampling_rate,
+                                return_tensors="pt")["input_values"] for start in range(0, len(clips), batch_size)]
+    return torch.cat(chunks)
+
+
+def first_items(dataset, count: int) -> list[dict]:
+    """The first `count` items of a map-style or streaming on-the-fly dataset."""
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        import itertools
+
+        return list(itertools.islice(iter(dataset), count))
+    return [dataset[i] for i in range(min(count, len(dataset)))]
+
+
+def make_compute_metrics():
+    """Accuracy through `evaluate` (the offline module shipped in `mamba_zoo.metrics`)."""
+    from mamba_zoo.metrics import load_metric
+
+    accuracy = load_metric("accuracy")
+
+    def compute_metrics(eval_pred):
+        logits, labels = eval_pred
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        return accuracy.compute(predictions=np.argmax(logits, axis=-1), references=labels)
+
+    return compute_metrics
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -302,10 +330,17 @@ def wrap_lora(model, model_args: ModelArguments):
 
 def write_model_card(output_dir, model, results: dict, training_args, model_args, data_args, base_model=None):
     labels = ", ".join(f"`{name}`" for name in model.config.id2label.values())
-    dataset = data_args.dataset_path or (
-        f"mamba-zoo embedded keyword corpus, training engines {data_args.engines.replace(',', ', ')}, split by voice"
-        + (f"; held-out engines {data_args.heldout_engines.replace(',', ', ')} (heldout_engine_* rows: never heard "
-           "in training)" if data_args.heldout_engines else ""))
+    source = user_source(data_args)
+    if source is None:
+        dataset = (f"mamba-zoo embedded keyword corpus, training engines {data_args.engines.replace(',', ', ')}, split "
+                   "by voice" + (f"; held-out engines {data_args.heldout_engines.replace(',', ', ')} (heldout_engine_* "
+                                 "rows: never heard in training)" if data_args.heldout_engines else ""))
+    else:
+        where = {"dataset_name": f"`{data_args.dataset_name}`" + (f" ({data_args.dataset_config_name})"
+                                                                  if data_args.dataset_config_name else ""),
+                 "dataset_path": f"`{data_args.dataset_path}` (save_to_disk)",
+                 "train_dir": f"audio folder `{data_args.train_dir}`"}[source]
+        dataset = f"{where}, split `{data_args.train_split_name}`" + (", streamed" if data_args.streaming else "")
     if data_args.waveform_augment_copies:
         from mamba_zoo.corpora.voice_augmentation import WaveformAugmenter
 
@@ -358,41 +393,51 @@ clf("clip.wav")
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments, dataset=None):
-    """Fine-tune, evaluate on the test split, save model + feature extractor + model card. Returns the results dict."""
+    """Fine-tune, evaluate on the test split, save model + feature extractor + model card. Returns the results dict.
+    `dataset`: a DatasetDict used instead of the embedded corpus (when no data flag names a source)."""
+    import datasets
+
     set_seed(training_args.seed)
     started = time.time()
-    dataset = load_audio_dataset(data_args) if dataset is None else dataset
+    check_streaming_training(data_args, training_args)
+    splits = load_splits(data_args, embedded=(lambda: dataset) if dataset is not None
+                         else (lambda: load_embedded_keywords(data_args)))
     fe_kwargs = {} if data_args.max_length is None else {"max_length": data_args.max_length}
     feature_extractor = SSAMBAFeatureExtractor.from_preset(data_args.feature_preset, **fe_kwargs)
-    label_feature = dataset[data_args.train_split].features[data_args.label_column]
-    names = label_feature.names
+    sampling_rate = feature_extractor.sampling_rate
+    audio_column, label_column = data_args.audio_column_name, data_args.label_column_name
+    train_source = splits[data_args.train_split_name]
+    require_column(train_source, audio_column, "--audio_column_name")
+    require_column(train_source, label_column, "--label_column_name")
+    names = label_names(train_source, label_column)
+    to_id = label_mapper(names, train_source.features[label_column], label_column)
     id2label = {i: n for i, n in enumerate(names)}
     label2id = {n: i for i, n in id2label.items()}
+    streaming = isinstance(train_source, datasets.IterableDataset)
+    if streaming and (data_args.waveform_augment_copies or data_args.train_per_class):
+        raise ValueError("--waveform_augment_copies and --train_per_class need map-style data: drop --streaming.")
 
-    def split(name, augment=False, per_class=None, max_samples=None, waveform_copies=0):
-        ds = dataset[name]
-        labels = np.asarray(ds[data_args.label_column])
-        if per_class is not None:
-            ds = ds.select(subsample_per_class(labels, per_class, training_args.seed))
-        if max_samples is not None:
-            ds = ds.select(range(min(max_samples, len(ds))))
-        sampling_rate = feature_extractor.sampling_rate
-        clips = decode_clips(ds, sampling_rate, data_args.audio_column)
-        features = compute_features(ds, feature_extractor, desc=f"{name} features", clips=clips)
+    def items(name, augment=False, waveform_copies=0):
+        source = splits[name]
+        if name == data_args.train_split_name and data_args.train_per_class is not None:
+            labels = np.asarray([to_id(v) for v in source[label_column]])
+            source = source.select(subsample_per_class(labels, data_args.train_per_class, training_args.seed))
         views = None
-        if waveform_copies > 0:
-            copies = augmented_copies(clips, sampling_rate, waveform_copies, training_args.seed,
-                                      num_workers=min(2, os.cpu_count() or 1), desc=f"{name} augmentation")
-            views = torch.stack([compute_features(None, feature_extractor, desc=f"{name} augmented features",
-                                                  clips=copy) for copy in copies])
-        return SpectrogramDataset(features, torch.tensor(ds[data_args.label_column]), augment=augment,
-                                  freq_mask=data_args.freq_mask, time_mask=data_args.time_mask, views=views)
+        if waveform_copies > 0:  # every training clip decoded once, to augment it
+            clips = [decode_audio(row[audio_column], sampling_rate, audio_column, i)
+                     for i, row in enumerate(source.with_format("numpy"))]
+            views = augmented_copies(clips, sampling_rate, waveform_copies, training_args.seed,
+                                     num_workers=min(2, os.cpu_count() or 1), desc=f"{name} augmentation")
+        max_samples = None if not augment or data_args.max_length_seconds is None \
+            else int(data_args.max_length_seconds * sampling_rate)
+        prepare = SpectrogramItems(feature_extractor, audio_column, label_column, to_id, augment=augment,
+                                   freq_mask=data_args.freq_mask, time_mask=data_args.time_mask, views=views,
+                                   max_samples=max_samples)
+        return on_the_fly(source, prepare), source
 
-    train = split(data_args.train_split, data_args.spec_augment, data_args.train_per_class, data_args.max_train_samples,
-                  waveform_copies=data_args.waveform_augment_copies)
-    evaluation = split(data_args.eval_split) if data_args.eval_split in dataset else None
-    test = split(data_args.test_split) if data_args.test_split in dataset else None
-    heldout = split(data_args.heldout_split) if data_args.heldout_split in dataset else None
+    train, _ = items(data_args.train_split_name, data_args.spec_augment, data_args.waveform_augment_copies)
+    evaluation, test, heldout = (items(name) if name in splits else (None, None) for name in (
+        data_args.eval_split_name, data_args.test_split_name, data_args.heldout_split_name))
 
     model = build_model(model_args, len(names), id2label, label2id, feature_extractor.max_length,
                         feature_extractor.num_mel_bins)
@@ -401,26 +446,31 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     training_args.remove_unused_columns = False
     budget = TrainingBudgetCallback(data_args.max_train_minutes)
     trainer = Trainer(
-        model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
-        compute_metrics=accuracy_metrics, callbacks=[budget], processing_class=feature_extractor,
+        model=model, args=training_args, train_dataset=train, eval_dataset=evaluation[0],
+        compute_metrics=make_compute_metrics(), callbacks=[budget], processing_class=feature_extractor,
     )
     train_result = trainer.train()
-    results = {"train_clips": len(train), "waveform_augment_copies": data_args.waveform_augment_copies,
+    results = {"train_clips": "streamed" if streaming else len(train),
+               "waveform_augment_copies": data_args.waveform_augment_copies,
                "train_steps": train_result.global_step,
                "train_minutes": round(train_result.metrics["train_runtime"] / 60, 2), **budget.summary()}
-    if evaluation is not None:
-        results["validation_accuracy"] = trainer.evaluate(evaluation, metric_key_prefix="eval")["eval_accuracy"]
-    if test is not None:
-        results["test_accuracy"] = trainer.evaluate(test, metric_key_prefix="test")["test_accuracy"]
-        results["test_clips"] = len(test)
-    if heldout is not None:  # engines never heard in training: the number that says whether the model generalises
-        prediction = trainer.predict(heldout, metric_key_prefix="heldout")
+    if user_source(data_args) is not None:
+        results["data_source"] = user_source(data_args)
+    if evaluation[0] is not None:
+        results["validation_accuracy"] = trainer.evaluate(evaluation[0], metric_key_prefix="eval")["eval_accuracy"]
+    if test[0] is not None:
+        prediction = trainer.predict(test[0], metric_key_prefix="test")
+        results["test_accuracy"] = prediction.metrics["test_accuracy"]
+        results["test_clips"] = len(prediction.label_ids)
+    if heldout[0] is not None:  # engines never heard in training: the number that says whether the model generalises
+        prediction = trainer.predict(heldout[0], metric_key_prefix="heldout")
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        voices = dataset[data_args.heldout_split]["voice"] if "voice" in dataset[data_args.heldout_split].column_names \
-            else None
-        for key, value in accuracy_by_engine(np.argmax(logits, -1), heldout.labels.numpy(), voices).items():
+        source = heldout[1]
+        voices = list(source["voice"]) if "voice" in (source.column_names or []) and not \
+            isinstance(source, datasets.IterableDataset) else None
+        for key, value in accuracy_by_engine(np.argmax(logits, -1), prediction.label_ids, voices).items():
             results[f"heldout_engine_{key}"] = value
-        results["heldout_engine_clips"] = len(heldout)
+        results["heldout_engine_clips"] = len(prediction.label_ids)
 
     final_model = trainer.model
     if model_args.lora:
@@ -428,7 +478,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
         results["lora_trainable_parameters"] = sum(p.numel() for p in final_model.parameters() if p.requires_grad)
         assert all("lora_" in n or "classifier" in n for n in trainable), trainable
         if model_args.merge_lora:
-            probe = test.features[:16] if test is not None else train.features[:16]
+            probe = torch.stack([item["input_values"] for item in first_items(test[0] or evaluation[0] or train, 16)])
             final_model.eval()
             with torch.no_grad():
                 before = final_model(input_values=probe).logits

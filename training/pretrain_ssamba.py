@@ -5,8 +5,14 @@ modelling), with transformers' Trainer.
 
     # embedded unlabeled corpus (the keyword corpus' training voices, labels dropped)
     python training/pretrain_ssamba.py --output_dir outputs/ssamba-pretrained --num_train_epochs 3
-    # any `datasets` audio dataset saved with save_to_disk (an `audio` column; a DatasetDict's train split is used)
+    # your own unlabeled audio (training/data_loading.py; the training split's audio column is used): a Hub dataset
+    # (or one in the offline cache), an audio folder, a save_to_disk folder, or any of them streamed
+    python training/pretrain_ssamba.py --dataset_name org/name --audio_column_name audio --output_dir ...
+    python training/pretrain_ssamba.py --train_dir my_audio_folder --output_dir ...
     python training/pretrain_ssamba.py --dataset_path my_audio --output_dir ...
+    python training/pretrain_ssamba.py --dataset_name org/name --streaming --max_steps 5000 --output_dir ...
+
+Spectrograms are computed on the fly, when the DataLoader asks for a clip: memory does not grow with the dataset.
 
 Patches do not overlap in pretraining (strides = patch size); fine-tuning adapts the position embeddings to its own
 strides and length (`resize_position_embeddings`, done by finetune_audio_classification.py).
@@ -28,7 +34,14 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import TrainingBudgetCallback, end_distributed_run, max_train_minutes_field, parse_script_args  # noqa: E402
-from finetune_audio_classification import SpectrogramDataset, compute_features  # noqa: E402
+from data_loading import (  # noqa: E402
+    AudioDatasetArguments,
+    check_streaming_training,
+    load_splits,
+    on_the_fly,
+    require_column,
+)
+from finetune_audio_classification import SpectrogramItems, first_items  # noqa: E402
 
 import mamba_zoo  # noqa: E402,F401
 from mamba_zoo import SSAMBAConfig, SSAMBAFeatureExtractor, SSAMBAForPreTraining  # noqa: E402
@@ -64,24 +77,20 @@ class PretrainModelArguments:
 
 
 @dataclass
-class PretrainDataArguments:
-    dataset_path: Optional[str] = field(default=None, metadata={"help": "save_to_disk audio dataset; default: embedded"})
-    audio_column: str = field(default="audio")
+class PretrainDataArguments(AudioDatasetArguments):
+    """Where the unlabeled audio comes from (`AudioDatasetArguments`: `--dataset_name`, `--train_dir`, `--dataset_path`,
+    `--streaming`, `--audio_column_name`, `--train_split_name`, ...; none: the embedded corpus) and its features."""
+
     num_per_class: int = field(default=200, metadata={"help": "embedded corpus size (clips per keyword class)"})
     feature_preset: str = field(default="speechcommands", metadata={"help": "audioset, esc50 or speechcommands"})
     max_length: Optional[int] = field(default=None, metadata={"help": "frames (default: the preset's)"})
     max_train_minutes: Optional[float] = max_train_minutes_field()
 
 
-def load_unlabeled(data_args: PretrainDataArguments):
-    if data_args.dataset_path is None:
-        from mamba_zoo.corpora import load_unlabeled_audio
+def load_embedded_unlabeled(data_args: PretrainDataArguments) -> dict:
+    from mamba_zoo.corpora import load_unlabeled_audio
 
-        return load_unlabeled_audio(num_per_class=data_args.num_per_class)
-    from datasets import DatasetDict, load_from_disk
-
-    dataset = load_from_disk(data_args.dataset_path)
-    return dataset["train"] if isinstance(dataset, DatasetDict) else dataset
+    return {data_args.train_split_name: load_unlabeled_audio(num_per_class=data_args.num_per_class)}
 
 
 def run(model_args: PretrainModelArguments, data_args: PretrainDataArguments, training_args: TrainingArguments,
@@ -89,11 +98,14 @@ def run(model_args: PretrainModelArguments, data_args: PretrainDataArguments, tr
     """Pretrain and save `SSAMBAForPreTraining` + feature extractor to `output_dir`; returns a results dict."""
     set_seed(training_args.seed)
     started = time.time()
-    dataset = load_unlabeled(data_args) if dataset is None else dataset
+    check_streaming_training(data_args, training_args)
+    embedded = (lambda: {data_args.train_split_name: dataset}) if dataset is not None \
+        else (lambda: load_embedded_unlabeled(data_args))
+    source = load_splits(data_args, embedded=embedded)[data_args.train_split_name]
+    require_column(source, data_args.audio_column_name, "--audio_column_name")
     fe_kwargs = {} if data_args.max_length is None else {"max_length": data_args.max_length}
     feature_extractor = SSAMBAFeatureExtractor.from_preset(data_args.feature_preset, **fe_kwargs)
-    features = compute_features(dataset, feature_extractor, data_args.audio_column, desc="pretraining features")
-    train = SpectrogramDataset(features)
+    train = on_the_fly(source, SpectrogramItems(feature_extractor, data_args.audio_column_name))
 
     overrides = {k: v for k, v in (("num_hidden_layers", model_args.num_hidden_layers),
                                    ("hidden_size", model_args.hidden_size)) if v is not None}
@@ -120,13 +132,15 @@ def run(model_args: PretrainModelArguments, data_args: PretrainDataArguments, tr
                       processing_class=feature_extractor)
     train_result = trainer.train()
 
-    # pretext-task quality on the last 256 clips (masked patch classification accuracy, reconstruction MSE)
+    # pretext-task quality on the last 256 clips (first 256 of a stream): masked patch accuracy, reconstruction MSE
     model.eval()
+    streamed = isinstance(train, torch.utils.data.IterableDataset)
+    probe_items = first_items(train, 256) if streamed else [train[i] for i in range(max(0, len(train) - 256), len(train))]
     with torch.no_grad():
-        probe = features[-256:].to(model.device)
+        probe = torch.stack([item["input_values"] for item in probe_items]).to(model.device)
         out = model(probe)
     results = {
-        "pretraining_clips": len(train),
+        "pretraining_clips": "streamed" if streamed else len(train),
         "steps": train_result.global_step,
         "train_minutes": round(train_result.metrics["train_runtime"] / 60, 2),
         "final_discriminative_accuracy": round(float(out.discriminative_accuracy), 4),

@@ -55,7 +55,7 @@ def main(argv=None):
                 patch_frames=pretrained.time_patch_size if pretrained.frequency_patch_size == pretrained.num_mel_bins
                 else None,
             )
-            data_args = finetune.DataArguments(train_per_class=args.clips_per_class, eval_split="none")
+            data_args = finetune.DataArguments(train_per_class=args.clips_per_class, eval_split_name="none")
             training_args = TrainingArguments(
                 output_dir=os.path.join(args.output_dir, f"{init}-seed{seed}"), num_train_epochs=args.epochs,
                 per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64,
