@@ -189,6 +189,18 @@ class SpectrogramItems:
         self.label_ids, self.augment, self.views, self.max_samples = label_ids, augment, views, max_samples
         self.freq_mask, self.time_mask, self.max_shift = freq_mask, time_mask, max_shift
 
+    def spec_augment(self, x: torch.Tensor) -> torch.Tensor:
+        """SpecAugment of one spectrogram `(time, mel)`, in place."""
+        shift = int(torch.randint(-self.max_shift, self.max_shift + 1, ()))
+        x = torch.roll(x, shift, dims=0)
+        f = int(torch.randint(0, self.freq_mask + 1, ()))
+        f0 = int(torch.randint(0, x.shape[1] - f + 1, ()))
+        x[:, f0:f0 + f] = 0
+        t = int(torch.randint(0, self.time_mask + 1, ()))
+        t0 = int(torch.randint(0, x.shape[0] - t + 1, ()))
+        x[t0:t0 + t, :] = 0
+        return x
+
     def clip(self, row: dict, index) -> np.ndarray:
         if self.views is not None:
             view = int(torch.randint(0, len(self.views) + 1, ()))
@@ -204,14 +216,7 @@ class SpectrogramItems:
         x = self.feature_extractor(clip, sampling_rate=self.feature_extractor.sampling_rate,
                                    return_tensors="pt")["input_values"][0]
         if self.augment:
-            shift = int(torch.randint(-self.max_shift, self.max_shift + 1, ()))
-            x = torch.roll(x, shift, dims=0)
-            f = int(torch.randint(0, self.freq_mask + 1, ()))
-            f0 = int(torch.randint(0, x.shape[1] - f + 1, ()))
-            x[:, f0:f0 + f] = 0
-            t = int(torch.randint(0, self.time_mask + 1, ()))
-            t0 = int(torch.randint(0, x.shape[0] - t + 1, ()))
-            x[t0:t0 + t, :] = 0
+            x = self.spec_augment(x)
         item = {"input_values": x}
         if self.label_column is not None:
             item["labels"] = torch.tensor(self.label_ids(row[self.label_column]), dtype=torch.long)
@@ -453,7 +458,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     results = {"train_clips": "streamed" if streaming else len(train),
                "waveform_augment_copies": data_args.waveform_augment_copies,
                "train_steps": train_result.global_step,
-               "train_minutes": round(train_result.metrics["train_runtime"] / 60, 2), **budget.summary()}
+               "train_minutes": round(train_result.metrics["train_runtime"] / 60, 2),
+               "train_samples_per_second": train_result.metrics["train_samples_per_second"], **budget.summary()}
     if user_source(data_args) is not None:
         results["data_source"] = user_source(data_args)
     if evaluation[0] is not None:
