@@ -55,7 +55,8 @@ def test_audio_folders_train_validate_and_test(tmp_path):
     out = tmp_path / "out"
     results = finetune.main(["--train_dir", str(tmp_path / "data" / "train"),
                              "--eval_dir", str(tmp_path / "data" / "validation"),
-                             "--test_dir", str(tmp_path / "data" / "test"), "--output_dir", str(out), *TINY])
+                             "--test_dir", str(tmp_path / "data" / "test"), "--output_dir", str(out),
+                             "--dataloader_num_workers", "2", *TINY])  # featurised in two worker processes
     check_run(out, results, train_clips=9, test_clips=6)
     assert results["data_source"] == "train_dir" and 0 <= results["validation_accuracy"] <= 1
     assert "audio folder" in (out / "README.md").read_text()

@@ -43,6 +43,27 @@ in `eval_results.json`, the printed summary and the model card). `--waveform_aug
 seeded augmented versions of every training utterance (`mamba_zoo.corpora.voice_augmentation.WaveformAugmenter`, same length); each
 training item is drawn among the original and its copies.
 
+Your own data (`training/data_loading.py`; transformers' example-script flag names): any split with an audio column
+(`--audio_column_name`, default `audio`) and a transcript column (`--text_column_name`, default `text`); audio is
+decoded with soundfile (no torchcodec needed) and resampled to 16 kHz, the rest of the recipe is unchanged:
+
+    python training/train_ctc.py --dataset_name org/speech --text_column_name sentence
+    python training/train_ctc.py --train_dir clips/train --eval_dir clips/dev   # audio files + metadata.csv (file_name,text)
+    python training/train_ctc.py --dataset_path my_corpus                       # a DatasetDict saved with save_to_disk
+    python training/train_ctc.py --dataset_name org/speech --streaming --max_steps 2000
+
+The training split is read on the fly (`data_loading.on_the_fly`): each item's audio is decoded when the DataLoader
+asks for it and featurised per batch by the collator, so memory does not grow with the training set. The evaluation
+splits (`--eval_split_name`, `--test_split_name`, and the embedded corpus's `heldout_engine`) are decoded into memory
+once, to be transcribed in length-sorted batches: bound them with `--max_eval_samples`. Absent evaluation splits are
+skipped (no validation split: no evaluation during training). The vocabulary is built from the training transcripts
+(only that column is read; with `--streaming`, the first `--vocabulary_samples` transcripts of the stream: characters
+seen only later map to `<unk>`; or take the checkpoint's with `--init_from`). `--max_duration_in_seconds S` drops
+longer training clips before training (as transformers' run_speech_recognition_ctc.py does): for map-style data a
+`datasets.Dataset.filter` pass that reads each clip's file header (soundfile.info; an array's length for in-memory
+audio), nothing decoded or kept; for a stream the same test, lazily, as rows arrive. `--streaming` training needs
+`--max_steps`; `--waveform_augment_copies` (which holds every augmented training clip in memory) needs map-style data.
+
 Then: `pipeline("automatic-speech-recognition", model="outputs/mamba-ctc-digits", trust_remote_code=True)`.
 """
 
@@ -75,15 +96,27 @@ from common import (  # noqa: E402
     parse_script_args,
 )
 from mamba_zoo.corpora import HELDOUT_SPLIT  # noqa: E402  (the split spoken only by engines never heard in training)
+import data_loading  # noqa: E402
+from data_loading import AudioDatasetArguments  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------- data
 
 
+SAMPLING_RATE = 16000  # the feature extractor's rate: every clip is decoded (and resampled) to it
+
+
+def draw_view(num_views: int) -> int:
+    """Which version of a training clip an item uses when it has `num_views` augmented copies: 0 = the original, k =
+    copy k. One draw per item from torch's generator (which the Trainer seeds), so the same seed draws the same views."""
+    return int(torch.randint(0, num_views + 1, ()))
+
+
 class AudioTextDataset(torch.utils.data.Dataset):
-    """In-memory list of `{"audio": float32 array at 16 kHz, "text": str}`; `voice` (optional) names each utterance's
-    voice. `views`: augmented versions of the same utterances, a list of copies each as long as `audio` (same
-    lengths); each item is then drawn among the original and its copies (torch's generator, which the Trainer seeds)."""
+    """In-memory list of `{"audio": float32 array at 16 kHz, "text": str}` (the evaluation splits, decoded once by
+    `decode_to_memory`; training data is never held like this, see `training_items`); `voice` (optional) names each
+    utterance's voice. `views`: augmented versions of the same utterances, a list of copies each as long as `audio`
+    (same lengths); each item is then drawn among the original and its copies (`draw_view`)."""
 
     def __init__(self, audio: list[np.ndarray], text: list[str], voice: Optional[list[str]] = None,
                  views: Optional[list[list[np.ndarray]]] = None):
@@ -95,23 +128,105 @@ class AudioTextDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         audio = self.audio[index]
         if self.views:
-            view = int(torch.randint(0, len(self.views) + 1, ()))
+            view = draw_view(len(self.views))
             audio = audio if view == 0 else self.views[view - 1][index]
         return {"audio": audio, "text": self.text[index]}
 
 
-def dataset_to_memory(split) -> AudioTextDataset:
-    """A `datasets.Dataset` with `audio` ({array, sampling_rate}) and `text` -> `AudioTextDataset` (arrays decoded
-    once; no torchcodec needed)."""
-    voice = [str(v) for v in split["voice"]] if "voice" in split.column_names else None
-    split = split.with_format("numpy", columns=["audio", "text"])
-    audio, text = [], []
-    for row in split:
-        if int(row["audio"]["sampling_rate"]) != 16000:
-            raise ValueError(f"Expected 16 kHz audio, got {row['audio']['sampling_rate']} Hz; resample first.")
-        audio.append(np.asarray(row["audio"]["array"], dtype=np.float32))
-        text.append(str(row["text"]))
-    return AudioTextDataset(audio, text, voice)
+def is_stream(split) -> bool:
+    import datasets
+
+    return isinstance(split, datasets.IterableDataset)
+
+
+def decode_to_memory(split, audio_column: str = "audio", text_column: str = "text") -> AudioTextDataset:
+    """An evaluation split (map-style, or a stream read once) -> `AudioTextDataset`: every clip decoded to 16 kHz
+    (`data_loading.decode_audio`: no torchcodec needed), with the `voice` column when there is one."""
+    columns = [audio_column, text_column]
+    has_voice = split.features is not None and "voice" in split.features
+    if has_voice:
+        columns.append("voice")
+    rows = split.select_columns(columns)
+    audio, text, voice = [], [], []
+    for index, row in enumerate(rows if is_stream(split) else rows.with_format("numpy")):
+        audio.append(data_loading.decode_audio(row[audio_column], SAMPLING_RATE, audio_column, index))
+        text.append(str(row[text_column]))
+        if has_voice:
+            voice.append(str(row["voice"]))
+    return AudioTextDataset(audio, text, voice if has_voice else None)
+
+
+def training_items(split, audio_column: str, text_column: str, views=None):
+    """The training split for the Trainer, prepared on the fly (`data_loading.on_the_fly`): each item's clip is decoded
+    when the DataLoader asks for it, `{"audio", "text"}` (the collator featurises per batch). With `views` (augmented
+    copies of every clip, map-style data only) each item first draws its version (`draw_view`), as
+    `AudioTextDataset` does."""
+    split = split.select_columns([audio_column, text_column])
+
+    def prepare(row, index):
+        text = str(row[text_column])
+        if views:
+            view = draw_view(len(views))
+            if view:
+                return {"audio": views[view - 1][index], "text": text}
+        return {"audio": data_loading.decode_audio(row[audio_column], SAMPLING_RATE, audio_column, index),
+                "text": text}
+
+    return data_loading.on_the_fly(split, prepare)
+
+
+def clip_seconds(cell, column: str = "audio") -> float:
+    """A clip's duration without decoding it: its file header (soundfile.info, for `{bytes, path}` cells, paths and
+    bytes), or an in-memory array's length; decoded only when the header cannot be read."""
+    import io
+
+    import soundfile
+
+    if isinstance(cell, dict) and cell.get("array") is not None:
+        return len(cell["array"]) / float(cell["sampling_rate"])
+    source = (cell.get("bytes") or cell.get("path")) if isinstance(cell, dict) else cell
+    try:
+        info = soundfile.info(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        if info.frames > 0:
+            return info.frames / info.samplerate
+    except (RuntimeError, TypeError, OSError, soundfile.LibsndfileError):
+        pass
+    return len(data_loading.decode_audio(cell, SAMPLING_RATE, column)) / SAMPLING_RATE
+
+
+def drop_long_clips(split, audio_column: str, max_seconds: Optional[float]):
+    """The training split without clips longer than `max_seconds` (None: all kept). Map-style: `Dataset.filter`, one
+    pass reading each clip's header before training (nothing decoded or kept); a stream: the same test, lazily."""
+    if max_seconds is None:
+        return split
+    keep = lambda cell: clip_seconds(cell, audio_column) <= max_seconds  # noqa: E731
+    if is_stream(split):
+        return split.filter(keep, input_columns=[audio_column])
+    return split.filter(keep, input_columns=[audio_column], desc=f"training clips <= {max_seconds:g} s")
+
+
+def training_transcripts(split, text_column: str, limit: int) -> list[str]:
+    """The transcripts the vocabulary is built from: the whole text column of map-style data (only that column is
+    read), the first `limit` of a stream."""
+    import itertools
+
+    if is_stream(split):
+        return [str(row[text_column]) for row in itertools.islice(split.select_columns([text_column]), limit)]
+    return [str(t) for t in split[text_column]]
+
+
+def describe_source(data_args) -> Optional[str]:
+    """The user's data source in words (None: the embedded corpus)."""
+    source = data_loading.user_source(data_args)
+    if source is None:
+        return None
+    if source == "dataset_name":
+        name = data_args.dataset_name + (f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else "")
+    elif source == "dataset_path":
+        name = f"the dataset saved at {data_args.dataset_path}"
+    else:
+        name = f"the audio folder {data_args.train_dir}"
+    return name + (", streamed" if data_args.streaming else "")
 
 
 @dataclass
@@ -145,12 +260,24 @@ class DataCollatorCTCWithPadding:
 # ---------------------------------------------------------------------------------------------------------- metrics
 
 
-def word_and_char_error_rates(predictions: list[str], references: list[str]) -> dict[str, float]:
-    import jiwer
+_METRICS = {}  # name -> the loaded `evaluate` module (loaded once)
 
+
+def error_rate(name: str, predictions: list[str], references: list[str]) -> float:
+    """`mamba_zoo.metrics.load_metric(name)` ("wer" / "cer": offline `evaluate` modules, jiwer inside) on the texts as
+    given. Kept in memory: no cache files, so the processes of a launched run do not share one."""
+    from mamba_zoo.metrics import load_metric
+
+    if name not in _METRICS:
+        _METRICS[name] = load_metric(name, keep_in_memory=True)
+    return float(_METRICS[name].compute(predictions=list(predictions), references=list(references)))
+
+
+def word_and_char_error_rates(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """WER and CER (fractions) after `normalize_transcript` of both sides."""
     references = [normalize_transcript(r) for r in references]
     predictions = [normalize_transcript(p) for p in predictions]
-    return {"wer": float(jiwer.wer(references, predictions)), "cer": float(jiwer.cer(references, predictions))}
+    return {"wer": error_rate("wer", predictions, references), "cer": error_rate("cer", predictions, references)}
 
 
 def heldout_engine_rates(predictions: list[str], dataset: AudioTextDataset) -> dict[str, float]:
@@ -229,18 +356,16 @@ def long_form_check(output_dir: str, dataset: AudioTextDataset, seconds: float =
     chunked = asr({"raw": long_audio, "sampling_rate": 16000}, chunk_length_s=chunk_length_s,
                   stride_length_s=stride_length_s, return_timestamps="word")
     chunked_s = time.perf_counter() - start
-    import jiwer
+    unchunked_text, chunked_text = normalize_transcript(unchunked), normalize_transcript(chunked["text"])
 
     return {
         "audio_seconds": round(len(long_audio) / 16000, 1),
         "chunk_length_s": chunk_length_s,
         "stride_length_s": stride_length_s,
-        "wer_unchunked_vs_reference": float(jiwer.wer(reference, normalize_transcript(unchunked))),
-        "wer_chunked_vs_reference": float(jiwer.wer(reference, normalize_transcript(chunked["text"]))),
-        "wer_chunked_vs_unchunked": float(jiwer.wer(normalize_transcript(unchunked) or "<empty>",
-                                                    normalize_transcript(chunked["text"]))),
-        "cer_chunked_vs_unchunked": float(jiwer.cer(normalize_transcript(unchunked) or "<empty>",
-                                                    normalize_transcript(chunked["text"]))),
+        "wer_unchunked_vs_reference": error_rate("wer", [unchunked_text], [reference]),
+        "wer_chunked_vs_reference": error_rate("wer", [chunked_text], [reference]),
+        "wer_chunked_vs_unchunked": error_rate("wer", [chunked_text], [unchunked_text or "<empty>"]),
+        "cer_chunked_vs_unchunked": error_rate("cer", [chunked_text], [unchunked_text or "<empty>"]),
         "identical": unchunked == chunked["text"],
         "word_timestamps_first": chunked.get("chunks", [])[:3],
         "unchunked_seconds": round(unchunked_s, 2),
@@ -267,41 +392,54 @@ def engines_sentence(results: dict) -> str:
 
 
 def write_model_card(output_dir: str, kind: str, results: dict) -> None:
-    test = results["test"]
+    """`README.md` beside the checkpoint: what was trained on what (the embedded corpus, or `results["dataset"]`,
+    the user's data), and the measured error rates (model-index: test, else validation)."""
+    scored = results.get("test") or results.get("validation")
+    user_data = results.get("dataset")
     engines = ", ".join(results.get("training_engines") or ["espeak-ng"])
+    if user_data:
+        dataset = f"{{name: {user_data}, type: custom}}"
+        num_train = results["num_train"] if results.get("num_train") is not None else "streamed"
+        trained_on = f"on {user_data} ({num_train} training utterances)."
+    else:
+        dataset = f"{{name: mamba-zoo transcribed-{kind} ({engines}, held-out voices), type: synthetic}}"
+        trained_on = (f"on the embedded `{kind}` corpus of mamba-zoo ({results['num_train']} training utterances, "
+                      f"{engines} voices). Test voices are never heard in training. {engines_sentence(results)}")
+    metrics = [] if scored is None else [
+        "model-index:",
+        f"- name: {Path(output_dir).name}",
+        "  results:",
+        "  - task: {type: automatic-speech-recognition}",
+        f"    dataset: {dataset}",
+        "    metrics:",
+        f"    - {{type: wer, value: {100 * scored['wer']:.2f}}}",
+        f"    - {{type: cer, value: {100 * scored['cer']:.2f}}}",
+    ]
     lines = [
         "---",
         "library_name: transformers",
         "pipeline_tag: automatic-speech-recognition",
         "tags: [mamba, ctc, speech, mamba-zoo]",
         "license: apache-2.0",
-        "model-index:",
-        f"- name: {Path(output_dir).name}",
-        "  results:",
-        "  - task: {type: automatic-speech-recognition}",
-        f"    dataset: {{name: mamba-zoo transcribed-{kind} ({engines}, held-out voices), type: synthetic}}",
-        "    metrics:",
-        f"    - {{type: wer, value: {100 * test['wer']:.2f}}}",
-        f"    - {{type: cer, value: {100 * test['cer']:.2f}}}",
+        *metrics,
         "---",
         "",
         f"# {Path(output_dir).name}",
         "",
-        f"MambaForCTC (bidirectional Mamba encoder, CTC) trained with `training/train_ctc.py` on the embedded "
-        f"`{kind}` corpus of mamba-zoo ({results['num_train']} training utterances, {engines} voices). Test voices "
-        f"are never heard in training. {engines_sentence(results)}",
+        f"MambaForCTC (bidirectional Mamba encoder, CTC) trained with `training/train_ctc.py` {trained_on}",
         "",
         "| split | WER | CER |",
         "|---|---|---|",
     ]
     for split in ("validation", "test"):
         if split in results:
-            lines.append(f"| {split} (held-out voices) | {100 * results[split]['wer']:.2f}% | {100 * results[split]['cer']:.2f}% |")
+            name = results.get("split_names", {}).get(split, split) if user_data else f"{split} (held-out voices)"
+            lines.append(f"| {name} | {100 * results[split]['wer']:.2f}% | {100 * results[split]['cer']:.2f}% |")
     if "heldout_engine_wer" in results:
         heldout = ", ".join(results.get("heldout_engines") or [])
         heldout += "" if set(results.get("heldout_engines") or []) & set(results.get("training_engines") or []) \
             else ": never heard in training"
-        lines.append(f"| {HELDOUT_SPLIT} ({heldout}) | "
+        lines.append(f"| {HELDOUT_SPLIT}{'' if user_data else f' ({heldout})'} | "
                      f"{100 * results['heldout_engine_wer']:.2f}% | {100 * results['heldout_engine_cer']:.2f}% |")
         for key in sorted(k for k in results if k.startswith("heldout_engine_wer_")):
             lines.append(f"| {HELDOUT_SPLIT}, {key[len('heldout_engine_wer_'):]} only | {100 * results[key]:.2f}% | |")
@@ -348,7 +486,18 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
+class DataArguments(AudioDatasetArguments):
+    """Where the data comes from (`AudioDatasetArguments`: --dataset_name / --train_dir / --dataset_path, --streaming,
+    the split names and sample limits; none given = the embedded corpus below), its columns, and the recipe's data
+    options."""
+
+    text_column_name: str = field(default="text", metadata={"help": "the column holding the transcripts"})
+    max_duration_in_seconds: Optional[float] = field(default=None, metadata={
+        "help": "drop training clips longer than this (read from each file's header before training, nothing "
+                "decoded; lazily with --streaming). Default: keep all"})
+    vocabulary_samples: int = field(default=10000, metadata={
+        "help": "with --streaming (and no --init_from): build the character vocabulary from this many transcripts "
+                "at the start of the stream (map-style data: from all training transcripts)"})
     kind: str = field(default="digits", metadata={"choices": ["digits", "sentences"], "help": "embedded corpus"})
     num_train: int = field(default=2000, metadata={"help": "training utterances"})
     num_eval: int = field(default=200, metadata={"help": "validation and test utterances (each)"})
@@ -406,16 +555,18 @@ def process_cpu_seconds() -> float:
 
 
 def train_model(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments, training_args,
-                train: AudioTextDataset, validation: AudioTextDataset):
+                train, validation: Optional[AudioTextDataset], transcripts=None):
     """Build (or load with --init_from) the model and processor, train with Trainer, save both to --output_dir (main
-    process only); the Trainer's own files go to `OUTPUT_DIR/trainer`."""
-    from transformers import Trainer
+    process only); the Trainer's own files go to `OUTPUT_DIR/trainer`. `train`: the on-the-fly training items
+    (`training_items`); `validation`: evaluated by the Trainer (None: no evaluation during training);
+    `transcripts()`: the training transcripts the vocabulary is built from (not read with --init_from)."""
+    from transformers import IntervalStrategy, Trainer
 
     if model_args.init_from:
         processor = MambaCTCProcessor.from_pretrained(model_args.init_from)
         model = MambaForCTC.from_pretrained(model_args.init_from)
     else:
-        processor = MambaCTCProcessor.from_transcripts(train.text)
+        processor = MambaCTCProcessor.from_transcripts(transcripts())
         config = MambaCTCConfig(
             vocab_size=len(processor.tokenizer), pad_token_id=processor.tokenizer.pad_token_id,
             hidden_size=model_args.hidden_size, num_hidden_layers=model_args.num_hidden_layers,
@@ -439,9 +590,15 @@ def train_model(model_args: ModelArguments, data_args: DataArguments, run_args: 
     trainer_args = copy.copy(training_args)  # the caller's keep OUTPUT_DIR and the -1 logging default
     trainer_args.output_dir = os.path.join(output_dir, "trainer")
     if trainer_args.logging_steps < 0:
-        steps_per_epoch = math.ceil(len(train) / (training_args.per_device_train_batch_size
-                                                  * training_args.gradient_accumulation_steps))
-        trainer_args.logging_steps = max(1, steps_per_epoch // 4)
+        if isinstance(train, torch.utils.data.IterableDataset):  # a stream: no epochs, a quarter of the steps
+            trainer_args.logging_steps = max(1, training_args.max_steps // 4)
+        else:
+            steps_per_epoch = math.ceil(len(train) / (training_args.per_device_train_batch_size
+                                                      * training_args.gradient_accumulation_steps))
+            trainer_args.logging_steps = max(1, steps_per_epoch // 4)
+    if validation is None and trainer_args.eval_strategy != IntervalStrategy.NO:
+        print("no validation split: no evaluation during training", flush=True)
+        trainer_args.eval_strategy = IntervalStrategy.NO
     budget = TrainingBudgetCallback(run_args.max_train_minutes)
     trainer = Trainer(
         model=model,
@@ -466,17 +623,48 @@ def train_model(model_args: ModelArguments, data_args: DataArguments, run_args: 
         model.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
 
-    results = {"num_train": len(train), "parameters": parameters, "train_seconds": train_seconds,
+    results = {"num_train": None if isinstance(train, torch.utils.data.IterableDataset) else len(train),
+               "parameters": parameters, "train_seconds": train_seconds,
                "train_cpu_seconds": train_cpu_seconds,
                "device": "cuda" if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads",
                "epochs_completed": trainer.state.epoch, "steps": trainer.state.global_step, **budget.summary()}
     return model, processor, results
 
 
+def load_data(data_args: DataArguments, seed: int):
+    """`{role: split}` for the roles `train`, `validation`, `test` and `heldout_engine` that the data has (roles ->
+    `--train_split_name`, `--eval_split_name`, `--test_split_name`, `heldout_engine`): the user's data
+    (`data_loading.load_splits`) or, with no source flag, the embedded corpus through the same path. Audio columns come
+    undecoded; the audio and text columns are checked."""
+    engines, engine_weights = parse_engines(data_args.engines)
+    heldout_engines = parse_engines(data_args.heldout_engines)[0]
+
+    def embedded():
+        from mamba_zoo.corpora import load_transcribed
+
+        return load_transcribed(data_args.kind, num_train=data_args.num_train, num_eval=data_args.num_eval, seed=seed,
+                                engines=engines, engine_weights=engine_weights, heldout_engines=heldout_engines)
+
+    splits = data_loading.load_splits(data_args, embedded=embedded)
+    names = {"train": data_args.train_split_name, "validation": data_args.eval_split_name,
+             "test": data_args.test_split_name, HELDOUT_SPLIT: HELDOUT_SPLIT}
+    used = {role: splits[name] for role, name in names.items() if name in splits}
+    for split in used.values():
+        data_loading.require_column(split, data_args.audio_column_name, "--audio_column_name")
+        data_loading.require_column(split, data_args.text_column_name, "--text_column_name")
+    return used, {role: names[role] for role in used}
+
+
 def main(argv=None):
     model_args, data_args, run_args, training_args = parse_args(argv)
     output_dir = training_args.output_dir
     script_start = time.perf_counter()
+    source = describe_source(data_args)  # None: the embedded corpus (and a clear error for two sources)
+    if not run_args.eval_only:
+        data_loading.check_streaming_training(data_args, training_args)
+        if data_args.waveform_augment_copies > 0 and data_args.streaming:
+            raise ValueError("--waveform_augment_copies needs map-style data (the augmented copies of every training "
+                             "clip are computed before training and held in memory): drop --streaming or the copies.")
     if run_args.num_threads:
         torch.set_num_threads(run_args.num_threads)
         try:
@@ -487,53 +675,78 @@ def main(argv=None):
             pass
     from transformers import set_seed
 
-    from mamba_zoo.corpora import load_transcribed
-
     set_seed(training_args.seed)
     engines, engine_weights = parse_engines(data_args.engines)
-    heldout_engines = parse_engines(data_args.heldout_engines)[0]
-    corpus = load_transcribed(data_args.kind, num_train=data_args.num_train, num_eval=data_args.num_eval,
-                              seed=training_args.seed, engines=engines, engine_weights=engine_weights,
-                              heldout_engines=heldout_engines)
-    train, validation, test = (dataset_to_memory(corpus[s]) for s in ("train", "validation", "test"))
-    heldout = dataset_to_memory(corpus[HELDOUT_SPLIT]) if HELDOUT_SPLIT in corpus else None
-    print(f"corpus: {len(train)} train / {len(validation)} validation / {len(test)} test"
-          f"{f' / {len(heldout)} {HELDOUT_SPLIT}' if heldout is not None else ''} utterances "
-          f"({sum(len(a) for a in train.audio) / 16000 / 3600:.2f} h train audio; training engines "
-          f"{', '.join(engines)}{'; held out ' + ', '.join(heldout_engines) if heldout_engines else ''}), "
-          f"{time.perf_counter() - script_start:.0f} s to load", flush=True)
+    heldout_engines = parse_engines(data_args.heldout_engines)[0] if source is None else ()
+    audio_column, text_column = data_args.audio_column_name, data_args.text_column_name
+    splits, split_names = load_data(data_args, training_args.seed)
+    train_split = splits["train"]
+    if not run_args.eval_only:
+        train_split = drop_long_clips(train_split, audio_column, data_args.max_duration_in_seconds)
+    # the evaluation splits are decoded into memory (transcribed in length-sorted batches; --max_eval_samples bounds them)
+    validation, test, heldout = (decode_to_memory(splits[role], audio_column, text_column) if role in splits else None
+                                 for role in ("validation", "test", HELDOUT_SPLIT))
+    counts = [f"{'streamed' if is_stream(train_split) else len(train_split)} train"] + [
+        f"{len(split)} {split_names[role]}" for role, split in
+        (("validation", validation), ("test", test), (HELDOUT_SPLIT, heldout)) if split is not None]
+    corpus = (f"{source}" if source is not None else
+              f"embedded {data_args.kind} corpus, training engines {', '.join(engines)}"
+              f"{'; held out ' + ', '.join(heldout_engines) if heldout_engines else ''}")
+    print(f"data: {' / '.join(counts)} utterances ({corpus}), {time.perf_counter() - script_start:.0f} s to load",
+          flush=True)
 
     if run_args.eval_only:
         processor = MambaCTCProcessor.from_pretrained(output_dir)
         model = MambaForCTC.from_pretrained(output_dir).eval()
         results = json.loads(Path(output_dir, "eval_results.json").read_text())
         results["evaluated_separately"] = True
-        results.setdefault("training_engines", list(engines))  # what the checkpoint was trained on, if recorded
+        if source is None:
+            results.setdefault("training_engines", list(engines))  # what the checkpoint was trained on, if recorded
     else:
+        views = None
         if data_args.waveform_augment_copies > 0:
             start = time.perf_counter()
-            train.views = augmented_copies(train.audio, 16000, data_args.waveform_augment_copies, training_args.seed,
-                                           num_workers=min(2, os.cpu_count() or 1), desc="train augmentation")
-            print(f"waveform augmentation: {data_args.waveform_augment_copies} copies of {len(train)} utterances in "
+            clips = decode_to_memory(train_split, audio_column, text_column).audio
+            views = augmented_copies(clips, SAMPLING_RATE, data_args.waveform_augment_copies, training_args.seed,
+                                     num_workers=min(2, os.cpu_count() or 1), desc="train augmentation")
+            print(f"waveform augmentation: {data_args.waveform_augment_copies} copies of {len(clips)} utterances in "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
-        model, processor, results = train_model(model_args, data_args, run_args, training_args, train, validation)
-        results["training_engines"] = list(engines)
-        if engine_weights is not None:
-            results["engine_weights"] = list(engine_weights)
+            del clips  # the originals are decoded again on the fly
+        train = training_items(train_split, audio_column, text_column, views)
+        model, processor, results = train_model(
+            model_args, data_args, run_args, training_args, train, validation,
+            transcripts=lambda: training_transcripts(train_split, text_column, data_args.vocabulary_samples))
+        if source is None:
+            results["training_engines"] = list(engines)
+            if engine_weights is not None:
+                results["engine_weights"] = list(engine_weights)
+        else:
+            results["dataset"] = source
+        if data_args.max_duration_in_seconds is not None:
+            results["max_duration_in_seconds"] = data_args.max_duration_in_seconds
+            if not is_stream(splits["train"]):
+                results["num_train_too_long"] = len(splits["train"]) - len(train_split)
         results["waveform_augment_copies"] = data_args.waveform_augment_copies
         if training_args.process_index != 0:  # under a launcher: the main process evaluates and writes the files
             return results
-    results["heldout_engines"] = list(heldout_engines)
-    heard = sorted(set(heldout_engines) & set(results["training_engines"]))
+    results["split_names"] = split_names
+    if source is None:
+        results["heldout_engines"] = list(heldout_engines)
+    heard = sorted(set(heldout_engines) & set(results.get("training_engines") or []))
     if heard:
         print(f"warning: the {HELDOUT_SPLIT} split's engines {', '.join(heard)} were heard in training: its error "
               "rates do not measure generalisation to an unseen engine", flush=True)
     for name, split in (("validation", validation), ("test", test)):
+        if split is None:
+            for key in (name, f"{name}_utterances", f"{name}_beam"):  # eval_only: no stale numbers
+                results.pop(key, None)
+            continue
         predictions = transcribe(model, processor, split)
         results[name] = word_and_char_error_rates(predictions, split.text)
         results[name]["examples"] = [
             {"reference": r, "prediction": p} for r, p in list(zip(split.text, predictions))[:5]
         ]
+        results[f"{name}_utterances"] = len(split)
         print(f"{name}: WER {100 * results[name]['wer']:.2f}%  CER {100 * results[name]['cer']:.2f}%", flush=True)
     for key in [k for k in results if k.startswith(f"{HELDOUT_SPLIT}_")]:  # eval_only: no stale held-out numbers
         del results[key]
@@ -546,10 +759,12 @@ def main(argv=None):
         ]
         per_engine = "".join(f"  {k[len('heldout_engine_wer_'):]} WER {100 * v:.2f}%" for k, v in results.items()
                              if k.startswith("heldout_engine_wer_"))
-        print(f"{HELDOUT_SPLIT} ({', '.join(heldout_engines)}{'' if heard else ', never heard in training'}): "
+        engines_said = f" ({', '.join(heldout_engines)}{'' if heard else ', never heard in training'})" \
+            if heldout_engines else ""
+        print(f"{HELDOUT_SPLIT}{engines_said}: "
               f"WER {100 * results['heldout_engine_wer']:.2f}%  CER {100 * results['heldout_engine_cer']:.2f}%"
               f"{per_engine}", flush=True)
-    if run_args.beam_width:
+    if run_args.beam_width and test is not None:
         try:
             decoder = processor.build_beam_decoder()
             predictions = transcribe(model, processor, test, beam_decoder=decoder)
@@ -562,8 +777,9 @@ def main(argv=None):
                       f"WER {100 * results[f'{HELDOUT_SPLIT}_beam']['wer']:.2f}%", flush=True)
         except ImportError as error:
             print(f"beam search skipped: {error}")
-    if not run_args.skip_long_form:
-        results["long_form"] = long_form_check(output_dir, test)
+    long_form_source = test if test is not None else validation
+    if not run_args.skip_long_form and long_form_source is not None:
+        results["long_form"] = long_form_check(output_dir, long_form_source)
         print("long form:", json.dumps({k: v for k, v in results["long_form"].items() if k != "word_timestamps_first"}),
               flush=True)
     key = "eval_only" if run_args.eval_only else "total"

@@ -40,6 +40,28 @@ test after training (`heldout_engine_wer`, `heldout_engine_cer` and, with severa
 `heldout_engine_wer_<engine>`, percentages like `test_wer`, in `results.json`, the printed summary and the model card
 `README.md`).
 
+Your own data (`training/data_loading.py`; transformers' example-script flag names): any split with an audio column
+(`--audio_column_name`, default `audio`) and a transcript column (`--text_column_name`, default `text`); audio is
+decoded with soundfile (no torchcodec needed) and resampled to 16 kHz, the rest of the recipe is unchanged:
+
+    python training/train_decoder_asr.py --dataset_name org/speech --text_column_name sentence
+    python training/train_decoder_asr.py --train_dir clips/train --test_dir clips/test   # audio + metadata.csv (file_name,text)
+    python training/train_decoder_asr.py --dataset_path my_corpus                        # a save_to_disk DatasetDict
+    python training/train_decoder_asr.py --dataset_name org/speech --streaming --max_steps 2000
+
+The training split is prepared on the fly (`data_loading.on_the_fly`): when the DataLoader asks for an item, its clip
+is decoded and run through the processor (log-mel frames or speech units + token ids), so memory does not grow with the
+training set and nothing is computed before training. The split decoded after training is `--test_split_name` (else
+`--eval_split_name`; `test_wer` / `validation_wer` in `results.json`), plus the embedded corpus's `heldout_engine`:
+these are decoded into memory once, to be generated in length-sorted batches; bound them with `--max_eval_samples`.
+The tokenizer's characters are the default `a-z ' ` plus any other character of the training transcripts (only that
+column is read; with `--streaming`, the first `--vocabulary_samples` transcripts); with `--speech_input units` the
+k-means units are fitted on the first `--unit_fit_samples` training clips (default: all of map-style data, 2000 of a
+stream), decoded for the fit only. `--max_duration_in_seconds S` drops longer training clips before training (as
+transformers' run_speech_recognition_ctc.py does): for map-style data a `datasets.Dataset.filter` pass that reads each
+clip's file header (soundfile.info; an array's length for in-memory audio), nothing decoded or kept; for a stream the
+same test, lazily. `--streaming` training needs `--max_steps` (the default, 1500, is one).
+
 Then: `pipeline("automatic-speech-recognition", model="outputs/mamba-asr-digits", trust_remote_code=True)`.
 """
 
@@ -61,6 +83,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mamba_zoo  # noqa: E402,F401  (registers the Auto* classes and the ASR pipeline)
 from mamba_zoo import MambaASRConfig, MambaASRProcessor, MambaDecoderOnlyASR  # noqa: E402
 from mamba_zoo.corpora import HELDOUT_SPLIT  # noqa: E402  (the split spoken only by engines never heard in training)
+from mamba_zoo.processing_mamba_asr import DEFAULT_CHARACTERS  # noqa: E402
+import data_loading  # noqa: E402
+from data_loading import AudioDatasetArguments  # noqa: E402
 from common import (  # noqa: E402
     TrainingBudgetCallback,
     end_distributed_run,
@@ -73,51 +98,137 @@ from common import (  # noqa: E402
 # ---------------------------------------------------------------------------------------------------------- data
 
 
-def load_corpus(kind: str, num_train: int, num_eval: int, seed: int, engines=("espeak-ng",), heldout_engines=(),
-                engine_weights=None):
-    """The embedded corpus as in-memory lists (audio arrays decoded once; no torchcodec needed): `{split: (audio,
-    text, voices)}` for train / validation / test and, with `heldout_engines`, the `heldout_engine` split (`voices`:
-    each utterance's voice name, or None without a voice column)."""
-    from mamba_zoo.corpora import load_transcribed
-
-    corpus = load_transcribed(kind=kind, num_train=num_train, num_eval=num_eval, seed=seed, engines=tuple(engines),
-                              engine_weights=engine_weights, heldout_engines=tuple(heldout_engines), progress=False)
-    splits = {}
-    for name in ("train", "validation", "test", HELDOUT_SPLIT):
-        if name not in corpus:
-            continue
-        voices = [str(v) for v in corpus[name]["voice"]] if "voice" in corpus[name].column_names else None
-        split = corpus[name].with_format("numpy", columns=["audio", "text"])
-        audio, text = [], []
-        for row in split:
-            if int(row["audio"]["sampling_rate"]) != 16000:
-                raise ValueError(f"Expected 16 kHz audio, got {row['audio']['sampling_rate']} Hz.")
-            audio.append(np.asarray(row["audio"]["array"], dtype=np.float32))
-            text.append(str(row["text"]))
-        splits[name] = (audio, text, voices)
-    return splits
+SAMPLING_RATE = 16000  # the processor's rate: every clip is decoded (and resampled) to it
 
 
-class EncodedDataset(torch.utils.data.Dataset):
-    """Processor outputs, one sample per item (speech prefix + text ids), unpadded."""
+def is_stream(split) -> bool:
+    import datasets
 
-    def __init__(self, processor: MambaASRProcessor, audio, text, batch: int = 64):
-        self.items = []
-        speech_key = "input_features" if processor.speech_input == "features" else "speech_ids"
-        for start in range(0, len(audio), batch):
-            encoded = processor(audio=audio[start:start + batch], text=text[start:start + batch], sampling_rate=16000)
-            for i in range(encoded["input_ids"].shape[0]):
-                speech_len = int(encoded["speech_attention_mask"][i].sum())
-                text_len = int(encoded["attention_mask"][i].sum())
-                self.items.append({speech_key: encoded[speech_key][i, :speech_len],
-                                   "input_ids": encoded["input_ids"][i, :text_len],
-                                   "labels": encoded["labels"][i, :text_len]})
+    return isinstance(split, datasets.IterableDataset)
 
-    def __len__(self):
-        return len(self.items)
 
-    def __getitem__(self, index):
-        return self.items[index]
+@dataclass
+class ASRData:
+    """The data of a run: `train` (a `datasets.Dataset` or `IterableDataset`, audio undecoded: prepared on the fly),
+    `evaluation` (`{role: (audio, text, voices)}` decoded into memory: `test` or `validation`, and `heldout_engine`
+    when the data has it; `voices`: each utterance's voice, or None without a voice column), the column names and
+    what the processor may read up front."""
+
+    train: object
+    evaluation: dict
+    audio_column: str = "audio"
+    text_column: str = "text"
+    vocabulary_samples: int = 10000
+    unit_fit_samples: Optional[int] = None
+
+
+def decode_to_memory(split, audio_column: str = "audio", text_column: str = "text"):
+    """An evaluation split (map-style, or a stream read once) -> `(audio, text, voices)`: every clip decoded to 16 kHz
+    (`data_loading.decode_audio`: no torchcodec needed); `voices` from the voice column, or None without one."""
+    columns = [audio_column, text_column]
+    has_voice = split.features is not None and "voice" in split.features
+    if has_voice:
+        columns.append("voice")
+    rows = split.select_columns(columns)
+    audio, text, voices = [], [], []
+    for index, row in enumerate(rows if is_stream(split) else rows.with_format("numpy")):
+        audio.append(data_loading.decode_audio(row[audio_column], SAMPLING_RATE, audio_column, index))
+        text.append(str(row[text_column]))
+        if has_voice:
+            voices.append(str(row["voice"]))
+    return audio, text, (voices if has_voice else None)
+
+
+def decode_clips(split, audio_column: str, limit: Optional[int] = None) -> list[np.ndarray]:
+    """The first `limit` clips of a split (all with None), decoded (the k-means fit of the speech units)."""
+    import itertools
+
+    rows = split.select_columns([audio_column])
+    rows = itertools.islice(rows if is_stream(split) else rows.with_format("numpy"), limit)
+    return [data_loading.decode_audio(row[audio_column], SAMPLING_RATE, audio_column, i) for i, row in enumerate(rows)]
+
+
+def encode_item(processor: MambaASRProcessor, audio: np.ndarray, text: str) -> dict:
+    """One training sample: the processor's outputs, unpadded (speech prefix: `input_features` or `speech_ids`; text
+    ids and labels)."""
+    speech_key = "input_features" if processor.speech_input == "features" else "speech_ids"
+    encoded = processor(audio=[audio], text=[text], sampling_rate=SAMPLING_RATE)
+    speech_len = int(encoded["speech_attention_mask"][0].sum())
+    text_len = int(encoded["attention_mask"][0].sum())
+    return {speech_key: encoded[speech_key][0, :speech_len], "input_ids": encoded["input_ids"][0, :text_len],
+            "labels": encoded["labels"][0, :text_len]}
+
+
+def training_items(processor: MambaASRProcessor, split, audio_column: str = "audio", text_column: str = "text"):
+    """The training split for the Trainer, prepared on the fly (`data_loading.on_the_fly`): each item's clip is
+    decoded and run through the processor when the DataLoader asks for it (`encode_item`); nothing is precomputed."""
+    split = split.select_columns([audio_column, text_column])
+
+    def prepare(row, index):
+        audio = data_loading.decode_audio(row[audio_column], SAMPLING_RATE, audio_column, index)
+        return encode_item(processor, audio, str(row[text_column]))
+
+    return data_loading.on_the_fly(split, prepare)
+
+
+def clip_seconds(cell, column: str = "audio") -> float:
+    """A clip's duration without decoding it: its file header (soundfile.info, for `{bytes, path}` cells, paths and
+    bytes), or an in-memory array's length; decoded only when the header cannot be read."""
+    import io
+
+    import soundfile
+
+    if isinstance(cell, dict) and cell.get("array") is not None:
+        return len(cell["array"]) / float(cell["sampling_rate"])
+    source = (cell.get("bytes") or cell.get("path")) if isinstance(cell, dict) else cell
+    try:
+        info = soundfile.info(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        if info.frames > 0:
+            return info.frames / info.samplerate
+    except (RuntimeError, TypeError, OSError):
+        pass
+    return len(data_loading.decode_audio(cell, SAMPLING_RATE, column)) / SAMPLING_RATE
+
+
+def drop_long_clips(split, audio_column: str, max_seconds: Optional[float]):
+    """The training split without clips longer than `max_seconds` (None: all kept). Map-style: `Dataset.filter`, one
+    pass reading each clip's header before training (nothing decoded or kept); a stream: the same test, lazily."""
+    if max_seconds is None:
+        return split
+    keep = lambda cell: clip_seconds(cell, audio_column) <= max_seconds  # noqa: E731
+    if is_stream(split):
+        return split.filter(keep, input_columns=[audio_column])
+    return split.filter(keep, input_columns=[audio_column], desc=f"training clips <= {max_seconds:g} s")
+
+
+def transcript_characters(split, text_column: str, limit: int) -> str:
+    """The tokenizer's characters: `DEFAULT_CHARACTERS` (a-z, space, apostrophe: the embedded corpora's) then every
+    other character of the normalised training transcripts, sorted (all of a map-style split's, only that column
+    read; the first `limit` of a stream's)."""
+    import itertools
+
+    if is_stream(split):
+        texts = (row[text_column] for row in itertools.islice(split.select_columns([text_column]), limit))
+    else:
+        texts = split[text_column]
+    seen = set()
+    for text in texts:
+        seen.update(MambaASRProcessor.normalize_text(str(text)))
+    return DEFAULT_CHARACTERS + "".join(sorted(seen - set(DEFAULT_CHARACTERS)))
+
+
+def describe_source(data_args) -> Optional[str]:
+    """The user's data source in words (None: the embedded corpus)."""
+    source = data_loading.user_source(data_args)
+    if source is None:
+        return None
+    if source == "dataset_name":
+        name = data_args.dataset_name + (f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else "")
+    elif source == "dataset_path":
+        name = f"the dataset saved at {data_args.dataset_path}"
+    else:
+        name = f"the audio folder {data_args.train_dir}"
+    return name + (", streamed" if data_args.streaming else "")
 
 
 def collate(items: list[dict]) -> dict:
@@ -160,12 +271,25 @@ def transcribe(model, processor, audio, batch_size: int = 32, num_beams: int = 1
     return texts
 
 
-def error_rates(references: list[str], hypotheses: list[str]) -> dict:
-    import jiwer
+_METRICS = {}  # name -> the loaded `evaluate` module (loaded once)
 
+
+def error_rate(name: str, predictions: list[str], references: list[str]) -> float:
+    """`mamba_zoo.metrics.load_metric(name)` ("wer" / "cer": offline `evaluate` modules, jiwer inside) on the texts as
+    given. Kept in memory: no cache files, so the processes of a launched run do not share one."""
+    from mamba_zoo.metrics import load_metric
+
+    if name not in _METRICS:
+        _METRICS[name] = load_metric(name, keep_in_memory=True)
+    return float(_METRICS[name].compute(predictions=list(predictions), references=list(references)))
+
+
+def error_rates(references: list[str], hypotheses: list[str]) -> dict:
+    """WER and CER in percent, after `MambaASRProcessor.normalize_text` of both sides (an empty hypothesis is scored
+    as "<empty>")."""
     references = [MambaASRProcessor.normalize_text(r) for r in references]
     hypotheses = [MambaASRProcessor.normalize_text(h) or "<empty>" for h in hypotheses]
-    return {"wer": 100 * jiwer.wer(references, hypotheses), "cer": 100 * jiwer.cer(references, hypotheses)}
+    return {"wer": 100 * error_rate("wer", hypotheses, references), "cer": 100 * error_rate("cer", hypotheses, references)}
 
 
 def heldout_engine_rates(references: list[str], hypotheses: list[str], voices) -> dict:
@@ -185,14 +309,22 @@ def heldout_engine_rates(references: list[str], hypotheses: list[str], voices) -
 
 
 def write_model_card(output_dir: Path, result: dict) -> None:
-    """`README.md` beside the checkpoint: what was trained on what, and the measured error rates."""
+    """`README.md` beside the checkpoint: what was trained on what (the embedded corpus, or `result["dataset"]`, the
+    user's data), and the measured error rates."""
     training = ", ".join(result.get("training_engines") or ["espeak-ng"])
     heldout = ", ".join(result.get("heldout_engines") or [])
     kind = result.get("kind", "digits")
-    engines = f"Training engines: {training}."
-    if heldout:
-        engines += (f" Held-out engines: {heldout}, never heard in training (the `{HELDOUT_SPLIT}` rows measure how "
-                    "the model generalises to an unseen synthesiser).")
+    user_data = result.get("dataset")
+    num_train = result.get("num_train", "?")
+    if user_data:
+        trained_on = f"on {user_data} ({'streamed' if num_train is None else num_train} training utterances)."
+    else:
+        engines = f"Training engines: {training}."
+        if heldout:
+            engines += (f" Held-out engines: {heldout}, never heard in training (the `{HELDOUT_SPLIT}` rows measure "
+                        "how the model generalises to an unseen synthesiser).")
+        trained_on = (f"on the embedded `{kind}` corpus of mamba-zoo ({num_train} training utterances, {training} "
+                      f"voices). Test voices are never heard in training. {engines}")
     lines = [
         "---",
         "library_name: transformers",
@@ -204,16 +336,18 @@ def write_model_card(output_dir: Path, result: dict) -> None:
         f"# {output_dir.name}",
         "",
         f"MambaDecoderOnlyASR (MADEON: {result['mixer_type']} mixer, {result['speech_prefix']} speech prefixing, "
-        f"{result['speech_input']} input) trained with `training/train_decoder_asr.py` on the embedded `{kind}` corpus "
-        f"of mamba-zoo ({result.get('num_train', '?')} training utterances, {training} voices). Test voices are never "
-        f"heard in training. {engines}",
+        f"{result['speech_input']} input) trained with `training/train_decoder_asr.py` {trained_on}",
         "",
         "| split | WER | CER |",
         "|---|---|---|",
-        f"| test (held-out voices) | {result['test_wer']:.2f}% | {result['test_cer']:.2f}% |",
     ]
+    for role in ("test", "validation"):
+        if f"{role}_wer" in result:
+            name = result.get("split_names", {}).get(role, role) if user_data else f"{role} (held-out voices)"
+            lines.append(f"| {name} | {result[f'{role}_wer']:.2f}% | {result[f'{role}_cer']:.2f}% |")
     if "heldout_engine_wer" in result:
-        lines.append(f"| {HELDOUT_SPLIT} ({heldout}: never heard in training) | {result['heldout_engine_wer']:.2f}% | "
+        lines.append(f"| {HELDOUT_SPLIT}{f' ({heldout}: never heard in training)' if heldout else ''} | "
+                     f"{result['heldout_engine_wer']:.2f}% | "
                      f"{result['heldout_engine_cer']:.2f}% |")
         for key in sorted(k for k in result if k.startswith("heldout_engine_wer_")):
             lines.append(f"| {HELDOUT_SPLIT}, {key[len('heldout_engine_wer_'):]} only | {result[key]:.2f}% | |")
@@ -254,7 +388,21 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
+class DataArguments(AudioDatasetArguments):
+    """Where the data comes from (`AudioDatasetArguments`: --dataset_name / --train_dir / --dataset_path, --streaming,
+    the split names and sample limits; none given = the embedded corpus below), its columns, and the recipe's data
+    options."""
+
+    text_column_name: str = field(default="text", metadata={"help": "the column holding the transcripts"})
+    max_duration_in_seconds: Optional[float] = field(default=None, metadata={
+        "help": "drop training clips longer than this (read from each file's header before training, nothing "
+                "decoded; lazily with --streaming). Default: keep all"})
+    vocabulary_samples: int = field(default=10000, metadata={
+        "help": "with --streaming: the tokenizer's extra characters come from this many transcripts at the start of "
+                "the stream (map-style data: from all training transcripts)"})
+    unit_fit_samples: Optional[int] = field(default=None, metadata={
+        "help": "--speech_input units: fit the k-means units on the first N training clips (decoded for the fit "
+                "only). Default: all of map-style data, 2000 of a stream"})
     kind: str = field(default="digits", metadata={"choices": ["digits", "sentences"],
                                                   "help": "embedded corpus: digit strings or grammar sentences"})
     num_train: int = field(default=2000, metadata={"help": "training utterances"})
@@ -307,14 +455,21 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------------------- train
 
 
-def build_processor(model_args: ModelArguments, train_audio, seed: int) -> MambaASRProcessor:
+def build_processor(model_args: ModelArguments, data: ASRData, seed: int) -> MambaASRProcessor:
+    """A new processor for `data`: the character tokenizer (`transcript_characters`: the default characters plus the
+    training transcripts' others) and, with `--speech_input units`, k-means units fitted on the training clips (the
+    first `data.unit_fit_samples`; all of map-style data, 2000 of a stream, by default)."""
+    characters = transcript_characters(data.train, data.text_column, data.vocabulary_samples)
     if model_args.speech_input == "features":
-        return MambaASRProcessor.from_scratch(speech_input="features")
-    processor = MambaASRProcessor.from_scratch(num_units=model_args.num_units, speech_input="features")
-    return processor.fit_unit_tokenizer(train_audio, model_args.num_units, seed=seed)
+        return MambaASRProcessor.from_scratch(characters=characters, speech_input="features")
+    limit = data.unit_fit_samples if data.unit_fit_samples is not None else (2000 if is_stream(data.train) else None)
+    clips = decode_clips(data.train, data.audio_column, limit)
+    processor = MambaASRProcessor.from_scratch(characters=characters, num_units=model_args.num_units,
+                                               speech_input="features")
+    return processor.fit_unit_tokenizer(clips, model_args.num_units, seed=seed)
 
 
-_ENCODED = {}  # the ablation encodes the training audio once: key -> (the audio list, processor, dataset)
+_PROCESSORS = {}  # the ablation builds the processor once: key -> (the training split, processor)
 
 
 def ablation_arguments(training_args, model_args: ModelArguments):
@@ -327,24 +482,26 @@ def ablation_arguments(training_args, model_args: ModelArguments):
     return run
 
 
-def train_one(model_args: ModelArguments, training_args, splits, num_beams: int = 1,
+def train_one(model_args: ModelArguments, training_args, data: ASRData, num_beams: int = 1,
               max_train_minutes: Optional[float] = None, save: bool = True, corpus_info: Optional[dict] = None) -> dict:
-    """Train one configuration (`model_args.speech_prefix` x `model_args.mixer_type`) and decode the test split (and
-    the `heldout_engine` split, if `splits` has it, the same way); with `save`, save model + processor + results.json
-    + a model card to `training_args.output_dir` (and push model + processor with `--push_to_hub`). `corpus_info`
-    (kind, training / held-out engines) is recorded in the result."""
+    """Train one configuration (`model_args.speech_prefix` x `model_args.mixer_type`) on `data.train` (prepared on the
+    fly) and decode the evaluation split (test, else validation) and the `heldout_engine` split, if `data` has them,
+    the same way; with `save`, save model + processor + results.json + a model card to `training_args.output_dir`
+    (and push model + processor with `--push_to_hub`). `corpus_info` (kind, training / held-out engines, or the
+    user's dataset) is recorded in the result."""
     from transformers import Trainer, set_seed
 
     set_seed(training_args.seed)
     started = time.time()
-    train_audio = splits["train"][0]
     key = (model_args.speech_input, model_args.num_units, training_args.seed)
-    if key not in _ENCODED or _ENCODED[key][0] is not train_audio:
-        processor = build_processor(model_args, train_audio, training_args.seed)
-        _ENCODED[key] = (train_audio, processor, EncodedDataset(processor, splits["train"][0], splits["train"][1]))
-    _, processor, train_set = _ENCODED[key]
+    if key not in _PROCESSORS or _PROCESSORS[key][0] is not data.train:
+        _PROCESSORS[key] = (data.train, build_processor(model_args, data, training_args.seed))
+    processor = _PROCESSORS[key][1]
+    train_set = training_items(processor, data.train, data.audio_column, data.text_column)
+    num_train = None if is_stream(data.train) else len(train_set)
     prep_seconds = time.time() - started
-    print(f"features/units for {len(train_set)} utterances in {prep_seconds:.1f}s", flush=True)
+    print(f"processor built in {prep_seconds:.1f}s; {num_train if num_train is not None else 'streamed'} training "
+          "utterances, features computed on the fly", flush=True)
     speech_prefix, mixer_type = model_args.speech_prefix, model_args.mixer_type
     config = MambaASRConfig(
         hidden_size=model_args.hidden_size, num_hidden_layers=model_args.num_layers, expand=model_args.expand,
@@ -355,8 +512,7 @@ def train_one(model_args: ModelArguments, training_args, splits, num_beams: int 
     )
     model = MambaDecoderOnlyASR(config)
     num_params = sum(p.numel() for p in model.parameters())
-    print(f"[{speech_prefix}/{mixer_type}] {num_params / 1e6:.2f}M parameters, {len(train_set)} training utterances",
-          flush=True)
+    print(f"[{speech_prefix}/{mixer_type}] {num_params / 1e6:.2f}M parameters", flush=True)
     budget = TrainingBudgetCallback(max_train_minutes)
     trainer = Trainer(model=model, args=training_args, train_dataset=train_set, data_collator=collate,
                       processing_class=processor if save else None, callbacks=[budget])
@@ -364,12 +520,20 @@ def train_one(model_args: ModelArguments, training_args, splits, num_beams: int 
     trainer.train()
     train_seconds = time.time() - train_started
     eval_started = time.time()
-    test_audio, test_text = splits["test"][0], splits["test"][1]
-    hypotheses = transcribe(model, processor, test_audio, num_beams=num_beams)
-    rates = error_rates(test_text, hypotheses)
+    scores = {}
+    role = next((r for r in ("test", "validation") if r in data.evaluation), None)
+    if role is not None:
+        eval_audio, eval_text = data.evaluation[role][0], data.evaluation[role][1]
+        hypotheses = transcribe(model, processor, eval_audio, num_beams=num_beams)
+        rates = error_rates(eval_text, hypotheses)
+        scores = {f"{role}_wer": round(rates["wer"], 2), f"{role}_cer": round(rates["cer"], 2),
+                  "examples": [{"reference": r, "hypothesis": h} for r, h in list(zip(eval_text, hypotheses))[:5]],
+                  f"{role}_utterances": len(eval_audio)}
+    else:
+        print("no test or validation split: nothing decoded after training", flush=True)
     heldout = {}
-    if HELDOUT_SPLIT in splits:  # engines never heard in training, decoded exactly as test
-        heldout_audio, heldout_text, heldout_voices = (tuple(splits[HELDOUT_SPLIT]) + (None,))[:3]
+    if HELDOUT_SPLIT in data.evaluation:  # engines never heard in training, decoded exactly as test
+        heldout_audio, heldout_text, heldout_voices = (tuple(data.evaluation[HELDOUT_SPLIT]) + (None,))[:3]
         heldout_hypotheses = transcribe(model, processor, heldout_audio, num_beams=num_beams)
         heldout = {**heldout_engine_rates(heldout_text, heldout_hypotheses, heldout_voices),
                    f"{HELDOUT_SPLIT}_utterances": len(heldout_audio),
@@ -380,17 +544,17 @@ def train_one(model_args: ModelArguments, training_args, splits, num_beams: int 
         "parameters_m": round(num_params / 1e6, 3), "steps": trainer.state.global_step,
         "train_minutes": round(train_seconds / 60, 2), **budget.summary(),
         "prep_seconds": round(prep_seconds, 1), "eval_seconds": round(time.time() - eval_started, 1),
-        "test_wer": round(rates["wer"], 2), "test_cer": round(rates["cer"], 2),
-        "examples": [{"reference": r, "hypothesis": h} for r, h in list(zip(test_text, hypotheses))[:5]],
-        "num_train": len(train_set), **(corpus_info or {}), **heldout,
+        **scores, "num_train": num_train, **(corpus_info or {}), **heldout,
     }
     if trainer.is_world_process_zero():
         print(json.dumps(result), flush=True)
+        if role is not None:
+            print(f"{role}: WER {result[f'{role}_wer']:.2f}%  CER {result[f'{role}_cer']:.2f}%", flush=True)
         if heldout:
             per_engine = "".join(f"  {k[len('heldout_engine_wer_'):]} WER {v:.2f}%" for k, v in result.items()
                                  if k.startswith("heldout_engine_wer_"))
-            print(f"test: WER {result['test_wer']:.2f}%  CER {result['test_cer']:.2f}%\n"
-                  f"{HELDOUT_SPLIT} ({', '.join(result.get('heldout_engines') or [])}, never heard in training): "
+            engines = ", ".join(result.get("heldout_engines") or [])
+            print(f"{HELDOUT_SPLIT}{f' ({engines}, never heard in training)' if engines else ''}: "
                   f"WER {result['heldout_engine_wer']:.2f}%  CER {result['heldout_engine_cer']:.2f}%{per_engine}",
                   flush=True)
     if save:
@@ -404,39 +568,89 @@ def train_one(model_args: ModelArguments, training_args, splits, num_beams: int 
     return result
 
 
+def load_data(data_args: DataArguments, seed: int):
+    """`(ASRData, corpus_info)`: the user's data (`data_loading.load_splits`) or, with no source flag, the embedded
+    corpus through the same path; the training split undecoded (filtered by `--max_duration_in_seconds`), the
+    evaluation splits decoded into memory (`--max_eval_samples` bounds them). `corpus_info` (recorded in the results):
+    the embedded corpus's kind and engines, or the user's `dataset`, and `split_names`: role (`train`, `test` or else
+    `validation`, `heldout_engine`) -> the data's split name, for the roles the data has."""
+    source = describe_source(data_args)
+    engines, engine_weights = parse_engines(data_args.engines)
+    heldout_engines = parse_engines(data_args.heldout_engines)[0]
+
+    def embedded():
+        from mamba_zoo.corpora import load_transcribed
+
+        return load_transcribed(kind=data_args.kind, num_train=data_args.num_train, num_eval=data_args.num_eval,
+                                seed=seed, engines=tuple(engines), engine_weights=engine_weights,
+                                heldout_engines=tuple(heldout_engines), progress=False)
+
+    splits = data_loading.load_splits(data_args, embedded=embedded)
+    names = {"train": data_args.train_split_name, "validation": data_args.eval_split_name,
+             "test": data_args.test_split_name, HELDOUT_SPLIT: HELDOUT_SPLIT}
+    used = {role: splits[name] for role, name in names.items() if name in splits}
+    if "test" in used:  # decoded after training: test, else validation (this recipe evaluates once, at the end)
+        used.pop("validation", None)
+    audio_column, text_column = data_args.audio_column_name, data_args.text_column_name
+    for split in used.values():
+        data_loading.require_column(split, audio_column, "--audio_column_name")
+        data_loading.require_column(split, text_column, "--text_column_name")
+    data = ASRData(
+        train=drop_long_clips(used["train"], audio_column, data_args.max_duration_in_seconds),
+        evaluation={role: decode_to_memory(split, audio_column, text_column) for role, split in used.items()
+                    if role != "train"},
+        audio_column=audio_column, text_column=text_column, vocabulary_samples=data_args.vocabulary_samples,
+        unit_fit_samples=data_args.unit_fit_samples)
+    if source is None:
+        corpus_info = {"kind": data_args.kind, "training_engines": list(engines),
+                       "heldout_engines": list(heldout_engines)}
+        if engine_weights is not None:
+            corpus_info["engine_weights"] = list(engine_weights)
+    else:
+        corpus_info = {"dataset": source}
+    corpus_info["split_names"] = {role: names[role] for role in used}
+    if data_args.max_duration_in_seconds is not None:
+        corpus_info["max_duration_in_seconds"] = data_args.max_duration_in_seconds
+        if not is_stream(used["train"]):
+            corpus_info["num_train_too_long"] = len(used["train"]) - len(data.train)
+    return data, corpus_info
+
+
 def main(argv=None):
     model_args, data_args, run_args, training_args = parse_args(argv)
+    source = describe_source(data_args)  # None: the embedded corpus (and a clear error for two sources)
+    data_loading.check_streaming_training(data_args, training_args)
     if run_args.threads:
         torch.set_num_threads(run_args.threads)
 
     started = time.time()
-    engines, engine_weights = parse_engines(data_args.engines)
-    heldout_engines = parse_engines(data_args.heldout_engines)[0]
-    splits = load_corpus(data_args.kind, data_args.num_train, data_args.num_eval, training_args.seed, engines=engines,
-                         heldout_engines=heldout_engines, engine_weights=engine_weights)
-    print(f"corpus loaded in {time.time() - started:.1f}s: " + ", ".join(f"{k} {len(v[0])}" for k, v in splits.items())
-          + f"; training engines {', '.join(engines)}"
-          + (f"; held out {', '.join(heldout_engines)}" if heldout_engines else ""), flush=True)
-    corpus_info = {"kind": data_args.kind, "training_engines": list(engines), "heldout_engines": list(heldout_engines)}
-    if engine_weights is not None:
-        corpus_info["engine_weights"] = list(engine_weights)
+    data, corpus_info = load_data(data_args, training_args.seed)
+    counts = [f"train {'streamed' if is_stream(data.train) else len(data.train)}"] + [
+        f"{corpus_info['split_names'][role]} {len(split[0])}" for role, split in data.evaluation.items()]
+    if source is None:
+        about = f"training engines {', '.join(corpus_info['training_engines'])}" + (
+            f"; held out {', '.join(corpus_info['heldout_engines'])}" if corpus_info["heldout_engines"] else "")
+    else:
+        about = source
+    print(f"data loaded in {time.time() - started:.1f}s: {', '.join(counts)}; {about}", flush=True)
     if not run_args.ablation:
-        return train_one(model_args, training_args, splits, run_args.num_beams, run_args.max_train_minutes,
+        return train_one(model_args, training_args, data, run_args.num_beams, run_args.max_train_minutes,
                          corpus_info=corpus_info)
     rows = []
     for mixer_type in run_args.ablation_mixers.split(","):
         for speech_prefix in run_args.ablation_prefixes.split(","):
             run_model_args = replace(model_args, mixer_type=mixer_type, speech_prefix=speech_prefix)
-            rows.append(train_one(run_model_args, ablation_arguments(training_args, run_model_args), splits,
+            rows.append(train_one(run_model_args, ablation_arguments(training_args, run_model_args), data,
                                   run_args.num_beams, run_args.max_train_minutes, save=False, corpus_info=corpus_info))
     if training_args.process_index == 0:
-        heldout = HELDOUT_SPLIT in splits
-        print("\n| mixer | speech prefixing | params (M) | steps | train min | test WER % | test CER % |"
+        heldout = HELDOUT_SPLIT in data.evaluation
+        role = next((r for r in ("test", "validation") if f"{r}_wer" in rows[0]), None)
+        print(f"\n| mixer | speech prefixing | params (M) | steps | train min | {role} WER % | {role} CER % |"
               + (f" {HELDOUT_SPLIT} WER % |" if heldout else ""))
         print("|---|---|---|---|---|---|---|" + ("---|" if heldout else ""))
         for row in rows:
             print(f"| {row['mixer_type']} | {row['speech_prefix']} | {row['parameters_m']} | {row['steps']} | "
-                  f"{row['train_minutes']} | {row['test_wer']} | {row['test_cer']} |"
+                  f"{row['train_minutes']} | {row.get(f'{role}_wer', '')} | {row.get(f'{role}_cer', '')} |"
                   + (f" {row['heldout_engine_wer']} |" if heldout else ""))
         Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(training_args.output_dir) / "ablation.json").write_text(json.dumps(rows, indent=2))
