@@ -51,7 +51,8 @@ Your own data (flags of transformers' `run_clm.py`; without them, the embedded c
 is trained on the training split's texts (`--tokenizer_train_samples N`: its first N; with `--streaming` the default is
 the first 10000) unless `--tokenizer_name` loads one (`AutoTokenizer`: a local folder or the Hub cache). Map-style data
 is tokenized and packed into `--block_size` blocks by `datasets.Dataset.map` (written to datasets' cache, never held
-as one list); a stream is packed on the fly. Without an evaluation split, validation is the first
+as one list); a stream is packed on the fly and, having no length, needs `--max_steps` (the 2000-step default does
+not apply to it). Without an evaluation split, validation is the first
 `--validation_split_percentage` percent of the training texts (a stream: its first `--max_eval_samples`, default 1000).
 
     python training/train_causal_lm.py --train_file train.txt --validation_file valid.txt ...  # .txt: one text a line
@@ -70,7 +71,6 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
@@ -578,7 +578,8 @@ class DataArguments(DatasetSourceArguments):
     tokenizer: str = field(default="bpe", metadata={"choices": ["bpe", "char"],
                                                     "help": "byte-level BPE or character tokenizer, trained locally"})
     tokenizer_name: Optional[str] = field(default=None, metadata={
-        "help": "load this tokenizer (AutoTokenizer.from_pretrained: a local folder or a Hub id) instead of training one"})
+        "help": "load this tokenizer (AutoTokenizer.from_pretrained: a local folder or a Hub id) instead of training "
+                "one"})
     tokenizer_train_samples: Optional[int] = field(default=None, metadata={
         "help": "train the tokenizer on the first N training texts (default: all of them; with --streaming 10000)"})
     vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary size"})
