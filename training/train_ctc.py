@@ -48,8 +48,8 @@ Your own data (`training/data_loading.py`; transformers' example-script flag nam
 decoded with soundfile (no torchcodec needed) and resampled to 16 kHz, the rest of the recipe is unchanged:
 
     python training/train_ctc.py --dataset_name org/speech --text_column_name sentence
-    python training/train_ctc.py --train_dir clips/train --eval_dir clips/dev   # audio files + metadata.csv (file_name,text)
-    python training/train_ctc.py --dataset_path my_corpus                       # a DatasetDict saved with save_to_disk
+    python training/train_ctc.py --train_dir clips/train --eval_dir clips/dev  # audio + metadata.csv (file_name,text)
+    python training/train_ctc.py --dataset_path my_corpus                      # a DatasetDict saved with save_to_disk
     python training/train_ctc.py --dataset_name org/speech --streaming --max_steps 2000
 
 The training split is read on the fly (`data_loading.on_the_fly`): each item's audio is decoded when the DataLoader
@@ -108,7 +108,7 @@ SAMPLING_RATE = 16000  # the feature extractor's rate: every clip is decoded (an
 
 def draw_view(num_views: int) -> int:
     """Which version of a training clip an item uses when it has `num_views` augmented copies: 0 = the original, k =
-    copy k. One draw per item from torch's generator (which the Trainer seeds), so the same seed draws the same views."""
+    copy k. One draw per item from torch's generator (which the Trainer seeds): the same seed, the same views."""
     return int(torch.randint(0, num_views + 1, ()))
 
 
@@ -189,7 +189,7 @@ def clip_seconds(cell, column: str = "audio") -> float:
         info = soundfile.info(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
         if info.frames > 0:
             return info.frames / info.samplerate
-    except (RuntimeError, TypeError, OSError, soundfile.LibsndfileError):
+    except (RuntimeError, TypeError, OSError):  # soundfile: no readable header (decoded below instead)
         pass
     return len(data_loading.decode_audio(cell, SAMPLING_RATE, column)) / SAMPLING_RATE
 
@@ -498,9 +498,11 @@ class DataArguments(AudioDatasetArguments):
     vocabulary_samples: int = field(default=10000, metadata={
         "help": "with --streaming (and no --init_from): build the character vocabulary from this many transcripts "
                 "at the start of the stream (map-style data: from all training transcripts)"})
-    kind: str = field(default="digits", metadata={"choices": ["digits", "sentences"], "help": "embedded corpus"})
-    num_train: int = field(default=2000, metadata={"help": "training utterances"})
-    num_eval: int = field(default=200, metadata={"help": "validation and test utterances (each)"})
+    kind: str = field(default="digits", metadata={"choices": ["digits", "sentences"],
+                                                  "help": "embedded corpus (used when no data flag is given)"})
+    num_train: int = field(default=2000, metadata={"help": "training utterances of the embedded corpus"})
+    num_eval: int = field(default=200, metadata={
+        "help": "validation and test utterances (each) of the embedded corpus"})
     concat_probability: float = field(default=0.3, metadata={
         "help": "join this fraction of training utterances with a batch neighbour (silence between, 'a b' transcript) "
                 "so that the model learns word boundaries across pauses, as in long-form audio (trained without it, "
@@ -683,7 +685,8 @@ def main(argv=None):
     train_split = splits["train"]
     if not run_args.eval_only:
         train_split = drop_long_clips(train_split, audio_column, data_args.max_duration_in_seconds)
-    # the evaluation splits are decoded into memory (transcribed in length-sorted batches; --max_eval_samples bounds them)
+    # the evaluation splits are decoded into memory (transcribed in length-sorted batches; --max_eval_samples bounds
+    # them)
     validation, test, heldout = (decode_to_memory(splits[role], audio_column, text_column) if role in splits else None
                                  for role in ("validation", "test", HELDOUT_SPLIT))
     counts = [f"{'streamed' if is_stream(train_split) else len(train_split)} train"] + [

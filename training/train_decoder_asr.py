@@ -45,8 +45,8 @@ Your own data (`training/data_loading.py`; transformers' example-script flag nam
 decoded with soundfile (no torchcodec needed) and resampled to 16 kHz, the rest of the recipe is unchanged:
 
     python training/train_decoder_asr.py --dataset_name org/speech --text_column_name sentence
-    python training/train_decoder_asr.py --train_dir clips/train --test_dir clips/test   # audio + metadata.csv (file_name,text)
-    python training/train_decoder_asr.py --dataset_path my_corpus                        # a save_to_disk DatasetDict
+    python training/train_decoder_asr.py --train_dir clips/train --test_dir clips/test  # audio + metadata.csv
+    python training/train_decoder_asr.py --dataset_path my_corpus                       # a save_to_disk DatasetDict
     python training/train_decoder_asr.py --dataset_name org/speech --streaming --max_steps 2000
 
 The training split is prepared on the fly (`data_loading.on_the_fly`): when the DataLoader asks for an item, its clip
@@ -185,7 +185,7 @@ def clip_seconds(cell, column: str = "audio") -> float:
         info = soundfile.info(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
         if info.frames > 0:
             return info.frames / info.samplerate
-    except (RuntimeError, TypeError, OSError):
+    except (RuntimeError, TypeError, OSError):  # soundfile: no readable header (decoded below instead)
         pass
     return len(data_loading.decode_audio(cell, SAMPLING_RATE, column)) / SAMPLING_RATE
 
@@ -289,7 +289,8 @@ def error_rates(references: list[str], hypotheses: list[str]) -> dict:
     as "<empty>")."""
     references = [MambaASRProcessor.normalize_text(r) for r in references]
     hypotheses = [MambaASRProcessor.normalize_text(h) or "<empty>" for h in hypotheses]
-    return {"wer": 100 * error_rate("wer", hypotheses, references), "cer": 100 * error_rate("cer", hypotheses, references)}
+    return {"wer": 100 * error_rate("wer", hypotheses, references),
+            "cer": 100 * error_rate("cer", hypotheses, references)}
 
 
 def heldout_engine_rates(references: list[str], hypotheses: list[str], voices) -> dict:
@@ -404,9 +405,11 @@ class DataArguments(AudioDatasetArguments):
         "help": "--speech_input units: fit the k-means units on the first N training clips (decoded for the fit "
                 "only). Default: all of map-style data, 2000 of a stream"})
     kind: str = field(default="digits", metadata={"choices": ["digits", "sentences"],
-                                                  "help": "embedded corpus: digit strings or grammar sentences"})
-    num_train: int = field(default=2000, metadata={"help": "training utterances"})
-    num_eval: int = field(default=200, metadata={"help": "validation and test utterances (each)"})
+                                                  "help": "embedded corpus (used when no data flag is given): digit "
+                                                          "strings or grammar sentences"})
+    num_train: int = field(default=2000, metadata={"help": "training utterances of the embedded corpus"})
+    num_eval: int = field(default=200, metadata={
+        "help": "validation and test utterances (each) of the embedded corpus"})
     engines: str = field(default="espeak-ng:3,festival:1", metadata={
         "help": "training engines, comma-separated (espeak-ng, festival, sam), optionally with shares: "
                 "espeak-ng:3,festival:1 (python -m mamba_zoo.corpora engines lists them)"})
