@@ -59,7 +59,7 @@ def test_audio_folders_train_validate_and_test(tmp_path):
                              "--dataloader_num_workers", "2", *TINY])  # featurised in two worker processes
     check_run(out, results, train_clips=9, test_clips=6)
     assert results["data_source"] == "train_dir" and 0 <= results["validation_accuracy"] <= 1
-    assert "audio folder" in (out / "README.md").read_text()
+    assert "the audio folder" in (out / "README.md").read_text()
 
 
 def test_save_to_disk_with_string_labels_and_renamed_columns(tmp_path):
@@ -98,7 +98,7 @@ def test_dataset_name_from_the_offline_cache_in_a_fresh_process(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     check_run(out, results, train_clips=6, test_clips=3)
-    assert results["data_source"] == "dataset_name" and "`someone/keywords`" in (out / "README.md").read_text()
+    assert results["data_source"] == "dataset_name" and "someone/keywords" in (out / "README.md").read_text()
 
 
 def test_streaming_trains_max_steps_and_evaluates_the_stream(tmp_path):

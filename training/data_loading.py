@@ -334,3 +334,76 @@ def check_streaming_training(args: DatasetSourceArguments, training_args) -> Non
     """A stream has no length, so the Trainer cannot count epochs: training on one needs `--max_steps`."""
     if args.streaming and (training_args.max_steps is None or training_args.max_steps <= 0):
         raise ValueError("--streaming needs --max_steps (a stream has no length, so epochs cannot be counted).")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers the recipes share
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def is_stream(split) -> bool:
+    """Whether `split` is a `datasets.IterableDataset` (no length, read in order)."""
+    import datasets
+
+    return isinstance(split, datasets.IterableDataset)
+
+
+def describe_source(args: DatasetSourceArguments) -> Optional[str]:
+    """The user's data source in words, for logs and model cards (None: the embedded corpus)."""
+    source = user_source(args)
+    if source is None:
+        return None
+    if source == "dataset_name":
+        name = args.dataset_name + (f" ({args.dataset_config_name})" if args.dataset_config_name else "")
+    elif source == "dataset_path":
+        name = f"the dataset saved at {args.dataset_path}"
+    else:
+        name = f"the audio folder {args.train_dir}"
+    return name + (", streamed" if args.streaming else "")
+
+
+def decode_split(split, sampling_rate: int, audio_column: str = "audio", text_column: str = "text"):
+    """An evaluation split (map-style, or a stream read once) in memory: `(audio, text, voices)`, every clip decoded at
+    `sampling_rate` (`decode_audio`); `voices` from the `voice` column, or None without one."""
+    columns = [audio_column, text_column]
+    has_voice = split.features is not None and "voice" in split.features
+    if has_voice:
+        columns.append("voice")
+    rows = split.select_columns(columns)
+    audio, text, voices = [], [], []
+    for index, row in enumerate(rows if is_stream(split) else rows.with_format("numpy")):
+        audio.append(decode_audio(row[audio_column], sampling_rate, audio_column, index))
+        text.append(str(row[text_column]))
+        if has_voice:
+            voices.append(str(row["voice"]))
+    return audio, text, (voices if has_voice else None)
+
+
+def clip_seconds(cell, column: str = "audio") -> float:
+    """A clip's duration without decoding it: its file header (soundfile.info, for `{bytes, path}` cells, paths and
+    bytes), or an in-memory array's length; decoded only when the header cannot be read."""
+    import io
+
+    import soundfile
+
+    if isinstance(cell, dict) and cell.get("array") is not None:
+        return len(cell["array"]) / float(cell["sampling_rate"])
+    source = (cell.get("bytes") or cell.get("path")) if isinstance(cell, dict) else cell
+    try:
+        info = soundfile.info(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        if info.frames > 0:
+            return info.frames / info.samplerate
+    except (RuntimeError, TypeError, OSError):  # soundfile: no readable header (decoded below instead)
+        pass
+    return len(decode_audio(cell, 16000, column)) / 16000
+
+
+def drop_long_clips(split, audio_column: str, max_seconds: Optional[float]):
+    """`split` without clips longer than `max_seconds` (None: all kept). Map-style: `Dataset.filter`, one pass reading
+    each clip's header before training (nothing decoded or kept); a stream: the same test, lazily."""
+    if max_seconds is None:
+        return split
+    keep = lambda cell: clip_seconds(cell, audio_column) <= max_seconds  # noqa: E731
+    if is_stream(split):
+        return split.filter(keep, input_columns=[audio_column])
+    return split.filter(keep, input_columns=[audio_column], desc=f"training clips <= {max_seconds:g} s")

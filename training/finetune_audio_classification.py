@@ -53,6 +53,7 @@ from data_loading import (  # noqa: E402
     AudioDatasetArguments,
     check_streaming_training,
     decode_audio,
+    describe_source,
     label_names,
     load_splits,
     on_the_fly,
@@ -341,11 +342,7 @@ def write_model_card(output_dir, model, results: dict, training_args, model_args
                    "by voice" + (f"; held-out engines {data_args.heldout_engines.replace(',', ', ')} (heldout_engine_* "
                                  "rows: never heard in training)" if data_args.heldout_engines else ""))
     else:
-        where = {"dataset_name": f"`{data_args.dataset_name}`" + (f" ({data_args.dataset_config_name})"
-                                                                  if data_args.dataset_config_name else ""),
-                 "dataset_path": f"`{data_args.dataset_path}` (save_to_disk)",
-                 "train_dir": f"audio folder `{data_args.train_dir}`"}[source]
-        dataset = f"{where}, split `{data_args.train_split_name}`" + (", streamed" if data_args.streaming else "")
+        dataset = f"{describe_source(data_args)}, split `{data_args.train_split_name}`"
     if data_args.waveform_augment_copies:
         from mamba_zoo.corpora.voice_augmentation import WaveformAugmenter
 

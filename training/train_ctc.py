@@ -133,27 +133,10 @@ class AudioTextDataset(torch.utils.data.Dataset):
         return {"audio": audio, "text": self.text[index]}
 
 
-def is_stream(split) -> bool:
-    import datasets
-
-    return isinstance(split, datasets.IterableDataset)
-
-
 def decode_to_memory(split, audio_column: str = "audio", text_column: str = "text") -> AudioTextDataset:
-    """An evaluation split (map-style, or a stream read once) -> `AudioTextDataset`: every clip decoded to 16 kHz
-    (`data_loading.decode_audio`: no torchcodec needed), with the `voice` column when there is one."""
-    columns = [audio_column, text_column]
-    has_voice = split.features is not None and "voice" in split.features
-    if has_voice:
-        columns.append("voice")
-    rows = split.select_columns(columns)
-    audio, text, voice = [], [], []
-    for index, row in enumerate(rows if is_stream(split) else rows.with_format("numpy")):
-        audio.append(data_loading.decode_audio(row[audio_column], SAMPLING_RATE, audio_column, index))
-        text.append(str(row[text_column]))
-        if has_voice:
-            voice.append(str(row["voice"]))
-    return AudioTextDataset(audio, text, voice if has_voice else None)
+    """An evaluation split (map-style, or a stream read once) -> `AudioTextDataset`, every clip decoded to 16 kHz
+    (`data_loading.decode_split`)."""
+    return AudioTextDataset(*data_loading.decode_split(split, SAMPLING_RATE, audio_column, text_column))
 
 
 def training_items(split, audio_column: str, text_column: str, views=None):
@@ -175,58 +158,14 @@ def training_items(split, audio_column: str, text_column: str, views=None):
     return data_loading.on_the_fly(split, prepare)
 
 
-def clip_seconds(cell, column: str = "audio") -> float:
-    """A clip's duration without decoding it: its file header (soundfile.info, for `{bytes, path}` cells, paths and
-    bytes), or an in-memory array's length; decoded only when the header cannot be read."""
-    import io
-
-    import soundfile
-
-    if isinstance(cell, dict) and cell.get("array") is not None:
-        return len(cell["array"]) / float(cell["sampling_rate"])
-    source = (cell.get("bytes") or cell.get("path")) if isinstance(cell, dict) else cell
-    try:
-        info = soundfile.info(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
-        if info.frames > 0:
-            return info.frames / info.samplerate
-    except (RuntimeError, TypeError, OSError):  # soundfile: no readable header (decoded below instead)
-        pass
-    return len(data_loading.decode_audio(cell, SAMPLING_RATE, column)) / SAMPLING_RATE
-
-
-def drop_long_clips(split, audio_column: str, max_seconds: Optional[float]):
-    """The training split without clips longer than `max_seconds` (None: all kept). Map-style: `Dataset.filter`, one
-    pass reading each clip's header before training (nothing decoded or kept); a stream: the same test, lazily."""
-    if max_seconds is None:
-        return split
-    keep = lambda cell: clip_seconds(cell, audio_column) <= max_seconds  # noqa: E731
-    if is_stream(split):
-        return split.filter(keep, input_columns=[audio_column])
-    return split.filter(keep, input_columns=[audio_column], desc=f"training clips <= {max_seconds:g} s")
-
-
 def training_transcripts(split, text_column: str, limit: int) -> list[str]:
     """The transcripts the vocabulary is built from: the whole text column of map-style data (only that column is
     read), the first `limit` of a stream."""
     import itertools
 
-    if is_stream(split):
+    if data_loading.is_stream(split):
         return [str(row[text_column]) for row in itertools.islice(split.select_columns([text_column]), limit)]
     return [str(t) for t in split[text_column]]
-
-
-def describe_source(data_args) -> Optional[str]:
-    """The user's data source in words (None: the embedded corpus)."""
-    source = data_loading.user_source(data_args)
-    if source is None:
-        return None
-    if source == "dataset_name":
-        name = data_args.dataset_name + (f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else "")
-    elif source == "dataset_path":
-        name = f"the dataset saved at {data_args.dataset_path}"
-    else:
-        name = f"the audio folder {data_args.train_dir}"
-    return name + (", streamed" if data_args.streaming else "")
 
 
 @dataclass
@@ -661,7 +600,7 @@ def main(argv=None):
     model_args, data_args, run_args, training_args = parse_args(argv)
     output_dir = training_args.output_dir
     script_start = time.perf_counter()
-    source = describe_source(data_args)  # None: the embedded corpus (and a clear error for two sources)
+    source = data_loading.describe_source(data_args)  # None: the embedded corpus (and a clear error for two sources)
     if not run_args.eval_only:
         data_loading.check_streaming_training(data_args, training_args)
         if data_args.waveform_augment_copies > 0 and data_args.streaming:
@@ -684,12 +623,12 @@ def main(argv=None):
     splits, split_names = load_data(data_args, training_args.seed)
     train_split = splits["train"]
     if not run_args.eval_only:
-        train_split = drop_long_clips(train_split, audio_column, data_args.max_duration_in_seconds)
+        train_split = data_loading.drop_long_clips(train_split, audio_column, data_args.max_duration_in_seconds)
     # the evaluation splits are decoded into memory (transcribed in length-sorted batches; --max_eval_samples bounds
     # them)
     validation, test, heldout = (decode_to_memory(splits[role], audio_column, text_column) if role in splits else None
                                  for role in ("validation", "test", HELDOUT_SPLIT))
-    counts = [f"{'streamed' if is_stream(train_split) else len(train_split)} train"] + [
+    counts = [f"{'streamed' if data_loading.is_stream(train_split) else len(train_split)} train"] + [
         f"{len(split)} {split_names[role]}" for role, split in
         (("validation", validation), ("test", test), (HELDOUT_SPLIT, heldout)) if split is not None]
     corpus = (f"{source}" if source is not None else
@@ -727,7 +666,7 @@ def main(argv=None):
             results["dataset"] = source
         if data_args.max_duration_in_seconds is not None:
             results["max_duration_in_seconds"] = data_args.max_duration_in_seconds
-            if not is_stream(splits["train"]):
+            if not data_loading.is_stream(splits["train"]):
                 results["num_train_too_long"] = len(splits["train"]) - len(train_split)
         results["waveform_augment_copies"] = data_args.waveform_augment_copies
         if training_args.process_index != 0:  # under a launcher: the main process evaluates and writes the files

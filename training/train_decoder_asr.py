@@ -101,12 +101,6 @@ from common import (  # noqa: E402
 SAMPLING_RATE = 16000  # the processor's rate: every clip is decoded (and resampled) to it
 
 
-def is_stream(split) -> bool:
-    import datasets
-
-    return isinstance(split, datasets.IterableDataset)
-
-
 @dataclass
 class ASRData:
     """The data of a run: `train` (a `datasets.Dataset` or `IterableDataset`, audio undecoded: prepared on the fly),
@@ -122,29 +116,12 @@ class ASRData:
     unit_fit_samples: Optional[int] = None
 
 
-def decode_to_memory(split, audio_column: str = "audio", text_column: str = "text"):
-    """An evaluation split (map-style, or a stream read once) -> `(audio, text, voices)`: every clip decoded to 16 kHz
-    (`data_loading.decode_audio`: no torchcodec needed); `voices` from the voice column, or None without one."""
-    columns = [audio_column, text_column]
-    has_voice = split.features is not None and "voice" in split.features
-    if has_voice:
-        columns.append("voice")
-    rows = split.select_columns(columns)
-    audio, text, voices = [], [], []
-    for index, row in enumerate(rows if is_stream(split) else rows.with_format("numpy")):
-        audio.append(data_loading.decode_audio(row[audio_column], SAMPLING_RATE, audio_column, index))
-        text.append(str(row[text_column]))
-        if has_voice:
-            voices.append(str(row["voice"]))
-    return audio, text, (voices if has_voice else None)
-
-
 def decode_clips(split, audio_column: str, limit: Optional[int] = None) -> list[np.ndarray]:
     """The first `limit` clips of a split (all with None), decoded (the k-means fit of the speech units)."""
     import itertools
 
     rows = split.select_columns([audio_column])
-    rows = itertools.islice(rows if is_stream(split) else rows.with_format("numpy"), limit)
+    rows = itertools.islice(rows if data_loading.is_stream(split) else rows.with_format("numpy"), limit)
     return [data_loading.decode_audio(row[audio_column], SAMPLING_RATE, audio_column, i) for i, row in enumerate(rows)]
 
 
@@ -171,43 +148,13 @@ def training_items(processor: MambaASRProcessor, split, audio_column: str = "aud
     return data_loading.on_the_fly(split, prepare)
 
 
-def clip_seconds(cell, column: str = "audio") -> float:
-    """A clip's duration without decoding it: its file header (soundfile.info, for `{bytes, path}` cells, paths and
-    bytes), or an in-memory array's length; decoded only when the header cannot be read."""
-    import io
-
-    import soundfile
-
-    if isinstance(cell, dict) and cell.get("array") is not None:
-        return len(cell["array"]) / float(cell["sampling_rate"])
-    source = (cell.get("bytes") or cell.get("path")) if isinstance(cell, dict) else cell
-    try:
-        info = soundfile.info(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
-        if info.frames > 0:
-            return info.frames / info.samplerate
-    except (RuntimeError, TypeError, OSError):  # soundfile: no readable header (decoded below instead)
-        pass
-    return len(data_loading.decode_audio(cell, SAMPLING_RATE, column)) / SAMPLING_RATE
-
-
-def drop_long_clips(split, audio_column: str, max_seconds: Optional[float]):
-    """The training split without clips longer than `max_seconds` (None: all kept). Map-style: `Dataset.filter`, one
-    pass reading each clip's header before training (nothing decoded or kept); a stream: the same test, lazily."""
-    if max_seconds is None:
-        return split
-    keep = lambda cell: clip_seconds(cell, audio_column) <= max_seconds  # noqa: E731
-    if is_stream(split):
-        return split.filter(keep, input_columns=[audio_column])
-    return split.filter(keep, input_columns=[audio_column], desc=f"training clips <= {max_seconds:g} s")
-
-
 def transcript_characters(split, text_column: str, limit: int) -> str:
     """The tokenizer's characters: `DEFAULT_CHARACTERS` (a-z, space, apostrophe: the embedded corpora's) then every
     other character of the normalised training transcripts, sorted (all of a map-style split's, only that column
     read; the first `limit` of a stream's)."""
     import itertools
 
-    if is_stream(split):
+    if data_loading.is_stream(split):
         texts = (row[text_column] for row in itertools.islice(split.select_columns([text_column]), limit))
     else:
         texts = split[text_column]
@@ -215,20 +162,6 @@ def transcript_characters(split, text_column: str, limit: int) -> str:
     for text in texts:
         seen.update(MambaASRProcessor.normalize_text(str(text)))
     return DEFAULT_CHARACTERS + "".join(sorted(seen - set(DEFAULT_CHARACTERS)))
-
-
-def describe_source(data_args) -> Optional[str]:
-    """The user's data source in words (None: the embedded corpus)."""
-    source = data_loading.user_source(data_args)
-    if source is None:
-        return None
-    if source == "dataset_name":
-        name = data_args.dataset_name + (f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else "")
-    elif source == "dataset_path":
-        name = f"the dataset saved at {data_args.dataset_path}"
-    else:
-        name = f"the audio folder {data_args.train_dir}"
-    return name + (", streamed" if data_args.streaming else "")
 
 
 def collate(items: list[dict]) -> dict:
@@ -465,7 +398,7 @@ def build_processor(model_args: ModelArguments, data: ASRData, seed: int) -> Mam
     characters = transcript_characters(data.train, data.text_column, data.vocabulary_samples)
     if model_args.speech_input == "features":
         return MambaASRProcessor.from_scratch(characters=characters, speech_input="features")
-    limit = data.unit_fit_samples if data.unit_fit_samples is not None else (2000 if is_stream(data.train) else None)
+    limit = data.unit_fit_samples if data.unit_fit_samples is not None else (2000 if data_loading.is_stream(data.train) else None)
     clips = decode_clips(data.train, data.audio_column, limit)
     processor = MambaASRProcessor.from_scratch(characters=characters, num_units=model_args.num_units,
                                                speech_input="features")
@@ -501,7 +434,7 @@ def train_one(model_args: ModelArguments, training_args, data: ASRData, num_beam
         _PROCESSORS[key] = (data.train, build_processor(model_args, data, training_args.seed))
     processor = _PROCESSORS[key][1]
     train_set = training_items(processor, data.train, data.audio_column, data.text_column)
-    num_train = None if is_stream(data.train) else len(train_set)
+    num_train = None if data_loading.is_stream(data.train) else len(train_set)
     prep_seconds = time.time() - started
     print(f"processor built in {prep_seconds:.1f}s; {num_train if num_train is not None else 'streamed'} training "
           "utterances, features computed on the fly", flush=True)
@@ -577,7 +510,7 @@ def load_data(data_args: DataArguments, seed: int):
     evaluation splits decoded into memory (`--max_eval_samples` bounds them). `corpus_info` (recorded in the results):
     the embedded corpus's kind and engines, or the user's `dataset`, and `split_names`: role (`train`, `test` or else
     `validation`, `heldout_engine`) -> the data's split name, for the roles the data has."""
-    source = describe_source(data_args)
+    source = data_loading.describe_source(data_args)
     engines, engine_weights = parse_engines(data_args.engines)
     heldout_engines = parse_engines(data_args.heldout_engines)[0]
 
@@ -599,8 +532,8 @@ def load_data(data_args: DataArguments, seed: int):
         data_loading.require_column(split, audio_column, "--audio_column_name")
         data_loading.require_column(split, text_column, "--text_column_name")
     data = ASRData(
-        train=drop_long_clips(used["train"], audio_column, data_args.max_duration_in_seconds),
-        evaluation={role: decode_to_memory(split, audio_column, text_column) for role, split in used.items()
+        train=data_loading.drop_long_clips(used["train"], audio_column, data_args.max_duration_in_seconds),
+        evaluation={role: data_loading.decode_split(split, SAMPLING_RATE, audio_column, text_column) for role, split in used.items()
                     if role != "train"},
         audio_column=audio_column, text_column=text_column, vocabulary_samples=data_args.vocabulary_samples,
         unit_fit_samples=data_args.unit_fit_samples)
@@ -614,21 +547,21 @@ def load_data(data_args: DataArguments, seed: int):
     corpus_info["split_names"] = {role: names[role] for role in used}
     if data_args.max_duration_in_seconds is not None:
         corpus_info["max_duration_in_seconds"] = data_args.max_duration_in_seconds
-        if not is_stream(used["train"]):
+        if not data_loading.is_stream(used["train"]):
             corpus_info["num_train_too_long"] = len(used["train"]) - len(data.train)
     return data, corpus_info
 
 
 def main(argv=None):
     model_args, data_args, run_args, training_args = parse_args(argv)
-    source = describe_source(data_args)  # None: the embedded corpus (and a clear error for two sources)
+    source = data_loading.describe_source(data_args)  # None: the embedded corpus (and a clear error for two sources)
     data_loading.check_streaming_training(data_args, training_args)
     if run_args.threads:
         torch.set_num_threads(run_args.threads)
 
     started = time.time()
     data, corpus_info = load_data(data_args, training_args.seed)
-    counts = [f"train {'streamed' if is_stream(data.train) else len(data.train)}"] + [
+    counts = [f"train {'streamed' if data_loading.is_stream(data.train) else len(data.train)}"] + [
         f"{corpus_info['split_names'][role]} {len(split[0])}" for role, split in data.evaluation.items()]
     if source is None:
         about = f"training engines {', '.join(corpus_info['training_engines'])}" + (
