@@ -65,6 +65,8 @@ def text_batch(batch, lengths=(6, 4, 5), seed=2):
     (dict(hidden_size=0), "hidden_size"),
     (dict(use_bias=True), "use_bias"),
     (dict(generate_text_token_id=99), "generate_text_token_id"),
+    (dict(ctc_loss_weight=1.5), "ctc_loss_weight"),
+    (dict(ctc_upsample=0), "ctc_upsample"),
 ])
 def test_config_rejects_bad_fields(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -124,6 +126,86 @@ def test_loss_is_next_token_cross_entropy_on_text_only():
     out.loss.backward()
     assert model.model.embeddings.weight.grad[UNIT_OFFSET:].abs().sum() > 0  # speech units get gradients
     assert not model.accepts_loss_kwargs
+
+
+def _ctc_nll(log_probs: torch.Tensor, target: list[int], blank: int) -> float:
+    """-log p(target | frames) by the CTC forward recursion over the blank-extended target, in float64 Python: the
+    reference for torch's ctc_loss. log_probs `(T, V)`."""
+    import math
+
+    extended = [blank]
+    for token in target:
+        extended += [token, blank]
+    alpha = [-math.inf] * len(extended)
+    alpha[0] = float(log_probs[0, blank])
+    if len(extended) > 1:
+        alpha[1] = float(log_probs[0, extended[1]])
+
+    def logsumexp(values):
+        top = max(values)
+        return top if top == -math.inf else top + math.log(sum(math.exp(v - top) for v in values))
+
+    for t in range(1, log_probs.shape[0]):
+        previous = alpha
+        alpha = []
+        for s, token in enumerate(extended):
+            options = [previous[s]] + ([previous[s - 1]] if s >= 1 else [])
+            if s >= 2 and token != blank and token != extended[s - 2]:
+                options.append(previous[s - 2])
+            alpha.append(logsumexp(options) + float(log_probs[t, token]))
+    return -logsumexp(alpha[-2:] if len(extended) > 1 else alpha[-1:])
+
+
+@pytest.mark.parametrize("speech_input", ["units", "features"])
+def test_ctc_auxiliary_loss_spells_the_transcript_from_the_speech_prefix(speech_input):
+    """loss = (1 - w) * CE + w * CTC, where CTC (checked against the plain forward recursion) scores the labels' text
+    tokens (not <generatetext>, <eos> or padding) from `ctc_upsample` frames per speech state; its gradient reaches the
+    speech prefix (embeddings or features, and the speech states only through the prefix)."""
+    weight = 0.3
+    model = tiny_model(speech_input=speech_input, ctc_loss_weight=weight, ctc_upsample=2, seed=3)
+    speech, speech_mask, _ = speech_batch(speech_input, lengths=(12, 7, 9), seed=4)
+    ids, text_mask, text_lengths = text_batch(3, seed=5)
+    ids[torch.arange(3), text_lengths - 1] = model.config.eos_token_id
+    labels = ids.masked_fill(text_mask == 0, -100)
+    labels[:, 0] = -100
+    if speech_input == "features":
+        speech = {"input_features": speech["input_features"].clone().requires_grad_(True)}
+    out = model(input_ids=ids, attention_mask=text_mask, speech_attention_mask=speech_mask, labels=labels, **speech)
+    cross_entropy = model.loss_function(out.logits, labels)
+    torch.testing.assert_close(out.loss, (1 - weight) * cross_entropy + weight * out.ctc_loss)
+
+    speech_lengths = model.model(input_ids=ids, attention_mask=text_mask, speech_attention_mask=speech_mask,
+                                 **speech).speech_lengths
+    log_probs = torch.log_softmax(out.ctc_logits.detach().double(), -1)
+    assert out.ctc_logits.shape == (3, 2 * int(speech_lengths.max()), VOCAB)
+    expected = []
+    for b in range(3):
+        target = [int(t) for t in ids[b, 1:text_lengths[b] - 1]]  # between <generatetext> and <eos>
+        frames = 2 * int(speech_lengths[b])
+        expected.append(_ctc_nll(log_probs[b, :frames], target, model.config.pad_token_id) / len(target))
+    torch.testing.assert_close(out.ctc_loss.double(), torch.tensor(sum(expected) / 3, dtype=torch.float64),
+                               rtol=1e-4, atol=1e-5)
+
+    out.ctc_loss.backward()
+    if speech_input == "units":
+        assert model.model.embeddings.weight.grad[UNIT_OFFSET:].abs().sum() > 0
+    else:
+        grad = speech["input_features"].grad
+        for b, length in enumerate(speech_mask.sum(-1)):
+            assert grad[b, :length].abs().sum() > 0 and grad[b, length:].abs().sum() == 0  # not through padding
+    assert model.ctc_head.weight.grad.abs().sum() > 0
+    assert model.lm_head.weight.grad is None or model.lm_head.weight.grad.abs().sum() == 0  # CTC skips the LM head
+
+
+def test_without_ctc_weight_there_is_no_ctc_head_and_the_loss_is_cross_entropy():
+    model = tiny_model()
+    assert model.ctc_head is None and not any("ctc" in name for name in model.state_dict())
+    speech, speech_mask, _ = speech_batch()
+    ids, text_mask, _ = text_batch(3)
+    labels = ids.masked_fill(text_mask == 0, -100)
+    out = model(input_ids=ids, attention_mask=text_mask, speech_attention_mask=speech_mask, labels=labels, **speech)
+    assert out.ctc_loss is None and out.ctc_logits is None
+    torch.testing.assert_close(out.loss, model.loss_function(out.logits, labels))
 
 
 def test_speech_embedding_masking_only_in_training():

@@ -53,6 +53,12 @@ class MambaASRConfig(MambaMixerConfigMixin, PretrainedConfig):
         speech_mask_prob (`float`, defaults to 0.0): input-embedding masking (training only): the probability that a
             speech position starts a masked span; masked speech embeddings are set to zero.
         speech_mask_length (`int`, defaults to 5): length of each masked span.
+        ctc_loss_weight (`float`, defaults to 0.0): joint CTC/decoder training (as in ESPnet, where MADEON was built):
+            a CTC head over the final speech-prefix states spells the transcript, and the loss is
+            `(1 - ctc_loss_weight) * cross-entropy + ctc_loss_weight * CTC`. It makes the prefix states carry the
+            transcript, so the decoder has something to read. 0 = no CTC head.
+        ctc_upsample (`int`, defaults to 2): CTC frames per speech-prefix state (the head predicts this many at once),
+            so that states 40-80 ms apart can spell characters. CTC blank = `pad_token_id`.
         initializer_range (`float`): std of the normal init of linear and embedding layers.
         kernel_backend (`str`, defaults to `"auto"`): scan backend (`auto`, `cuda`, `cpu`, `reference`).
         pad_token_id / bos_token_id (`<sos>`) / eos_token_id / speech_token_id (`<speech>`) /
@@ -97,6 +103,8 @@ class MambaASRConfig(MambaMixerConfigMixin, PretrainedConfig):
     drop_path_rate: float | int = 0.0
     speech_mask_prob: float | int = 0.0
     speech_mask_length: int = 5
+    ctc_loss_weight: float | int = 0.0
+    ctc_upsample: int = 2
     initializer_range: float = 0.02
     kernel_backend: str = "auto"
     pad_token_id: int | None = 0
@@ -118,13 +126,14 @@ class MambaASRConfig(MambaMixerConfigMixin, PretrainedConfig):
     def validate_architecture(self):
         """Part of `@strict` validation: MADEON's own fields (`validate_mixer_fields` checks the mixer's)."""
         self._require_positive_ints(
-            ("vocab_size", "num_mel_bins", "num_subsampling_layers", "subsampling_conv_channels", "speech_mask_length")
+            ("vocab_size", "num_mel_bins", "num_subsampling_layers", "subsampling_conv_channels", "speech_mask_length",
+             "ctc_upsample")
         )
         self._require_choice("speech_input", ("units", "features"))
         self._require_choice("speech_prefix", ("none", "parallel", "serial"))
         self._require(not self.use_bias, "use_bias", "must be False", "A bias in in_proj leaks into padded positions.")
         self._require_choice("norm_type", NORM_TYPES)
-        self._require_probabilities(("drop_path_rate", "speech_mask_prob"))
+        self._require_probabilities(("drop_path_rate", "speech_mask_prob", "ctc_loss_weight"))
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "speech_token_id", "generate_text_token_id"):
             value = getattr(self, name)
             self._require(isinstance(value, int) and 0 <= value < self.vocab_size, name,

@@ -42,25 +42,35 @@ class MambaASRModelOutput(ModelOutput):
         hidden_states: with `output_hidden_states`, the embeddings and every block's output over the packed sequence,
             each `(batch, packed_len, hidden_size)` (the last one after the final norm).
         prefix_lengths: `(batch,)` length of each sample's prefix `<sos> <speech> o_1 .. o_Ls` (None when stepping).
+        speech_hidden_state: `(batch, Ls, hidden_size)` final-norm hidden states at the speech positions `o_1 .. o_Ls`
+            (zero past each sample's speech length; None when stepping).
+        speech_lengths: `(batch,)` speech positions per sample (after subsampling; None when stepping).
     """
 
     last_hidden_state: Optional[torch.Tensor] = None
     cache: Optional[MambaZooCache] = None
     hidden_states: Optional[tuple[torch.Tensor, ...]] = None
     prefix_lengths: Optional[torch.Tensor] = None
+    speech_hidden_state: Optional[torch.Tensor] = None
+    speech_lengths: Optional[torch.Tensor] = None
 
 
 @dataclass
 class MambaASROutput(ModelOutput):
     """
     Args:
-        loss: cross-entropy of the next text token, averaged over the text tokens with a label (`labels != -100`).
+        loss: cross-entropy of the next text token, averaged over the text tokens with a label (`labels != -100`);
+            with `config.ctc_loss_weight > 0`, `(1 - w) * cross-entropy + w * ctc_loss`.
         logits: `(batch, text_len, vocab_size)` (or the last `logits_to_keep` positions).
+        ctc_loss: the CTC loss of the speech-prefix states against the transcript (with a CTC head and labels).
+        ctc_logits: `(batch, Ls * ctc_upsample, vocab_size)` CTC logits of the speech prefix (with a CTC head).
         cache, hidden_states, prefix_lengths: as in `MambaASRModelOutput`.
     """
 
     loss: Optional[torch.Tensor] = None
     logits: Optional[torch.Tensor] = None
+    ctc_loss: Optional[torch.Tensor] = None
+    ctc_logits: Optional[torch.Tensor] = None
     cache: Optional[MambaZooCache] = None
     hidden_states: Optional[tuple[torch.Tensor, ...]] = None
     prefix_lengths: Optional[torch.Tensor] = None
@@ -334,12 +344,17 @@ class MambaASRModel(MambaASRPreTrainedModel):
             hidden, all_hidden = self._prefill_in_groups(packed, mask, prefix_lengths, cache, output_hidden_states)
         else:
             hidden, all_hidden = self._run_blocks(packed, mask, prefix_lengths, None, output_hidden_states)
+        # speech positions o_1 .. o_Ls sit at 2 .. 2 + Ls of every packed row
+        speech_hidden = hidden[:, 2:2 + speech_embeds.shape[1]]
+        speech_mask = torch.arange(speech_hidden.shape[1], device=hidden.device)[None, :] < speech_lengths[:, None]
+        speech_hidden = speech_hidden * speech_mask[:, :, None].to(hidden.dtype)
         hidden = hidden.gather(1, text_positions[:, :, None].expand(-1, -1, hidden.shape[-1]))
         # padded text positions are zero, whatever else is in the batch (batch equivalence)
         text_mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < text_lengths[:, None]
         hidden = hidden * text_mask[:, :, None].to(hidden.dtype)
         output = MambaASRModelOutput(last_hidden_state=hidden, cache=cache, hidden_states=all_hidden,
-                                     prefix_lengths=prefix_lengths)
+                                     prefix_lengths=prefix_lengths, speech_hidden_state=speech_hidden,
+                                     speech_lengths=speech_lengths)
         return output if return_dict else output.to_tuple()
 
 
@@ -358,6 +373,9 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = MambaASRModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # joint CTC/decoder training: each speech-prefix state predicts `ctc_upsample` CTC frames
+        self.ctc_head = (nn.Linear(config.hidden_size, config.ctc_upsample * config.vocab_size)
+                         if config.ctc_loss_weight > 0 else None)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -393,6 +411,26 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
                 )
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                shift_labels.reshape(-1).to(logits.device), ignore_index=-100)
+
+    def ctc_logits(self, speech_hidden: torch.Tensor) -> torch.Tensor:
+        """`(batch, Ls, hidden)` speech-prefix states -> `(batch, Ls * ctc_upsample, vocab_size)` CTC logits."""
+        batch, length, _ = speech_hidden.shape
+        logits = self.ctc_head(speech_hidden.to(self.ctc_head.weight.dtype)).float()
+        return logits.reshape(batch, length * self.config.ctc_upsample, self.config.vocab_size)
+
+    def ctc_loss(self, ctc_logits: torch.Tensor, speech_lengths: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """CTC of the speech prefix against the transcript: the labels' text tokens (not `<generatetext>`, `<eos>`,
+        padding or -100), blank = `pad_token_id`; per-utterance losses divided by the target lengths, averaged
+        (impossible alignments count 0, `zero_infinity`)."""
+        special = {self.config.eos_token_id, self.config.generate_text_token_id, self.config.pad_token_id}
+        keep = labels >= 0
+        for token in special:
+            keep &= labels != token
+        targets = labels[keep]
+        target_lengths = keep.sum(-1)
+        log_probs = F.log_softmax(ctc_logits, dim=-1).transpose(0, 1)
+        return F.ctc_loss(log_probs, targets, speech_lengths * self.config.ctc_upsample, target_lengths,
+                          blank=self.config.pad_token_id, reduction="mean", zero_infinity=True)
 
     # the head repeats its base model's arguments (transformers convention)
     def forward(
@@ -433,10 +471,17 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
-        loss = None
+        loss = ctc_loss = ctc_logits = None
+        if self.ctc_head is not None and outputs.speech_hidden_state is not None:
+            ctc_logits = self.ctc_logits(outputs.speech_hidden_state)
         if labels is not None or shift_labels is not None:
             loss = self.loss_function(logits, labels, shift_labels=shift_labels)
-        output = MambaASROutput(loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+            if ctc_logits is not None and labels is not None:
+                ctc_loss = self.ctc_loss(ctc_logits, outputs.speech_lengths, labels)
+                weight = self.config.ctc_loss_weight
+                loss = (1 - weight) * loss + weight * ctc_loss
+        output = MambaASROutput(loss=loss, logits=logits, ctc_loss=ctc_loss, ctc_logits=ctc_logits,
+                                cache=outputs.cache, hidden_states=outputs.hidden_states,
                                 prefix_lengths=outputs.prefix_lengths)
         return output if return_dict else output.to_tuple()
 
