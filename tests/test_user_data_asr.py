@@ -6,8 +6,6 @@ The data are a few generated tone "utterances" (`tests/user_data_utils.py`); mod
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import train_ctc as ctc  # noqa: E402
 import train_decoder_asr as decoder_asr  # noqa: E402
 from user_data_utils import (  # noqa: E402
     make_dataset,
+    offline_hf_cache,
     place_in_hf_datasets_cache,
     transcribed_examples,
     write_audio_folder,
@@ -71,41 +70,20 @@ def assert_rates(rates: dict):
     assert all(math.isfinite(rates[k]) and rates[k] >= 0 for k in ("wer", "cer")), rates
 
 
-# Runs each script as `python training/<script> args` would (`runpy`, run_name "__main__"), one after the other in one
-# new process (one import of torch / transformers / datasets for both), a failure written to OUTPUT_DIR/error.txt.
-RUN_SCRIPTS = """
-import json, runpy, sys, traceback
-from pathlib import Path
-for script, args in json.loads(sys.argv[1]):
-    sys.argv = [script, *args]
-    try:
-        runpy.run_path(script, run_name="__main__")
-    except BaseException:
-        out = Path(args[args.index("--output_dir") + 1])
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "error.txt").write_text(traceback.format_exc())
-"""
-
-
-@pytest.fixture(scope="module")
-def hub_runs(data, tmp_path_factory):
-    """Both scripts trained on `--dataset_name HUB_NAME`, loaded from datasets' cache with HF_HUB_OFFLINE=1 (set before
-    `datasets` is imported: hence a new process). Returns {script: output dir}."""
-    outputs = tmp_path_factory.mktemp("hub-runs")
+@pytest.fixture()
+def hub_runs(data, tmp_path, monkeypatch):
+    """Both scripts trained on `--dataset_name HUB_NAME`, loaded from datasets' cache with the Hub offline (a fresh
+    process with HF_HOME / HF_HUB_OFFLINE=1 is tested in test_data_loading.py). Returns {script: output dir}."""
+    offline_hf_cache(monkeypatch, data["root"] / "hf")
     hub = ["--dataset_name", HUB_NAME, "--eval_split_name", "dev"]
-    runs = {"train_ctc.py": TINY_CTC + hub, "train_decoder_asr.py": TINY_ASR + hub}
-    jobs = [(f"training/{script}", args + ["--output_dir", str(outputs / script)]) for script, args in runs.items()]
-    env = {**os.environ, "HF_HOME": str(data["root"] / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", RUN_SCRIPTS, json.dumps(jobs)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {script: outputs / script for script in runs}
+    outputs = {"train_ctc.py": tmp_path / "ctc", "train_decoder_asr.py": tmp_path / "asr"}
+    ctc.main(TINY_CTC + hub + ["--output_dir", str(outputs["train_ctc.py"])])
+    decoder_asr.main(TINY_ASR + hub + ["--output_dir", str(outputs["train_decoder_asr.py"])])
+    return outputs
 
 
 def hub_output(hub_runs, script: str) -> Path:
-    out = hub_runs[script]
-    assert not (out / "error.txt").exists(), (out / "error.txt").read_text()
-    return out
+    return hub_runs[script]
 
 
 # ---------------------------------------------------------------------------------------------- train_ctc

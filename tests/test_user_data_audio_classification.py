@@ -2,8 +2,6 @@
 2-step Trainer runs from the command line (flags as in transformers' run_audio_classification.py)."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +16,13 @@ sys.path.insert(0, str(ROOT / "training"))
 sys.path.insert(0, str(ROOT / "tests"))
 import finetune_audio_classification as finetune  # noqa: E402
 import pretrain_ssamba as pretrain  # noqa: E402
-from user_data_utils import classification_examples, make_dataset, place_in_hf_datasets_cache, write_audio_folder  # noqa: E402,E501
+from user_data_utils import (  # noqa: E402
+    classification_examples,
+    make_dataset,
+    offline_hf_cache,
+    place_in_hf_datasets_cache,
+    write_audio_folder,
+)
 
 NO_STEPS = ["--hidden_size", "16", "--num_hidden_layers", "2", "--patch_frames", "8", "--drop_path_rate", "0",
             "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
@@ -85,18 +89,16 @@ def test_save_to_disk_with_string_labels_and_renamed_columns(tmp_path):
                        "--output_dir", str(out), *TINY])
 
 
-def test_dataset_name_from_the_offline_cache_in_a_fresh_process(tmp_path):
+def test_dataset_name_from_the_offline_cache(tmp_path, monkeypatch):
+    """`--dataset_name` with the Hub offline: the dataset an earlier download left in the cache (a fresh process with
+    HF_HOME / HF_HUB_OFFLINE=1 is tested in test_data_loading.py)."""
     hf_home = tmp_path / "hf"
     place_in_hf_datasets_cache(hf_home, "someone/keywords", {
         "train": make_dataset(classification_examples(2, LABELS)),
         "test": make_dataset(classification_examples(1, LABELS, seed=3), label_names=LABELS)})
+    offline_hf_cache(monkeypatch, hf_home)
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "training" / "finetune_audio_classification.py"),
-                           "--dataset_name", "someone/keywords", "--output_dir", str(out), *TINY],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
+    results = finetune.main(["--dataset_name", "someone/keywords", "--output_dir", str(out), *TINY])
     check_run(out, results, train_clips=6, test_clips=3)
     assert results["data_source"] == "dataset_name" and "someone/keywords" in (out / "README.md").read_text()
 

@@ -4,8 +4,6 @@ against the data, and the clear errors (no text column, a stream without --max_s
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "training"))
 sys.path.insert(0, str(ROOT / "tests"))
 import train_causal_lm as causal_lm  # noqa: E402
-from user_data_utils import place_in_hf_datasets_cache  # noqa: E402
+from user_data_utils import offline_hf_cache, place_in_hf_datasets_cache  # noqa: E402
 
 BLOCK = 16
 TINY = ["--hidden_size", "32", "--num_layers", "2", "--ffn_hidden_size", "32", "--num_experts", "2",
@@ -83,18 +81,15 @@ def test_save_to_disk_folder_with_a_given_tokenizer(tmp_path):
     assert data["train_blocks"] == expected_blocks(tokenizer, train[:30])
 
 
-def test_dataset_name_from_the_offline_cache(tmp_path):
+def test_dataset_name_from_the_offline_cache(tmp_path, monkeypatch):
     from datasets import Dataset
 
     hf_home = tmp_path / "hf_home"
     place_in_hf_datasets_cache(hf_home, "someone/tiny-lines", {"train": Dataset.from_dict({"text": lines(40)}),
                                                                "validation": Dataset.from_dict({"text": lines(12, 3)})})
+    offline_hf_cache(monkeypatch, hf_home)  # as HF_HOME / HF_HUB_OFFLINE=1 (a fresh process: test_data_loading.py)
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "training" / "train_causal_lm.py"), *TINY, "--output_dir",
-                           str(out), "--dataset_name", "someone/tiny-lines", "--max_eval_samples", "6"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    causal_lm.main([*TINY, "--output_dir", str(out), "--dataset_name", "someone/tiny-lines", "--max_eval_samples", "6"])
     data = check_outputs(out)["data"]
     assert (data["source"], data["train_texts"], data["validation_texts"], data["tokenizer_texts"]) == (
         "dataset_name", 40, 6, 40)

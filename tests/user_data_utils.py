@@ -121,3 +121,15 @@ def place_in_hf_datasets_cache(hf_home, name: str, splits: dict) -> Path:
         features = dataset.features
     DatasetInfo(features=features, config_name="default", dataset_name=short, splits=infos).write_to_directory(root)
     return root
+
+
+def offline_hf_cache(monkeypatch, hf_home) -> None:
+    """In this process, as `HF_HOME=hf_home HF_HUB_OFFLINE=1` would set it at import: `datasets` reads its cache from
+    `hf_home/datasets` and never calls the Hub (the environment variables are read when `datasets` is imported, so a
+    test that already imported it patches the resolved values)."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", Path(hf_home, "datasets"))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
