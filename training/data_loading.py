@@ -82,6 +82,20 @@ class AudioDatasetArguments(DatasetSourceArguments):
     audio_column_name: str = field(default="audio", metadata={"help": "the column holding the audio"})
 
 
+@dataclass
+class TranscribedAudioDatasetArguments(AudioDatasetArguments):
+    """An `AudioDatasetArguments` for speech recognition: the transcript column, a duration limit, and where a
+    stream's vocabulary comes from."""
+
+    text_column_name: str = field(default="text", metadata={"help": "the column holding the transcripts"})
+    max_duration_in_seconds: Optional[float] = field(default=None, metadata={
+        "help": "drop training clips longer than this (read from each file's header before training, nothing "
+                "decoded; lazily with --streaming). Default: keep all"})
+    vocabulary_samples: int = field(default=10000, metadata={
+        "help": "with --streaming: the characters of the vocabulary come from this many transcripts at the start of "
+                "the stream (map-style data: from all training transcripts)"})
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ from common import (  # noqa: E402
 )
 from mamba_zoo.corpora import HELDOUT_SPLIT  # noqa: E402  (the split spoken only by engines never heard in training)
 import data_loading  # noqa: E402
-from data_loading import AudioDatasetArguments  # noqa: E402
+from data_loading import TranscribedAudioDatasetArguments  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -425,18 +425,11 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments(AudioDatasetArguments):
-    """Where the data comes from (`AudioDatasetArguments`: --dataset_name / --train_dir / --dataset_path, --streaming,
-    the split names and sample limits; none given = the embedded corpus below), its columns, and the recipe's data
-    options."""
+class DataArguments(TranscribedAudioDatasetArguments):
+    """Where the data comes from (`TranscribedAudioDatasetArguments`: --dataset_name / --train_dir / --dataset_path,
+    --streaming, the split names and sample limits, the audio and text columns; none given = the embedded corpus
+    below), and the recipe's data options."""
 
-    text_column_name: str = field(default="text", metadata={"help": "the column holding the transcripts"})
-    max_duration_in_seconds: Optional[float] = field(default=None, metadata={
-        "help": "drop training clips longer than this (read from each file's header before training, nothing "
-                "decoded; lazily with --streaming). Default: keep all"})
-    vocabulary_samples: int = field(default=10000, metadata={
-        "help": "with --streaming (and no --init_from): build the character vocabulary from this many transcripts "
-                "at the start of the stream (map-style data: from all training transcripts)"})
     kind: str = field(default="digits", metadata={"choices": ["digits", "sentences"],
                                                   "help": "embedded corpus (used when no data flag is given)"})
     num_train: int = field(default=2000, metadata={"help": "training utterances of the embedded corpus"})
