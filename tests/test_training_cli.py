@@ -412,6 +412,7 @@ def test_decoder_asr_no_flags_gives_script_defaults():
     model_args, data_args, run_args, training_args = decoder_asr.parse_args([])
     assert (model_args.speech_input, model_args.speech_prefix, model_args.mixer_type, model_args.hidden_size,
             model_args.num_layers, model_args.num_subsampling_layers) == ("features", "parallel", "mamba", 128, 6, 3)
+    assert (model_args.ctc_loss_weight, model_args.ctc_upsample) == (0.3, 2)
     assert (data_args.kind, data_args.num_train, data_args.num_eval) == ("digits", 2000, 200)
     assert (run_args.ablation, run_args.num_beams, run_args.threads) == (False, 1, None)
     assert (run_args.ablation_prefixes, run_args.ablation_mixers) == ("none,parallel,serial", "mamba,mamba2")

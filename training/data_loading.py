@@ -104,7 +104,8 @@ class TranscribedAudioDatasetArguments(AudioDatasetArguments):
 def user_source(args: DatasetSourceArguments) -> Optional[str]:
     """Which source flag the user gave (`None`: the embedded corpus); more than one is an error."""
     given = [name for name in ("dataset_name", "dataset_path", "train_dir") if getattr(args, name, None)]
-    if getattr(args, "train_dir", None) is None and (getattr(args, "eval_dir", None) or getattr(args, "test_dir", None)):
+    evaluation_folders = getattr(args, "eval_dir", None) or getattr(args, "test_dir", None)
+    if getattr(args, "train_dir", None) is None and evaluation_folders:
         raise ValueError("--eval_dir / --test_dir need --train_dir (the training audio folder).")
     if len(given) > 1:
         raise ValueError(f"Give one data source, not {' and '.join('--' + g for g in given)}.")
@@ -277,8 +278,9 @@ def decode_audio(cell, sampling_rate: int, column: str = "audio", row=None) -> n
         else:
             shown = repr(cell) if not isinstance(cell, (list, np.ndarray)) else f"a {type(cell).__name__} of numbers"
             raise ValueError(
-                f"Cannot read audio: {where} holds {shown[:80]}, which is not audio (an Audio cell, an {{'array', 'sampling_rate'}} dict, "
-                "a file path or a file's bytes). Pass --audio_column_name to name the audio column.")
+                f"Cannot read audio: {where} holds {shown[:80]}, which is not audio (an Audio cell, an "
+                "{'array', 'sampling_rate'} dict, a file path or a file's bytes). Pass --audio_column_name to name "
+                "the audio column.")
     except (RuntimeError, OSError, TypeError) as error:  # soundfile: missing or undecodable file
         raise ValueError(f"Cannot read audio from {where}: {type(error).__name__}: {error}. Fix or drop the row.") \
             from error

@@ -89,7 +89,8 @@ def diagnose(model, processor, audio: list, text: list, batch_size: int = 32, se
     result["by_position"] = table
     if ctc_texts:
         references = [normalize_transcript(t) for t in text]
-        result["ctc_greedy_wer"] = float(jiwer.wer(references, [normalize_transcript(t) or "<empty>" for t in ctc_texts]))
+        hypotheses = [normalize_transcript(t) or "<empty>" for t in ctc_texts]
+        result["ctc_greedy_wer"] = float(jiwer.wer(references, hypotheses))
     return result
 
 

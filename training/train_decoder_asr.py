@@ -277,6 +277,8 @@ def write_model_card(output_dir: Path, result: dict) -> None:
     kind = result.get("kind", "digits")
     user_data = result.get("dataset")
     num_train = result.get("num_train", "?")
+    ctc = f", joint CTC/decoder training with CTC weight {result['ctc_loss_weight']}" if result.get("ctc_loss_weight") \
+        else ""
     if user_data:
         trained_on = f"on {user_data} ({'streamed' if num_train is None else num_train} training utterances)."
     else:
@@ -297,9 +299,7 @@ def write_model_card(output_dir: Path, result: dict) -> None:
         f"# {output_dir.name}",
         "",
         f"MambaDecoderOnlyASR (MADEON: {result['mixer_type']} mixer, {result['speech_prefix']} speech prefixing, "
-        f"{result['speech_input']} input"
-        f"{', joint CTC/decoder training with CTC weight ' + str(result['ctc_loss_weight']) if result.get('ctc_loss_weight') else ''}"
-        f") trained with `training/train_decoder_asr.py` {trained_on}",
+        f"{result['speech_input']} input{ctc}) trained with `training/train_decoder_asr.py` {trained_on}",
         "",
         "| split | WER | CER |",
         "|---|---|---|",
@@ -348,8 +348,9 @@ class ModelArguments:
     subsampling_channels: int = field(default=32, metadata={"help": "channels of the conv subsampler"})
     num_subsampling_layers: int = field(default=3, metadata={"help": "log2 of the frame subsampling (8x)"})
     speech_mask_prob: float = field(default=0.0, metadata={"help": "input-embedding masking (MADEON)"})
-    ctc_loss_weight: float = field(default=0.0, metadata={
-        "help": "joint CTC/decoder training: weight of a CTC loss on the speech-prefix states (0: none)"})
+    ctc_loss_weight: float = field(default=0.3, metadata={
+        "help": "joint CTC/decoder training: weight of a CTC loss on the speech-prefix states (0: none). 0.3 took test "
+                "WER from 75.8% to 22.5% on the default corpus (model card)"})
     ctc_upsample: int = field(default=2, metadata={"help": "CTC frames per speech-prefix state"})
 
 
@@ -504,7 +505,8 @@ def train_one(model_args: ModelArguments, training_args, data: ASRData, num_beam
                                                  for r, h in list(zip(heldout_text, heldout_hypotheses))[:5]]}
     result = {
         "speech_prefix": speech_prefix, "mixer_type": mixer_type, "speech_input": model_args.speech_input,
-        "ctc_loss_weight": model_args.ctc_loss_weight, "parameters_m": round(num_params / 1e6, 3), "steps": trainer.state.global_step,
+        "ctc_loss_weight": model_args.ctc_loss_weight, "parameters_m": round(num_params / 1e6, 3),
+        "steps": trainer.state.global_step,
         "train_minutes": round(train_seconds / 60, 2), **budget.summary(),
         "prep_seconds": round(prep_seconds, 1), "eval_seconds": round(time.time() - eval_started, 1),
         **scores, "num_train": num_train, **(corpus_info or {}), **heldout,
