@@ -350,7 +350,7 @@ class ModelArguments:
     speech_mask_prob: float = field(default=0.0, metadata={"help": "input-embedding masking (MADEON)"})
     ctc_loss_weight: float = field(default=0.3, metadata={
         "help": "joint CTC/decoder training: weight of a CTC loss on the speech-prefix states (0: none). 0.3 took test "
-                "WER from 75.8% to 22.5% on the default corpus (model card)"})
+                "WER from 75.8 to 22.5 percent on the default corpus (model card)"})
     ctc_upsample: int = field(default=2, metadata={"help": "CTC frames per speech-prefix state"})
 
 
