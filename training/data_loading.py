@@ -364,6 +364,16 @@ def is_stream(split) -> bool:
     return isinstance(split, datasets.IterableDataset)
 
 
+def column_texts(split, column: str, limit: int) -> list[str]:
+    """One column's values as strings, only that column read: all of a map-style split's, the first `limit` of a
+    stream's (the transcripts a recipe builds its vocabulary from)."""
+    import itertools
+
+    if is_stream(split):
+        return [str(row[column]) for row in itertools.islice(split.select_columns([column]), limit)]
+    return [str(value) for value in split[column]]
+
+
 def describe_source(args: DatasetSourceArguments) -> Optional[str]:
     """The user's data source in words, for logs and model cards (None: the embedded corpus)."""
     source = user_source(args)

@@ -158,16 +158,6 @@ def training_items(split, audio_column: str, text_column: str, views=None):
     return data_loading.on_the_fly(split, prepare)
 
 
-def training_transcripts(split, text_column: str, limit: int) -> list[str]:
-    """The transcripts the vocabulary is built from: the whole text column of map-style data (only that column is
-    read), the first `limit` of a stream."""
-    import itertools
-
-    if data_loading.is_stream(split):
-        return [str(row[text_column]) for row in itertools.islice(split.select_columns([text_column]), limit)]
-    return [str(t) for t in split[text_column]]
-
-
 @dataclass
 class DataCollatorCTCWithPadding:
     """Featurize raw audio and tokenize transcripts per batch, padding both to the batch's longest (dynamic
@@ -650,7 +640,7 @@ def main(argv=None):
         train = training_items(train_split, audio_column, text_column, views)
         model, processor, results = train_model(
             model_args, data_args, run_args, training_args, train, validation,
-            transcripts=lambda: training_transcripts(train_split, text_column, data_args.vocabulary_samples))
+            transcripts=lambda: data_loading.column_texts(train_split, text_column, data_args.vocabulary_samples))
         if source is None:
             results["training_engines"] = list(engines)
             if engine_weights is not None:

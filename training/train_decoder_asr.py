@@ -178,16 +178,10 @@ def training_items(processor: MambaASRProcessor, split, audio_column: str = "aud
 def transcript_characters(split, text_column: str, limit: int) -> str:
     """The tokenizer's characters: `DEFAULT_CHARACTERS` (a-z, space, apostrophe: the embedded corpora's) then every
     other character of the normalised training transcripts, sorted (all of a map-style split's, only that column
-    read; the first `limit` of a stream's)."""
-    import itertools
-
-    if data_loading.is_stream(split):
-        texts = (row[text_column] for row in itertools.islice(split.select_columns([text_column]), limit))
-    else:
-        texts = split[text_column]
+    read; the first `limit` of a stream's: `data_loading.column_texts`)."""
     seen = set()
-    for text in texts:
-        seen.update(MambaASRProcessor.normalize_text(str(text)))
+    for text in data_loading.column_texts(split, text_column, limit):
+        seen.update(MambaASRProcessor.normalize_text(text))
     return DEFAULT_CHARACTERS + "".join(sorted(seen - set(DEFAULT_CHARACTERS)))
 
 
