@@ -162,6 +162,24 @@ def test_pipeline_end_to_end_batched_chunked_and_bad_audio(unit_processor, tmp_p
     assert asr(stereo_clip, max_new_tokens=6)["text"] == expected[0]
 
 
+def test_pipeline_joint_ctc_decoding_equals_generate(unit_processor, tmp_path):
+    """`ctc_weight=` reaches generate() through the pipeline, and a saved `ctc_decoding_weight` is its default."""
+    model = tiny_asr(unit_processor, seed=2, ctc_loss_weight=0.3, ctc_decoding_weight=0.5)
+    model.save_pretrained(tmp_path)
+    unit_processor.save_pretrained(tmp_path)
+    assert (tmp_path / "ctc_prefix_scoring.py").is_file()  # remote code carries the scorer with the model
+    asr = pipeline("automatic-speech-recognition", model=str(tmp_path), pipeline_class=MambaASRPipeline)
+    audio = clips(seed=3)
+    for clip in audio:
+        inputs = unit_processor(audio=clip, sampling_rate=16000)
+        for weight in (0.0, 0.8):
+            expected = unit_processor.batch_decode(model.generate(**inputs, max_new_tokens=6, num_beams=2,
+                                                                  ctc_weight=weight))[0]
+            assert asr(clip, max_new_tokens=6, num_beams=2, ctc_weight=weight)["text"] == expected
+        default = unit_processor.batch_decode(model.generate(**inputs, max_new_tokens=6, ctc_weight=0.5))[0]
+        assert asr(clip, max_new_tokens=6)["text"] == default
+
+
 def test_pipeline_leaves_ctc_models_alone():
     """Other models get transformers' own pipeline class (nothing is registered globally)."""
     from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC

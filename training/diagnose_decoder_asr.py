@@ -9,7 +9,11 @@
   one that listens loses most of its accuracy;
 - with a CTC head (`ctc_loss_weight > 0`), the greedy CTC transcript of the prefix states, scored like the decoder.
 
+- with `--ctc_weights 0,0.3,0.5 --beams 1,4`: decoding sweeps, WER/CER on the split and on the held-out engine
+  split for every joint CTC/attention weight x beam size (`generate(ctc_weight=..., num_beams=...)`).
+
     python training/diagnose_decoder_asr.py outputs/mamba-asr-digits [--num_eval 200] [--json out.json]
+    python training/diagnose_decoder_asr.py outputs/mamba-asr-digits --ctc_weights 0,0.3,0.5 --beams 1,4 --decode_only
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mamba_zoo  # noqa: E402,F401
 from mamba_zoo import MambaASRProcessor, MambaDecoderOnlyASR, normalize_transcript  # noqa: E402
-from train_decoder_asr import SAMPLING_RATE, collate, encode_item  # noqa: E402
+from train_decoder_asr import HELDOUT_SPLIT, SAMPLING_RATE, collate, encode_item, error_rates, transcribe  # noqa: E402
 import data_loading  # noqa: E402
 
 POSITION_BINS = ((1, 5), (5, 10), (10, 20), (20, 40), (40, 1000))
@@ -105,6 +110,10 @@ def main(argv=None):
     parser.add_argument("--split", default="test")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--ctc_weights", default=None,
+                        help="comma-separated joint CTC/attention decoding weights to sweep (needs a CTC head)")
+    parser.add_argument("--beams", default="1", help="comma-separated beam sizes for the sweep")
+    parser.add_argument("--decode_only", action="store_true", help="only the decoding sweep")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from common import parse_engines
@@ -118,7 +127,31 @@ def main(argv=None):
     audio, text, _ = data_loading.decode_split(corpus[args.split], SAMPLING_RATE)
     model = MambaDecoderOnlyASR.from_pretrained(args.checkpoint)
     processor = MambaASRProcessor.from_pretrained(args.checkpoint)
+    sweep = []
+    if args.ctc_weights:
+        splits = {args.split: (audio, text)}
+        if HELDOUT_SPLIT in corpus:
+            splits[HELDOUT_SPLIT] = data_loading.decode_split(corpus[HELDOUT_SPLIT], SAMPLING_RATE)[:2]
+        print("| CTC weight | beams | " + " | ".join(f"{name} WER / CER" for name in splits) + " | seconds |")
+        print("|---|---|" + "---|" * len(splits) + "---|")
+        for weight in (float(w) for w in args.ctc_weights.split(",")):
+            for beams in (int(b) for b in args.beams.split(",")):
+                row = {"ctc_weight": weight, "num_beams": beams}
+                started = time.time()
+                for name, (split_audio, split_text) in splits.items():
+                    hypotheses = transcribe(model, processor, split_audio, num_beams=beams, ctc_weight=weight)
+                    rates = error_rates(split_text, hypotheses)
+                    row[f"{name}_wer"], row[f"{name}_cer"] = round(rates["wer"], 2), round(rates["cer"], 2)
+                row["seconds"] = round(time.time() - started, 1)
+                sweep.append(row)
+                print(f"| {weight} | {beams} | " + " | ".join(f"{row[name + '_wer']:.1f}% / {row[name + '_cer']:.1f}%"
+                                                           for name in splits) + f" | {row['seconds']} |", flush=True)
+    if args.decode_only:
+        if args.json:
+            Path(args.json).write_text(json.dumps({"decoding": sweep}, indent=2))
+        return {"decoding": sweep}
     result = diagnose(model, processor, audio, text)
+    result["decoding"] = sweep
     print(f"{args.checkpoint}, {args.split} ({len(text)} utterances), teacher-forced:")
     print("| text positions | tokens | CE | accuracy | CE, swapped prefix | accuracy, swapped | KL(true || swapped) |")
     print("|---|---|---|---|---|---|---|")

@@ -211,15 +211,18 @@ def collate(items: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def transcribe(model, processor, audio, batch_size: int = 32, num_beams: int = 1, max_new_tokens: int = 96) -> list[str]:
-    """Batched cached generation, longest clips first (less padding), returned in input order."""
+def transcribe(model, processor, audio, batch_size: int = 32, num_beams: int = 1, max_new_tokens: int = 96,
+               ctc_weight: Optional[float] = None) -> list[str]:
+    """Batched cached generation, longest clips first (less padding), returned in input order. `ctc_weight`: joint
+    CTC/attention decoding weight (default: the model config's `ctc_decoding_weight`)."""
     model.eval()
     order = np.argsort([-len(a) for a in audio])
     texts = [None] * len(audio)
     for start in range(0, len(audio), batch_size):
         index = order[start:start + batch_size]
         inputs = processor(audio=[audio[i] for i in index], sampling_rate=16000).to(model.device)
-        generated = model.generate(**inputs, num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False)
+        generated = model.generate(**inputs, num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False,
+                                   ctc_weight=ctc_weight)
         for i, text in zip(index, processor.batch_decode(generated)):
             texts[i] = text
     return texts
@@ -273,6 +276,8 @@ def write_model_card(output_dir: Path, result: dict) -> None:
     num_train = result.get("num_train", "?")
     ctc = f", joint CTC/decoder training with CTC weight {result['ctc_loss_weight']}" if result.get("ctc_loss_weight") \
         else ""
+    if result.get("ctc_decoding_weight"):
+        ctc += f", joint CTC/attention decoding with CTC weight {result['ctc_decoding_weight']}"
     if user_data:
         trained_on = f"on {user_data} ({'streamed' if num_train is None else num_train} training utterances)."
     else:
@@ -346,6 +351,9 @@ class ModelArguments:
         "help": "joint CTC/decoder training: weight of a CTC loss on the speech-prefix states (0: none). 0.3 took test "
                 "WER from 75.8 to 22.5 percent on the default corpus (model card)"})
     ctc_upsample: int = field(default=2, metadata={"help": "CTC frames per speech-prefix state"})
+    ctc_decoding_weight: float = field(default=0.0, metadata={
+        "help": "joint CTC/attention decoding: weight of the CTC head's prefix score in generate() and the pipeline "
+                "(saved in the config; 0: the decoder alone; ignored without a CTC head)"})
 
 
 @dataclass
@@ -466,6 +474,7 @@ def train_one(model_args: ModelArguments, training_args, data: ASRData, num_beam
         mamba2_head_dim=model_args.mamba2_head_dim, subsampling_conv_channels=model_args.subsampling_channels,
         num_subsampling_layers=model_args.num_subsampling_layers, speech_mask_prob=model_args.speech_mask_prob,
         ctc_loss_weight=model_args.ctc_loss_weight, ctc_upsample=model_args.ctc_upsample,
+        ctc_decoding_weight=model_args.ctc_decoding_weight if model_args.ctc_loss_weight > 0 else 0.0,
         **processor.model_config_kwargs(),
     )
     model = MambaDecoderOnlyASR(config)
@@ -499,7 +508,8 @@ def train_one(model_args: ModelArguments, training_args, data: ASRData, num_beam
                                                  for r, h in list(zip(heldout_text, heldout_hypotheses))[:5]]}
     result = {
         "speech_prefix": speech_prefix, "mixer_type": mixer_type, "speech_input": model_args.speech_input,
-        "ctc_loss_weight": model_args.ctc_loss_weight, "parameters_m": round(num_params / 1e6, 3),
+        "ctc_loss_weight": model_args.ctc_loss_weight, "ctc_decoding_weight": config.ctc_decoding_weight,
+        "num_beams": num_beams, "parameters_m": round(num_params / 1e6, 3),
         "steps": trainer.state.global_step,
         "train_minutes": round(train_seconds / 60, 2), **budget.summary(),
         "prep_seconds": round(prep_seconds, 1), "eval_seconds": round(time.time() - eval_started, 1),

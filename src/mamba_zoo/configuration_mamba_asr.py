@@ -59,6 +59,10 @@ class MambaASRConfig(MambaMixerConfigMixin, PretrainedConfig):
             transcript, so the decoder has something to read. 0 = no CTC head.
         ctc_upsample (`int`, defaults to 2): CTC frames per speech-prefix state (the head predicts this many at once),
             so that states 40-80 ms apart can spell characters. CTC blank = `pad_token_id`.
+        ctc_decoding_weight (`float`, defaults to 0.0): joint CTC/attention decoding in `generate()` (and so in the
+            pipeline): hypotheses are scored `(1 - w) * log p_decoder + w * log p_ctc(prefix)` with CTC prefix scores
+            from the CTC head (`ctc_prefix_scoring`). Needs `ctc_loss_weight > 0`; `generate(ctc_weight=...)`
+            overrides it per call.
         initializer_range (`float`): std of the normal init of linear and embedding layers.
         kernel_backend (`str`, defaults to `"auto"`): scan backend (`auto`, `cuda`, `cpu`, `reference`).
         pad_token_id / bos_token_id (`<sos>`) / eos_token_id / speech_token_id (`<speech>`) /
@@ -105,6 +109,7 @@ class MambaASRConfig(MambaMixerConfigMixin, PretrainedConfig):
     speech_mask_length: int = 5
     ctc_loss_weight: float | int = 0.0
     ctc_upsample: int = 2
+    ctc_decoding_weight: float | int = 0.0
     initializer_range: float = 0.02
     kernel_backend: str = "auto"
     pad_token_id: int | None = 0
@@ -133,7 +138,9 @@ class MambaASRConfig(MambaMixerConfigMixin, PretrainedConfig):
         self._require_choice("speech_prefix", ("none", "parallel", "serial"))
         self._require(not self.use_bias, "use_bias", "must be False", "A bias in in_proj leaks into padded positions.")
         self._require_choice("norm_type", NORM_TYPES)
-        self._require_probabilities(("drop_path_rate", "speech_mask_prob", "ctc_loss_weight"))
+        self._require_probabilities(("drop_path_rate", "speech_mask_prob", "ctc_loss_weight", "ctc_decoding_weight"))
+        self._require(self.ctc_decoding_weight == 0 or self.ctc_loss_weight > 0, "ctc_decoding_weight",
+                      "must be 0 without a CTC head", "Set ctc_loss_weight > 0 (and train the head) to decode with it.")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "speech_token_id", "generate_text_token_id"):
             value = getattr(self, name)
             self._require(isinstance(value, int) and 0 <= value < self.vocab_size, name,

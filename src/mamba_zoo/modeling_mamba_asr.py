@@ -20,13 +20,14 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, LogitsProcessorList, PreTrainedModel
 from transformers import initialization as init
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import ModelOutput
 
 from .configuration_mamba_asr import MambaASRConfig
 from .cpu_inference import inference_workspace
+from .ctc_prefix_scoring import CTCPrefixScoreLogitsProcessor, ctc_prefix_processor
 from .mamba_cache import MambaZooCache, resolve_cache_kwarg
 from .mamba_layers import Mamba2Mixer, MambaBlock, MambaMixer, build_mixer, build_norm
 from .sequence_utils import check_attention_mask, check_labels, check_token_ids, floating_input
@@ -486,6 +487,65 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
         return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------------------------------------------ generation
+
+    def ctc_token_ids_excluded(self) -> list[int]:
+        """Tokens the CTC head never emits as labels: the blank (`<pad>`), the other special tokens but `<eos>`, and
+        the speech units."""
+        config = self.config
+        excluded = {config.pad_token_id, config.bos_token_id, config.speech_token_id, config.generate_text_token_id}
+        if config.speech_input == "units":
+            excluded.update(range(config.unit_token_offset, config.unit_token_offset + config.num_units))
+        return sorted(t for t in excluded if t is not None and t != config.eos_token_id)
+
+    @torch.no_grad()
+    def ctc_prefix_processor(self, ctc_weight: float, speech_ids=None, input_features=None,
+                             speech_attention_mask=None) -> CTCPrefixScoreLogitsProcessor:
+        """The joint CTC/attention `LogitsProcessor` for one batch of speech: runs the speech prefix once (with
+        `<generatetext>` as its text) for the CTC head's log-probabilities `(batch, Ls * ctc_upsample, vocab)`."""
+        if self.ctc_head is None:
+            raise ValueError(
+                "Joint CTC/attention decoding (ctc_weight > 0) needs the CTC head of a model trained with "
+                "ctc_loss_weight > 0; this model has none. Decode with ctc_weight=0."
+            )
+        speech = speech_ids if speech_ids is not None else input_features
+        if speech is None:
+            raise ValueError("generate() needs a speech prefix: pass `speech_ids` or `input_features`.")
+        start = torch.full((speech.shape[0], 1), self.config.generate_text_token_id, dtype=torch.long,
+                           device=speech.device)
+        was_training = self.training
+        self.eval()
+        try:
+            outputs = self.model(input_ids=start, speech_ids=speech_ids, input_features=input_features,
+                                 speech_attention_mask=speech_attention_mask, use_cache=False, return_dict=True)
+        finally:
+            self.train(was_training)
+        log_probs = torch.log_softmax(self.ctc_logits(outputs.speech_hidden_state), dim=-1)
+        return ctc_prefix_processor(log_probs, outputs.speech_lengths * self.config.ctc_upsample, ctc_weight,
+                                    blank_id=self.config.pad_token_id, eos_token_id=self.config.eos_token_id,
+                                    excluded_token_ids=self.ctc_token_ids_excluded(), prompt_length=start.shape[1])
+
+    def generate(self, *args, ctc_weight: Optional[float] = None, **kwargs):
+        """`GenerationMixin.generate` plus joint CTC/attention decoding (ESPnet's `ctc_weight`).
+
+        Args:
+            ctc_weight: weight `w` of the CTC prefix score (`ctc_prefix_scoring`): hypotheses are ranked by
+                `(1 - w) * log p_decoder + w * log p_ctc(prefix)` in greedy and beam search. Defaults to
+                `config.ctc_decoding_weight`; 0 is the decoder alone. Needs a CTC head (`ctc_loss_weight > 0`).
+                The text must start with `<generatetext>` alone (no `input_ids` prompt).
+            other arguments: as `generate()` (`speech_ids` / `input_features`, `speech_attention_mask`, `num_beams`,
+                `max_new_tokens`, ...).
+        """
+        weight = self.config.ctc_decoding_weight if ctc_weight is None else ctc_weight
+        if not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
+            raise ValueError(f"ctc_weight must be a number in [0, 1], got {weight!r}.")
+        if weight > 0:
+            prompt = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+            if prompt is not None and prompt.shape[1] != 1:
+                raise ValueError("Joint CTC/attention decoding starts from <generatetext> alone: pass no text prompt.")
+            processor = self.ctc_prefix_processor(float(weight), kwargs.get("speech_ids"), kwargs.get("input_features"),
+                                                  kwargs.get("speech_attention_mask"))
+            kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), processor])
+        return super().generate(*args, **kwargs)
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         """Always a `MambaZooCache` (never transformers' DynamicCache), unless the user passed one or use_cache=False."""

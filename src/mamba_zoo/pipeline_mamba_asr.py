@@ -11,6 +11,8 @@ models, MambaForCTC included.
   `audio_utils.load_audio`, so neither ffmpeg nor torchaudio is needed. Bad audio raises a clear ValueError
   (mamba-zoo's audio-input rule, `audio_utils.validate_audio`).
 - Batching: `batch_size=` (speech prefixes are right-padded; the model never lets padding reach a state).
+- Decoding (MADEON): `num_beams=`, `max_new_tokens=` and `ctc_weight=` (joint CTC/attention decoding with the model's
+  CTC head; default: the config's `ctc_decoding_weight`), or any `generate_kwargs=`.
 - Long audio (MADEON): `chunk_length_s=` splits the audio into chunks cut at the quietest 20 ms within
   `stride_length_s` of each boundary (so words are rarely cut); chunks are transcribed independently and joined with
   spaces. CTC models chunk as transformers does.
@@ -98,7 +100,7 @@ class MambaASRPipeline(AutomaticSpeechRecognitionPipeline):
         if stride_length_s is not None:
             preprocess_params["stride_length_s"] = stride_length_s
         generate_kwargs = dict(kwargs.pop("generate_kwargs", None) or {})
-        for key in ("max_new_tokens", "num_beams"):
+        for key in ("max_new_tokens", "num_beams", "ctc_weight"):
             if key in kwargs:
                 generate_kwargs[key] = kwargs.pop(key)
         if kwargs:
