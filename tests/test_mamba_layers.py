@@ -319,6 +319,70 @@ def test_inference_path_runs_long_batches_in_row_chunks(monkeypatch):
         assert rel_err(chunked, whole) < 1e-6, kwargs  # matmuls of other row counts may round differently
 
 
+@pytest.mark.skipif(not _numba_available(), reason="the fused CPU kernels need numba")
+@pytest.mark.parametrize("bidirectional,divide_out,bias", [(False, False, False), (True, False, True),
+                                                          (True, True, False)])
+@pytest.mark.parametrize("chunk", [2, 7, 40])
+def test_long_sequences_run_in_time_chunks_with_carried_state(monkeypatch, bidirectional, divide_out, bias, chunk):
+    """A sequence longer than INFERENCE_TIME_CHUNK runs each branch chunk by chunk along time (the forward branch
+    from the start, the backward branch from the end), carrying the scan state and the conv window: the result is
+    the reference backend's, for chunks shorter than the conv window, uneven last chunks and biased projections.
+    Padded batches keep the one-pass path."""
+    torch.manual_seed(chunk)
+    mixer = MambaMixer(16, d_state=4, bidirectional=bidirectional, divide_out=divide_out, bias=bias).eval()
+    _randomize(mixer, seed=chunk + 1)
+    x = torch.randn(2, 45, 16)
+    mask = (torch.arange(45)[None, :] < torch.tensor([45, 30])[:, None]).long()
+    chunk_calls = []
+    original = cpu_inference._branch_chunk
+    monkeypatch.setattr(cpu_inference, "_branch_chunk", lambda m, h, start, end, *a: chunk_calls.append((start, end))
+                        or original(m, h, start, end, *a))
+    monkeypatch.setattr(cpu_inference, "INFERENCE_TIME_CHUNK", chunk)
+    with torch.no_grad():
+        chunked = mixer(x)
+        whole_mask = mixer(x, attention_mask=torch.ones(2, 45, dtype=torch.long))
+        padded = mixer(x, attention_mask=mask)
+    starts = list(range(0, 45, chunk))
+    expected_calls = [(s, min(s + chunk, 45)) for s in starts]
+    if bidirectional:
+        expected_calls += [(s, min(s + chunk, 45)) for s in reversed(starts)]
+    assert chunk_calls == expected_calls * 2  # the unpadded call and the all-ones mask; never the padded batch
+    mixer.backend = "reference"
+    with torch.no_grad():
+        reference = mixer(x)
+        reference_padded = mixer(x, attention_mask=mask)
+    assert rel_err(chunked, reference) < 1e-5
+    assert torch.equal(chunked, whole_mask)
+    assert rel_err(padded, reference_padded) < 1e-5
+
+
+@pytest.mark.skipif(not _numba_available(), reason="the fused CPU kernels need numba")
+def test_inference_scan_kernel_carries_initial_state():
+    """Scanning [0, k) and then [k, L) from the first part's last state equals one scan over [0, L), forwards and
+    (reversal index) backwards; the state shape is checked."""
+    from mamba_zoo.cpu_scan_kernels import selective_scan_inference_time_major as scan
+
+    g = torch.Generator().manual_seed(11)
+    batch, length, dim, n_state, k = 2, 23, 12, 4, 9
+    u, delta, z = (torch.randn(batch, length, dim, generator=g) for _ in range(3))
+    B, C = (torch.randn(batch, length, n_state, generator=g) for _ in range(2))
+    A = -torch.rand(dim, n_state, generator=g) * 2
+    kw = dict(A=A, D=torch.randn(dim, generator=g), delta_softplus=True, return_last_state=True)
+    whole, last = scan(u, delta, B=B, C=C, z=z, **kw)
+    first, state = scan(u[:, :k], delta[:, :k], B=B[:, :k], C=C[:, :k], z=z[:, :k], **kw)
+    second, last_two = scan(u[:, k:], delta[:, k:], B=B[:, k:], C=C[:, k:], z=z[:, k:], initial_state=state, **kw)
+    assert rel_err(torch.cat([first, second], 1), whole) < 1e-6 and rel_err(last_two, last) < 1e-6
+    assert rel_err(second, scan(u[:, k:], delta[:, k:], B=B[:, k:], C=C[:, k:], z=z[:, k:], **kw)[0]) > 1e-3
+    flip = lambda n: torch.arange(n - 1, -1, -1).expand(batch, n)  # noqa: E731
+    whole_b, last_b = scan(u, delta, B=B, C=C, z=z, index=flip(length), **kw)
+    tail, state = scan(u[:, k:], delta[:, k:], B=B[:, k:], C=C[:, k:], z=z[:, k:], index=flip(length - k), **kw)
+    head, last_head = scan(u[:, :k], delta[:, :k], B=B[:, :k], C=C[:, :k], z=z[:, :k], index=flip(k),
+                           initial_state=state, **kw)
+    assert rel_err(torch.cat([head, tail], 1), whole_b) < 1e-6 and rel_err(last_head, last_b) < 1e-6
+    with pytest.raises(ValueError, match="initial_state"):
+        scan(u, delta, B=B, C=C, z=z, initial_state=state[:, :3], **kw)
+
+
 # ---------------------------------------------------------------------------------------------- cached decoding
 
 

@@ -10,7 +10,10 @@ path (tests/test_golden_outputs.py and tests/test_mamba_layers.py say so) but
   from the end) and writes at the original times, so the backward branch adds into the forward branch's output;
 - writes its intermediates into one `InferenceWorkspace` shared by every mixer of a forward pass, when the model
   opens `inference_workspace()` around its layer loop;
-- runs a long batch a few rows at a time, so intermediates stay within `INFERENCE_CHUNK_TOKENS` tokens.
+- runs a long batch a few rows at a time, so intermediates stay within `INFERENCE_CHUNK_TOKENS` tokens;
+- runs a sequence longer than `INFERENCE_TIME_CHUNK` (unpadded) chunk by chunk along time: the forward branch walks the
+  chunks from the start and the backward branch from the end, each carrying its scan state and its conv window
+  across chunk boundaries, so the intermediates stay O(chunk) and the result equals the one-pass forward.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ class InferenceWorkspace:
 
 # A batch runs a few rows at a time so that rows x length stays within this many tokens.
 INFERENCE_CHUNK_TOKENS = 2048
+# A sequence longer than this runs each mixer chunk by chunk along time, carrying the conv window and the scan state
+# across chunk boundaries (`_forward_time_chunks`), so a mixer's intermediates stay O(chunk) at any length.
+INFERENCE_TIME_CHUNK = 8192
 
 _ACTIVE_WORKSPACE: contextvars.ContextVar[Optional[InferenceWorkspace]] = contextvars.ContextVar(
     "mamba_zoo_inference_workspace", default=None
@@ -112,6 +118,8 @@ def mamba_mixer_cpu_forward(mixer, hidden_states, attention_mask, reverse_length
     kernels, a few rows at a time when the batch holds more than `INFERENCE_CHUNK_TOKENS` tokens.
     `(batch, L, d_model)` -> `(batch, L, d_model)`."""
     batch, seq_len = hidden_states.shape[:2]
+    if _time_chunking_applies(mixer, hidden_states, attention_mask, reverse_lengths, reverse):
+        return _forward_time_chunks(mixer, hidden_states, INFERENCE_TIME_CHUNK)
     rows = max(1, INFERENCE_CHUNK_TOKENS // max(seq_len, 1))
     if rows >= batch:
         return _forward_rows(mixer, hidden_states, attention_mask, reverse_lengths, reverse)
@@ -167,4 +175,80 @@ def _branch(mixer, x, z, attention_mask, index, suffix, out, accumulate, workspa
     dt = _linear_into(dt_proj, dt, workspace, "dt")  # (batch, L, d_inner); the dt bias is inside the projection
     return kernels.selective_scan_inference_time_major(
         x, dt, A, B, C, D=D.float(), z=z, delta_softplus=True, index=index, out=out, accumulate=accumulate
+    )
+
+
+def _time_chunking_applies(mixer, hidden_states, attention_mask, reverse_lengths, reverse) -> bool:
+    """Long, unpadded sequences in the natural order, with a plain `out_proj` (its two branch projections are summed)."""
+    return (
+        hidden_states.shape[1] > INFERENCE_TIME_CHUNK
+        and reverse_lengths is None
+        and not reverse
+        and (attention_mask is None or bool(attention_mask.bool().all()))
+        and type(mixer.out_proj) is nn.Linear
+        and not mixer.out_proj._forward_hooks
+        and not mixer.out_proj._forward_pre_hooks
+    )
+
+
+def _forward_time_chunks(mixer, hidden_states: torch.Tensor, chunk: int) -> torch.Tensor:
+    """The mixer over `(batch, L, d_model)` in time chunks of `chunk` steps, intermediates O(batch x chunk).
+
+    `out_proj` is linear, so `out_proj(y_fwd + y_bwd) = out_proj(y_fwd) + W y_bwd`: the forward branch walks the
+    chunks from the start and writes the projected output, the backward branch walks them from the end and adds its
+    projection. Each chunk recomputes `in_proj` over its steps plus the `d_conv - 1` neighbours its convolution reads
+    (before it for the forward branch, after it for the backward one)."""
+    batch, seq_len = hidden_states.shape[:2]
+    workspace = _ACTIVE_WORKSPACE.get()
+    output = hidden_states.new_empty(batch, seq_len, mixer.d_model)
+    scale = 0.5 if (mixer.bidirectional and mixer.divide_out) else 1.0
+    weight, bias = mixer.out_proj.weight, mixer.out_proj.bias
+    starts = list(range(0, seq_len, chunk))
+    state = None
+    for start in starts:
+        end = min(start + chunk, seq_len)
+        y, state = _branch_chunk(mixer, hidden_states, start, end, "", state, False, workspace)
+        if scale != 1.0:
+            y.mul_(scale)
+        output[:, start:end] = torch.nn.functional.linear(y, weight, bias)
+    if mixer.bidirectional:
+        state = None
+        for start in reversed(starts):
+            end = min(start + chunk, seq_len)
+            y, state = _branch_chunk(mixer, hidden_states, start, end, "_b", state, True, workspace)
+            if scale != 1.0:
+                y.mul_(scale)
+            output[:, start:end].add_(torch.nn.functional.linear(y, weight))
+    return output
+
+
+def _branch_chunk(mixer, hidden_states, start, end, suffix, state, backward, workspace):
+    """One branch over the steps `[start, end)` of an unpadded sequence, starting from `state` `(batch, d_inner, N)`
+    (None: zeros), the state carried in from the previous chunk of its walk (the one before for the forward branch,
+    the one after for the backward branch). Returns the gated output `(batch, end - start, d_inner)` (a workspace
+    buffer, valid until the next call) and the state after the chunk."""
+    kernels = cpu_kernels()
+    conv1d, x_proj, dt_proj, A_log, D = mixer._branch(suffix)
+    width = conv1d.weight.shape[-1]
+    batch, seq_len = hidden_states.shape[:2]
+    low, high = (start, min(end + width - 1, seq_len)) if backward else (max(start - width + 1, 0), end)
+    xz = _linear_into(mixer.in_proj, hidden_states[:, low:high], workspace, "xz")  # (batch, high - low, 2 * d_inner)
+    x, z = xz[..., : mixer.d_inner], xz[..., mixer.d_inner:]
+    steps = high - low
+    index = torch.arange(steps - 1, -1, -1).expand(batch, steps) if backward else None
+    x = kernels.causal_conv1d_inference_time_major(
+        x, conv1d.weight.squeeze(1), conv1d.bias, silu=True, index=index,
+        out=None if workspace is None else workspace.buffer("conv", x.shape),
+    )
+    own = slice(0, end - start) if backward else slice(start - low, steps)  # the chunk's own steps
+    x, z = x[:, own], z[:, own]
+    A = -torch.exp(A_log.float())
+    dt, B, C = torch.split(x_proj(x), [mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
+    dt = _linear_into(dt_proj, dt, workspace, "dt")
+    length = end - start
+    index = torch.arange(length - 1, -1, -1).expand(batch, length) if backward else None
+    out = None if workspace is None else workspace.buffer("y", (batch, length, mixer.d_inner))
+    return kernels.selective_scan_inference_time_major(
+        x, dt, A, B, C, D=D.float(), z=z, delta_softplus=True, index=index, out=out, return_last_state=True,
+        initial_state=state,
     )

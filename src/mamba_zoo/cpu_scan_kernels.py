@@ -407,14 +407,15 @@ if numba is not None:
     @njit(parallel=True, cache=True, fastmath=_INFER_MATH, error_model="numpy")
     def _scan_inference_kernel(u, delta, A_t, Bm, Cm, D, z, z_off, delta_bias, has_D, has_z,
                                has_bias, softplus, index, use_index, channel_major, accumulate,
-                               block, tile, out, last_state):
+                               block, tile, out, last_state, init_state, has_init):
         """Forward-only scan, vectorised across channels, no checkpoints.
 
         Time-major (``channel_major`` False): u, delta, out: (batch, L, dim); z: (batch, L, >=
         z_off + dim), the gate being its columns z_off .. z_off + dim. Channel-major (True): u,
         delta, out: (batch, dim, L); z: (batch, >= z_off + dim, L). Any strides. A_t: (N, dim)
         (A transposed); Bm, Cm: (batch, G, L, N); D, delta_bias: (dim,); last_state:
-        (batch, dim, N). Step p of the recurrence reads (and writes) time ``index[b, p]`` when
+        (batch, dim, N); init_state (read when ``has_init``): (batch, dim, N), the state before the
+        first step (a previous chunk's last_state). Step p of the recurrence reads (and writes) time ``index[b, p]`` when
         ``use_index`` (a permutation of 0..L-1 per row, e.g. a reversal), else time p. With
         ``accumulate`` the result is added to ``out``.
 
@@ -440,6 +441,11 @@ if numba is not None:
             # 2-D buffers read through row views indexed by the loop counter only: numba then
             # needs no negative-index wraparound, and LLVM emits plain vector loads/stores.
             h = np.zeros((N, w), dtype=np.float32)
+            if has_init:
+                for n in range(N):
+                    h_row = h[n]
+                    for c in range(w):
+                        h_row[c] = init_state[b, c0 + c, n]
             a_loc = np.empty((N, w), dtype=np.float32)
             bias_loc = np.zeros(w, dtype=np.float32)
             skip_loc = np.zeros(w, dtype=np.float32)
@@ -766,7 +772,7 @@ def _index_np(index: Optional[torch.Tensor]):
 
 def selective_scan_inference_time_major(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                                         delta_softplus=False, index=None, out=None,
-                                        accumulate=False, return_last_state=False,
+                                        accumulate=False, return_last_state=False, initial_state=None,
                                         block: Optional[int] = None, channel_major: bool = False,
                                         tile: int = INFERENCE_TILE):
     """Forward-only fused scan (no autograd graph is recorded), on time-major tensors.
@@ -779,7 +785,9 @@ def selective_scan_inference_time_major(u, delta, A, B, C, D=None, z=None, delta
     ``index``: optional ``(batch, L)`` permutation of the time steps per row; step p of the
     recurrence then reads and writes time ``index[b, p]`` (a reversal index runs the scan
     backwards in time without flipping anything). ``out``: optional float32 buffer (any strides)
-    written, or added to when ``accumulate``. ``block``: channels per task (default: as many as
+    written, or added to when ``accumulate``. ``initial_state``: optional ``(batch, dim, N)`` state
+    before the first step (the ``last_state`` of the chunk before: a long sequence scanned chunk by
+    chunk equals one scan). ``block``: channels per task (default: as many as
     keep every thread busy, at most ``INFERENCE_MAX_BLOCK``); ``tile``: time steps per tile.
     Returns ``out`` (float32) or ``(out, last_state)``.
     """
@@ -805,6 +813,9 @@ def selective_scan_inference_time_major(u, delta, A, B, C, D=None, z=None, delta
         accumulate = False
     index_np, use_index = _index_np(index)
     last_state = np.empty((batch, dim, n_state), dtype=np.float32)
+    if initial_state is not None and tuple(initial_state.shape) != (batch, dim, n_state):
+        raise ValueError(f"initial_state must be (batch, dim, N) = {(batch, dim, n_state)}, got "
+                         f"{tuple(initial_state.shape)}.")
     if z is None:
         z_np, z_off = _EMPTY3, 0
     elif channel_major:
@@ -820,7 +831,8 @@ def selective_scan_inference_time_major(u, delta, A, B, C, D=None, z=None, delta
         _f32_numpy(delta_bias) if delta_bias is not None else _EMPTY1,
         D is not None, z is not None, delta_bias is not None, bool(delta_softplus),
         index_np, use_index, bool(channel_major), bool(accumulate), int(block), int(tile),
-        out.detach().numpy(), last_state)
+        out.detach().numpy(), last_state,
+        _EMPTY3 if initial_state is None else _f32_numpy(initial_state), initial_state is not None)
     _restore_torch_threads(torch_threads)
     return (out, torch.from_numpy(last_state)) if return_last_state else out
 
