@@ -193,3 +193,18 @@ def test_save_load_round_trip(tmp_path, clip):
     assert isinstance(loaded, SSAMBAFeatureExtractor)
     np.testing.assert_array_equal(loaded(clip, sampling_rate=16000)["input_values"],
                                   fe(clip, sampling_rate=16000)["input_values"])
+
+
+def test_long_recordings_are_featurised_in_blocks_with_the_same_numbers(monkeypatch):
+    """Filter banks are computed a block of frames at a time (memory O(block) for hours of audio): identical to one
+    call over all frames, for blocks that do not divide the frame count, and with max_length cutting inside a block."""
+    from mamba_zoo import feature_extraction_ssamba
+
+    audio = (0.1 * np.random.default_rng(4).standard_normal(16000 * 3 + 77)).astype(np.float32)
+    extractor = SSAMBAFeatureExtractor(max_length=250)
+    monkeypatch.setattr(feature_extraction_ssamba, "FBANK_BLOCK_FRAMES", 10**6)
+    whole = extractor(audio, sampling_rate=16000, return_tensors="np")["input_values"]
+    monkeypatch.setattr(feature_extraction_ssamba, "FBANK_BLOCK_FRAMES", 37)
+    blocks = extractor(audio, sampling_rate=16000, return_tensors="np")["input_values"]
+    np.testing.assert_array_equal(blocks, whole)
+    assert np.abs(whole[0, 200:250]).sum() > 0  # real frames up to max_length, none lost at block edges

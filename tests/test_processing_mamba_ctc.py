@@ -186,3 +186,17 @@ def test_beam_search_needs_pyctcdecode_or_works():
     except ImportError:
         with pytest.raises(ImportError, match="pyctcdecode"):
             processor.build_beam_decoder()
+
+
+def test_long_recordings_are_featurised_in_blocks_with_the_same_numbers(monkeypatch):
+    """The STFT runs a block of frames at a time (memory O(block) for hours of audio): identical features to one call."""
+    from mamba_zoo import MambaCTCFeatureExtractor, feature_extraction_mamba_ctc
+
+    audio = (0.1 * np.random.default_rng(5).standard_normal(16000 * 3 + 91)).astype(np.float32)
+    extractor = MambaCTCFeatureExtractor()
+    monkeypatch.setattr(feature_extraction_mamba_ctc, "FBANK_BLOCK_FRAMES", 10**6)
+    whole = extractor(audio, sampling_rate=16000, return_tensors="np")["input_features"]
+    monkeypatch.setattr(feature_extraction_mamba_ctc, "FBANK_BLOCK_FRAMES", 41)
+    blocks = extractor(audio, sampling_rate=16000, return_tensors="np")["input_features"]
+    assert whole.shape == (1, extractor.num_frames(len(audio)), 80)
+    np.testing.assert_array_equal(blocks, whole)

@@ -19,6 +19,8 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import PaddingStrategy, TensorType, logging
 
 from .audio_utils import normalize_utterance, validate_audio
+
+FBANK_BLOCK_FRAMES = 4096  # frames featurised per STFT call (41 s of audio at a 10 ms hop)
 from .pipeline_mamba_asr import MambaASRPipeline  # noqa: F401  (travels with the feature extractor, see above)
 
 logger = logging.get_logger(__name__)
@@ -89,13 +91,21 @@ class MambaCTCFeatureExtractor(SequenceFeatureExtractor):
         pad = self.n_fft // 2
         signal = torch.nn.functional.pad(signal, (pad, pad))
         window = torch.hann_window(self.win_length, periodic=False)
-        spectrum = torch.stft(
-            signal, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length, window=window,
-            center=False, return_complex=True,
-        )  # (n_fft // 2 + 1, frames) with frame t centred on sample t * hop_length
-        power = spectrum[:, : self.num_frames(waveform.shape[0])].abs().pow(2).T
-        mel = power @ torch.from_numpy(self.mel_filters)
-        return torch.log(mel.clamp_min(1e-10)).numpy()
+        mel_filters = torch.from_numpy(self.mel_filters)
+        num_frames = self.num_frames(waveform.shape[0])
+        output = np.empty((num_frames, self.mel_filters.shape[1]), dtype=np.float32)
+        # frame t is centred on sample t * hop_length; a block of frames at a time keeps the complex spectra
+        # O(block) for long recordings (each frame reads only its own samples: the same numbers as one call)
+        for start in range(0, num_frames, FBANK_BLOCK_FRAMES):
+            stop = min(start + FBANK_BLOCK_FRAMES, num_frames)
+            piece = signal[start * self.hop_length:(stop - 1) * self.hop_length + self.n_fft]
+            spectrum = torch.stft(
+                piece, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length, window=window,
+                center=False, return_complex=True,
+            )  # (n_fft // 2 + 1, frames of the piece)
+            power = spectrum[:, : stop - start].abs().pow(2).T
+            output[start:stop] = torch.log((power @ mel_filters).clamp_min(1e-10)).numpy()
+        return output
 
     def _normalize(self, features: np.ndarray) -> np.ndarray:
         # the std floor keeps constant bins (digital silence) at exactly zero instead of amplifying rounding noise

@@ -33,6 +33,7 @@ SSAMBA_FEATURE_PRESETS: dict[str, dict[str, float | int]] = {
 
 _WINDOW = 400  # kaldi frame: 25 ms at 16 kHz
 _HOP = 160  # 10 ms at 16 kHz
+FBANK_BLOCK_FRAMES = 4096  # frames featurised per numpy call (40 s of audio)
 
 
 class SSAMBAFeatureExtractor(ASTFeatureExtractor):
@@ -91,16 +92,18 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
         if getattr(self, "mel_filters", None) is None:  # torchaudio installed: transformers' kaldi path
             return super()._extract_fbank_features(waveform, max_length)
         waveform = np.asarray(waveform, dtype=np.float64).reshape(-1)
-        frames = np.lib.stride_tricks.sliding_window_view(waveform, _WINDOW)[::_HOP]  # (n, 400): snip_edges
-        frames = frames - frames.mean(axis=1, keepdims=True)  # per-frame DC removal
-        emphasised = frames.copy()
-        emphasised[:, 1:] -= 0.97 * frames[:, :-1]
-        emphasised[:, 0] *= 1 - 0.97
-        power = np.abs(np.fft.rfft(emphasised * self.window, n=512, axis=1)) ** 2  # (n, 257)
-        fbank = np.log(np.maximum(power @ self.mel_filters, 1.192092955078125e-07)).astype(np.float32)
-        output = np.zeros((max_length, fbank.shape[1]), dtype=np.float32)
-        frames_kept = min(max_length, fbank.shape[0])
-        output[:frames_kept] = fbank[:frames_kept]
+        all_frames = np.lib.stride_tricks.sliding_window_view(waveform, _WINDOW)[::_HOP]  # (n, 400) view: snip_edges
+        output = np.zeros((max_length, self.mel_filters.shape[1]), dtype=np.float32)
+        frames_kept = min(max_length, all_frames.shape[0])
+        # a block of frames at a time: the float64 frame copies and spectra stay O(block) for long recordings
+        for start in range(0, frames_kept, FBANK_BLOCK_FRAMES):
+            frames = all_frames[start:min(start + FBANK_BLOCK_FRAMES, frames_kept)]
+            frames = frames - frames.mean(axis=1, keepdims=True)  # per-frame DC removal
+            emphasised = frames.copy()
+            emphasised[:, 1:] -= 0.97 * frames[:, :-1]
+            emphasised[:, 0] *= 1 - 0.97
+            power = np.abs(np.fft.rfft(emphasised * self.window, n=512, axis=1)) ** 2  # (block, 257)
+            output[start:start + len(frames)] = np.log(np.maximum(power @ self.mel_filters, 1.192092955078125e-07))
         return output
 
     def samples_for_max_length(self) -> int:

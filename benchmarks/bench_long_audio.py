@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Long audio on the CPU: time and peak memory of one recording of 1, 5 and 30 minutes through MambaForCTC and SSAMBA.
+
+Each (model, duration) runs in a fresh process: build the model (random weights of the recipe's size: what is measured
+is the forward, not what it says), generate the recording (speech-like noise bursts, 16 kHz float32, kept in memory
+as a user's decoded file would be), warm the kernels on a 2 s clip, then time features + forward without gradients.
+
+- `ctc`: `train_ctc.py`'s default MambaForCTC (width 96, 4 bidirectional blocks, 4x conv subsampling), CTC logits
+  for every frame.
+- `ssamba`: the main job's SSAMBA (width 128, 8 layers, frame tokens of all mels x 4 frames), the whole recording as
+  one token sequence (`interpolate_pos_encoding=True`), frame-level hidden states.
+- `ssamba-tiny`: SSAMBA-tiny (width 192, 24 layers, 16x16 patches).
+
+Peak memory is the process's peak resident set (`ru_maxrss`); "growth" is that peak minus the resident set just
+before the timed call (model, recording and warm-up already in memory), i.e. what the forward itself needs.
+
+    python benchmarks/bench_long_audio.py                          # ctc and ssamba at 1, 5, 30 minutes
+    python benchmarks/bench_long_audio.py --models ssamba-tiny --minutes 1,5 --threads 2
+
+Prints a table (seconds, seconds per audio minute, peak, growth) and, per model, the growth at the longest duration
+(target < 300 MB) and the time ratio longest / shortest against the duration ratio (linear: equal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLING_RATE = 16000
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def recording(minutes: float, seed: int = 0):
+    """Noise bursts with a pitch-like carrier and pauses, generated a second at a time (no large temporaries)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    seconds = int(round(minutes * 60))
+    audio = np.empty(seconds * SAMPLING_RATE, dtype=np.float32)
+    t = np.arange(SAMPLING_RATE, dtype=np.float32) / SAMPLING_RATE
+    for s in range(seconds):
+        carrier = np.sin(2 * np.pi * rng.uniform(100, 300) * t) * (t * rng.uniform(2, 5) % 1 > 0.4)
+        audio[s * SAMPLING_RATE:(s + 1) * SAMPLING_RATE] = 0.2 * carrier + 0.02 * rng.standard_normal(SAMPLING_RATE)
+    return audio
+
+
+def build(model_name: str):
+    """(model, featurise(audio) -> model kwargs, read(outputs) -> the per-frame tensor)."""
+    import torch
+
+    import mamba_zoo  # noqa: F401
+    from mamba_zoo import (MambaCTCConfig, MambaCTCFeatureExtractor, MambaForCTC, SSAMBAConfig,
+                           SSAMBAFeatureExtractor, SSAMBAModel)
+
+    torch.manual_seed(0)
+    if model_name == "ctc":
+        model = MambaForCTC(MambaCTCConfig(vocab_size=32, hidden_size=96, num_hidden_layers=4,
+                                           subsampling_conv_channels=32, intermediate_size=384)).eval()
+        extractor = MambaCTCFeatureExtractor()
+
+        def featurise(audio):
+            features = extractor(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt")
+            return {"input_features": features["input_features"]}
+
+        return model, featurise, lambda out: out.logits
+    if model_name in ("ssamba", "ssamba-tiny"):
+        shape = (dict(hidden_size=128, num_hidden_layers=8, patch_frames=4) if model_name == "ssamba"
+                 else dict(hidden_size=192, num_hidden_layers=24))
+        model = SSAMBAModel(SSAMBAConfig(max_length=128, drop_path_rate=0.0, **shape)).eval()
+
+        def featurise(audio):
+            frames = 1 + (len(audio) - 400) // 160
+            extractor = SSAMBAFeatureExtractor(max_length=frames)
+            values = extractor(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt")["input_values"]
+            return {"input_values": values, "interpolate_pos_encoding": True}
+
+        return model, featurise, lambda out: out.last_hidden_state
+    raise ValueError(f"unknown model {model_name!r}: ctc, ssamba or ssamba-tiny")
+
+
+def run_one(model_name: str, minutes: float, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    model, featurise, read = build(model_name)
+    audio = recording(minutes)
+    with torch.no_grad():
+        read(model(**featurise(recording(2 / 60, seed=1))))  # compile / warm the kernels
+    before = rss_mb()
+    started = time.perf_counter()
+    with torch.no_grad():
+        inputs = featurise(audio)
+        featurised = time.perf_counter()
+        frames = read(model(**inputs))
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"model": model_name, "minutes": minutes, "seconds": round(seconds, 2),
+            "feature_seconds": round(featurised - started, 2), "output_frames": int(frames.shape[1]),
+            "seconds_per_audio_minute": round(seconds / minutes, 3), "rss_before_mb": round(before),
+            "peak_mb": round(peak), "growth_mb": round(peak - before)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="ctc,ssamba")
+    parser.add_argument("--minutes", default="1,5,30")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--one", nargs=2, metavar=("MODEL", "MINUTES"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(args.one[0], float(args.one[1]), args.threads)))
+        return
+    rows = []
+    print("| model | audio | seconds | s per audio minute | features s | output frames | peak RSS | growth |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model_name in args.models.split(","):
+        for minutes in (float(m) for m in args.minutes.split(",")):
+            done = subprocess.run([sys.executable, __file__, "--one", model_name, str(minutes), "--threads",
+                                   str(args.threads)], capture_output=True, text=True, cwd=ROOT)
+            if done.returncode != 0:
+                print(f"| {model_name} | {minutes:g} min | failed: {done.stderr.strip().splitlines()[-1]} |")
+                continue
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(f"| {model_name} | {minutes:g} min | {row['seconds']} | {row['seconds_per_audio_minute']} | "
+                  f"{row['feature_seconds']} | {row['output_frames']} | {row['peak_mb']} MB | {row['growth_mb']} MB |",
+                  flush=True)
+    for model_name in args.models.split(","):
+        mine = [r for r in rows if r["model"] == model_name]
+        if len(mine) >= 2:
+            short, long = mine[0], mine[-1]
+            print(f"{model_name}: growth at {long['minutes']:g} min {long['growth_mb']} MB (target < 300); time "
+                  f"{long['seconds'] / short['seconds']:.1f}x for {long['minutes'] / short['minutes']:.0f}x the audio")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
