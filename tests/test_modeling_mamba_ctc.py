@@ -349,3 +349,36 @@ def test_lora_trains_and_merges():
         adapted = lora(input_features=x).logits
         merged = lora.merge_and_unload()(x).logits
     torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("num_subsampling_layers", [2, 3])
+def test_long_inputs_run_the_subsampler_in_time_blocks(monkeypatch, num_subsampling_layers):
+    """Without gradients a long unpadded input goes through the conv subsampler a block of output frames at a time
+    (the wide first-layer activations stay O(block)): same encoder output as one pass, for frame counts that leave
+    partial blocks and odd lengths at every layer; padded batches and training keep the one-pass path."""
+    from mamba_zoo import modeling_mamba_ctc
+
+    torch.manual_seed(num_subsampling_layers)
+    config = MambaCTCConfig(vocab_size=16, hidden_size=32, num_hidden_layers=1, num_mel_bins=20,
+                            num_subsampling_layers=num_subsampling_layers)
+    model = MambaForCTC(config).eval()
+    calls = []
+    original = modeling_mamba_ctc.MambaCTCSubsampling._forward_in_time_blocks
+    monkeypatch.setattr(modeling_mamba_ctc.MambaCTCSubsampling, "_forward_in_time_blocks",
+                        lambda self, x: calls.append(x.shape) or original(self, x))
+    for frames in (203, 257):
+        features = torch.randn(1, frames, 20)
+        with torch.no_grad():
+            one_pass = model(input_features=features).logits
+            monkeypatch.setattr(modeling_mamba_ctc, "SUBSAMPLING_BLOCK_OUTPUTS", 5)
+            blocked = model(input_features=features).logits
+            padded = model(input_features=torch.cat([features, features]),
+                           attention_mask=(torch.arange(frames)[None] < torch.tensor([[frames], [frames - 50]])).long())
+            monkeypatch.setattr(modeling_mamba_ctc, "SUBSAMPLING_BLOCK_OUTPUTS", 2048)
+        torch.testing.assert_close(blocked, one_pass, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(padded.logits[:1], one_pass, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 2  # the blocked calls only, never the padded batch
+    model.train()
+    monkeypatch.setattr(modeling_mamba_ctc, "SUBSAMPLING_BLOCK_OUTPUTS", 5)
+    model(input_features=torch.randn(1, 203, 20)).logits.sum().backward()  # training: the one-pass path
+    assert len(calls) == 2

@@ -51,6 +51,10 @@ def _features_argument(input_features: Optional[torch.Tensor], input_values: Opt
     return input_features if input_features is not None else input_values
 
 
+# Without gradients, a long unpadded input runs through the subsampler this many output frames at a time.
+SUBSAMPLING_BLOCK_OUTPUTS = 2048
+
+
 class MambaCTCSubsampling(nn.Module):
     """Convolutional subsampling: `num_subsampling_layers` x [Conv2d(kernel 3, stride 2, padding 1) -> activation]
     over (time, mel), then a linear projection of (channels x remaining mel bins) to `hidden_size` and dropout.
@@ -75,6 +79,8 @@ class MambaCTCSubsampling(nn.Module):
 
     def forward(self, input_features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """input_features `(batch, frames, mel)`, lengths `(batch,)` -> `(batch, frames', hidden_size)`."""
+        if self._blocks_apply(input_features, lengths):
+            return self._forward_in_time_blocks(input_features)
         hidden = input_features.unsqueeze(1)  # (batch, 1, frames, mel)
         for conv in self.convs:
             mask = lengths_to_mask(lengths, hidden.shape[2]).to(hidden.dtype)
@@ -83,6 +89,45 @@ class MambaCTCSubsampling(nn.Module):
         batch, channels, frames, freq = hidden.shape
         hidden = hidden.permute(0, 2, 1, 3).reshape(batch, frames, channels * freq)
         return self.dropout(self.out(hidden))
+
+    def _blocks_apply(self, input_features: torch.Tensor, lengths: torch.Tensor) -> bool:
+        """Long unpadded inputs without gradients, through plain convolutions, run in time blocks."""
+        return (
+            not torch.is_grad_enabled()
+            and input_features.shape[1] > 2 * SUBSAMPLING_BLOCK_OUTPUTS * 2 ** len(self.convs)
+            and bool((lengths == input_features.shape[1]).all())
+            and all(type(conv) is nn.Conv2d and conv.padding == (1, 1) and conv.stride == (2, 2)
+                    and conv.kernel_size == (3, 3) for conv in self.convs)
+        )
+
+    def _forward_in_time_blocks(self, input_features: torch.Tensor) -> torch.Tensor:
+        """The subsampler over a long unpadded input, `SUBSAMPLING_BLOCK_OUTPUTS` output frames at a time: each block
+        recomputes the few frames its receptive field shares with the next, and the zero padding of the convolutions
+        is applied only at the true ends of the sequence, so the result equals the one-pass forward while the wide
+        first-layer activations stay O(block) (they are channels x frames / 2 x mel / 2: 16x the input for 32
+        channels)."""
+        features = input_features.unsqueeze(1)  # (batch, 1, frames, mel)
+        sizes = [features.shape[2]]
+        for _ in self.convs:
+            sizes.append((sizes[-1] + 1) // 2)
+
+        def rows(layer: int, start: int, stop: int) -> torch.Tensor:
+            """Output frames [start, stop) of conv `layer` (-1: the input)."""
+            if layer < 0:
+                return features[:, :, start:stop]
+            conv = self.convs[layer]
+            low, high = 2 * start - 1, 2 * stop  # the input frames that kernel 3 / stride 2 / padding 1 reads
+            inputs = rows(layer - 1, max(low, 0), min(high, sizes[layer]))
+            inputs = nn.functional.pad(inputs, (0, 0, max(0, -low), max(0, high - sizes[layer])))
+            return self.activation(nn.functional.conv2d(inputs, conv.weight, conv.bias, stride=2, padding=(0, 1)))
+
+        last = len(self.convs) - 1
+        outputs = []
+        for start in range(0, sizes[-1], SUBSAMPLING_BLOCK_OUTPUTS):
+            hidden = rows(last, start, min(start + SUBSAMPLING_BLOCK_OUTPUTS, sizes[-1]))
+            batch, channels, frames, freq = hidden.shape
+            outputs.append(self.out(hidden.permute(0, 2, 1, 3).reshape(batch, frames, channels * freq)))
+        return self.dropout(torch.cat(outputs, dim=1))
 
 
 class MambaCTCFeedForward(nn.Module):
