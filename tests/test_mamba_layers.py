@@ -341,17 +341,22 @@ def test_long_sequences_run_in_time_chunks_with_carried_state(monkeypatch, bidir
     with torch.no_grad():
         chunked = mixer(x)
         whole_mask = mixer(x, attention_mask=torch.ones(2, 45, dtype=torch.long))
+        chunked_reverse = mixer(x, reverse=True)
         padded = mixer(x, attention_mask=mask)
     starts = list(range(0, 45, chunk))
-    expected_calls = [(s, min(s + chunk, 45)) for s in starts]
-    if bidirectional:
-        expected_calls += [(s, min(s + chunk, 45)) for s in reversed(starts)]
-    assert chunk_calls == expected_calls * 2  # the unpadded call and the all-ones mask; never the padded batch
+    forward = [(s, min(s + chunk, 45)) for s in starts]
+    backward = forward[::-1]
+    calls = forward + backward if bidirectional else forward
+    calls_reverse = backward + forward if bidirectional else backward
+    assert chunk_calls == calls * 2 + calls_reverse  # the unpadded calls and the all-ones mask; never the padded batch
     mixer.backend = "reference"
     with torch.no_grad():
         reference = mixer(x)
+        reference_reverse = mixer(x, reverse=True)
         reference_padded = mixer(x, attention_mask=mask)
     assert rel_err(chunked, reference) < 1e-5
+    assert rel_err(chunked_reverse, reference_reverse) < 1e-5
+    assert rel_err(chunked_reverse, chunked) > 1e-3  # reversal matters: the test can tell the walks apart
     assert torch.equal(chunked, whole_mask)
     assert rel_err(padded, reference_padded) < 1e-5
 

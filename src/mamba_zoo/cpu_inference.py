@@ -11,8 +11,8 @@ path (tests/test_golden_outputs.py and tests/test_mamba_layers.py say so) but
 - writes its intermediates into one `InferenceWorkspace` shared by every mixer of a forward pass, when the model
   opens `inference_workspace()` around its layer loop;
 - runs a long batch a few rows at a time, so intermediates stay within `INFERENCE_CHUNK_TOKENS` tokens;
-- runs a sequence longer than `INFERENCE_TIME_CHUNK` (unpadded) chunk by chunk along time: the forward branch walks the
-  chunks from the start and the backward branch from the end, each carrying its scan state and its conv window
+- runs a sequence longer than `INFERENCE_TIME_CHUNK` (unpadded) chunk by chunk along time: the branch that walks
+  forward visits the chunks from the start and the one that walks backward from the end, each carrying its scan state and its conv window
   across chunk boundaries, so the intermediates stay O(chunk) and the result equals the one-pass forward.
 """
 
@@ -119,7 +119,7 @@ def mamba_mixer_cpu_forward(mixer, hidden_states, attention_mask, reverse_length
     `(batch, L, d_model)` -> `(batch, L, d_model)`."""
     batch, seq_len = hidden_states.shape[:2]
     if _time_chunking_applies(mixer, hidden_states, attention_mask, reverse_lengths, reverse):
-        return _forward_time_chunks(mixer, hidden_states, INFERENCE_TIME_CHUNK)
+        return _forward_time_chunks(mixer, hidden_states, INFERENCE_TIME_CHUNK, reverse)
     rows = max(1, INFERENCE_CHUNK_TOKENS // max(seq_len, 1))
     if rows >= batch:
         return _forward_rows(mixer, hidden_states, attention_mask, reverse_lengths, reverse)
@@ -179,11 +179,11 @@ def _branch(mixer, x, z, attention_mask, index, suffix, out, accumulate, workspa
 
 
 def _time_chunking_applies(mixer, hidden_states, attention_mask, reverse_lengths, reverse) -> bool:
-    """Long, unpadded sequences in the natural order, with a plain `out_proj` (its two branch projections are summed)."""
+    """Long, unpadded sequences (whole-sequence reversal only), with a plain `out_proj` (the branches' projections are
+    summed)."""
     return (
         hidden_states.shape[1] > INFERENCE_TIME_CHUNK
         and reverse_lengths is None
-        and not reverse
         and (attention_mask is None or bool(attention_mask.bool().all()))
         and type(mixer.out_proj) is nn.Linear
         and not mixer.out_proj._forward_hooks
@@ -191,34 +191,32 @@ def _time_chunking_applies(mixer, hidden_states, attention_mask, reverse_lengths
     )
 
 
-def _forward_time_chunks(mixer, hidden_states: torch.Tensor, chunk: int) -> torch.Tensor:
+def _forward_time_chunks(mixer, hidden_states: torch.Tensor, chunk: int, reverse: bool = False) -> torch.Tensor:
     """The mixer over `(batch, L, d_model)` in time chunks of `chunk` steps, intermediates O(batch x chunk).
 
-    `out_proj` is linear, so `out_proj(y_fwd + y_bwd) = out_proj(y_fwd) + W y_bwd`: the forward branch walks the
-    chunks from the start and writes the projected output, the backward branch walks them from the end and adds its
-    projection. Each chunk recomputes `in_proj` over its steps plus the `d_conv - 1` neighbours its convolution reads
-    (before it for the forward branch, after it for the backward one)."""
+    `out_proj` is linear, so `out_proj(y_fwd + y_bwd) = out_proj(y_fwd) + W y_bwd`: the branch that walks forward in
+    time visits the chunks from the start, the one that walks backward from the end, and each adds its projection
+    into the output (the bias once). With `reverse` the branches swap directions (the layer-level reversal of SSAMBA's
+    paired layers). Each chunk recomputes `in_proj` over its steps plus the `d_conv - 1` neighbours its convolution
+    reads (before it when walking forward, after it when walking backward)."""
     batch, seq_len = hidden_states.shape[:2]
     workspace = _ACTIVE_WORKSPACE.get()
     output = hidden_states.new_empty(batch, seq_len, mixer.d_model)
     scale = 0.5 if (mixer.bidirectional and mixer.divide_out) else 1.0
     weight, bias = mixer.out_proj.weight, mixer.out_proj.bias
     starts = list(range(0, seq_len, chunk))
-    state = None
-    for start in starts:
-        end = min(start + chunk, seq_len)
-        y, state = _branch_chunk(mixer, hidden_states, start, end, "", state, False, workspace)
-        if scale != 1.0:
-            y.mul_(scale)
-        output[:, start:end] = torch.nn.functional.linear(y, weight, bias)
-    if mixer.bidirectional:
+    branches = [("", reverse)] + ([("_b", not reverse)] if mixer.bidirectional else [])
+    for i, (suffix, backward) in enumerate(branches):
         state = None
-        for start in reversed(starts):
+        for start in (reversed(starts) if backward else starts):
             end = min(start + chunk, seq_len)
-            y, state = _branch_chunk(mixer, hidden_states, start, end, "_b", state, True, workspace)
+            y, state = _branch_chunk(mixer, hidden_states, start, end, suffix, state, backward, workspace)
             if scale != 1.0:
                 y.mul_(scale)
-            output[:, start:end].add_(torch.nn.functional.linear(y, weight))
+            if i == 0:
+                output[:, start:end] = torch.nn.functional.linear(y, weight, bias)
+            else:
+                output[:, start:end].add_(torch.nn.functional.linear(y, weight))
     return output
 
 
