@@ -75,7 +75,8 @@ def build(model_name: str):
 
         return model, featurise, lambda out: out.logits
     if model_name in ("ssamba", "ssamba-tiny"):
-        shape = (dict(hidden_size=128, num_hidden_layers=8, patch_frames=4) if model_name == "ssamba"
+        shape = (dict(hidden_size=128, num_hidden_layers=8, patch_size=(128, 4), frequency_stride=128, time_stride=4)
+                 if model_name == "ssamba"
                  else dict(hidden_size=192, num_hidden_layers=24))
         model = SSAMBAModel(SSAMBAConfig(max_length=128, drop_path_rate=0.0, **shape)).eval()
 

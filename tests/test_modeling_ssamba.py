@@ -12,6 +12,7 @@ from mamba_zoo import (
     SSAMBAConfig,
     SSAMBAFeatureExtractor,
     SSAMBAForAudioClassification,
+    SSAMBAForAudioFrameClassification,
     SSAMBAForPreTraining,
     SSAMBAModel,
 )
@@ -145,6 +146,65 @@ def test_batch_equivalence_fixed_length_and_with_padding_mask():
         assert torch.all(grid_tokens[:, 2:] == 0)
     with pytest.raises(ValueError, match="right-padded"):
         model(x, attention_mask=torch.tensor([[0] * 10 + [1] * 54] * 3))
+
+
+@pytest.mark.parametrize("patch", ["16x16", "frames"])
+def test_frame_classification_logits_per_time_column(patch):
+    """One prediction per patch column: the mean of the column's frequency patches through the head; padded columns are
+    zero and equal to the clip run alone elsewhere; column_times gives each column's frames in seconds."""
+    geometry = (dict(patch_size=16, frequency_stride=16, time_stride=8) if patch == "16x16"
+                else dict(patch_size=(32, 4), frequency_stride=32, time_stride=4))
+    model = randomize(SSAMBAForAudioFrameClassification(tiny_config(max_length=64, **geometry)), seed=3).eval()
+    x = torch.randn(2, 64, 32)
+    with torch.no_grad():
+        out = model(x)
+        hidden = model.ssamba(x).last_hidden_state[:, 1:]
+        grid = (2, 7) if patch == "16x16" else (1, 16)
+        assert out.logits.shape == (2, grid[1], 3)
+        columns = hidden.reshape(2, grid[0], grid[1], 32).mean(1)
+        torch.testing.assert_close(out.logits, model.classifier(columns))
+        mask = torch.ones(2, 64, dtype=torch.long)
+        mask[1, 40:] = 0
+        padded = model(x, attention_mask=mask).logits
+        alone = model(x[1:2, :40]).logits[0]
+        torch.testing.assert_close(padded[1, :alone.shape[0]], alone, rtol=1e-5, atol=1e-5)
+        assert torch.all(padded[1, alone.shape[0]:] == 0)
+        torch.testing.assert_close(padded[0], out.logits[0], rtol=1e-5, atol=1e-5)
+    times = model.column_times(3)
+    stride, width = (8, 16) if patch == "16x16" else (4, 4)
+    torch.testing.assert_close(times, torch.tensor([[0.0, width], [stride, stride + width],
+                                                    [2 * stride, 2 * stride + width]], dtype=torch.float64) / 100)
+
+
+def test_frame_classification_losses_and_label_errors():
+    """Class labels -> cross-entropy over the non-ignored valid columns; float labels -> BCE (multi-label); padded
+    columns never count; wrong shapes or ids raise clear errors."""
+    config = tiny_config(max_length=64, patch_size=(32, 4), frequency_stride=32, time_stride=4)
+    model = randomize(SSAMBAForAudioFrameClassification(config), seed=4).eval()
+    x = torch.randn(2, 64, 32)
+    mask = torch.ones(2, 64, dtype=torch.long)
+    mask[1, 32:] = 0  # clip 1: 8 of 16 columns valid
+    labels = torch.randint(0, 3, (2, 16), generator=torch.Generator().manual_seed(0))
+    labels[0, :3] = -100
+    out = model(x, attention_mask=mask, labels=labels)
+    keep = torch.ones(2, 16, dtype=torch.bool)
+    keep[0, :3] = False
+    keep[1, 8:] = False
+    expected = F.cross_entropy(out.logits[keep], labels[keep])
+    torch.testing.assert_close(out.loss, expected)
+    multi = torch.rand(2, 16, 3, generator=torch.Generator().manual_seed(1)).round()
+    out = model(x, attention_mask=mask, labels=multi)
+    valid = torch.ones(2, 16, dtype=torch.bool)
+    valid[1, 8:] = False
+    torch.testing.assert_close(out.loss, F.binary_cross_entropy_with_logits(out.logits[valid], multi[valid]))
+    out.loss.backward()
+    assert model.classifier.dense.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="one label per output column"):
+        model(x, labels=torch.zeros(2, 15, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        model(x, labels=torch.full((2, 16), 3))
+    with pytest.raises(ValueError, match="multi-label"):
+        model(x, labels=torch.zeros(2, 16, 2))
 
 
 def test_hidden_states_count_and_shapes():

@@ -19,6 +19,7 @@ from mamba_zoo import (
     MambaForCTC,
     SSAMBAConfig,
     SSAMBAForAudioClassification,
+    SSAMBAForAudioFrameClassification,
     SSAMBAModel,
 )
 
@@ -76,6 +77,7 @@ def _tokens(g):
 CASES = [
     Case("ssamba", SSAMBAModel, _ssamba_config, _audio_patches),
     Case("ssamba-classification", SSAMBAForAudioClassification, _ssamba_config, _audio_patches),
+    Case("ssamba-frame-classification", SSAMBAForAudioFrameClassification, _ssamba_config, _audio_patches),
     Case("mamba-ctc", MambaCTCModel, _ctc_config, _fbank),
     Case("mamba-for-ctc", MambaForCTC, _ctc_config, _fbank),
     Case("mamba-asr", MambaASRModel, _asr_config, _speech_and_text, is_text_model=True),

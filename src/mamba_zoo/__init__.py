@@ -34,6 +34,7 @@ from .modeling_mamba_asr import MambaASRModel, MambaDecoderOnlyASR  # noqa: F401
 from .modeling_mamba_ctc import MambaCTCModel, MambaCTCPreTrainedModel, MambaForCTC  # noqa: F401
 from .modeling_ssamba import (  # noqa: F401
     SSAMBAForAudioClassification,
+    SSAMBAForAudioFrameClassification,
     SSAMBAForPreTraining,
     SSAMBAModel,
     SSAMBAPreTrainedModel,
@@ -47,6 +48,7 @@ AUTO_CLASSES = {
     SSAMBAConfig: {
         "AutoModel": SSAMBAModel,
         "AutoModelForAudioClassification": SSAMBAForAudioClassification,
+        "AutoModelForAudioFrameClassification": SSAMBAForAudioFrameClassification,
         "AutoModelForPreTraining": SSAMBAForPreTraining,
         "AutoFeatureExtractor": SSAMBAFeatureExtractor,
     },

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput, TokenClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_ssamba import SSAMBAConfig, patch_grid, patch_shape
@@ -514,6 +514,112 @@ class SSAMBAForAudioClassification(SSAMBAPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
+class SSAMBAForAudioFrameClassification(SSAMBAPreTrainedModel):
+    """SSAMBA with a per-time-step head (in the style of `Wav2Vec2ForAudioFrameClassification`): one prediction per
+    column of the patch grid, i.e. every `time_stride` spectrogram frames (`time_stride * 10` ms with the 10 ms hop of
+    `SSAMBAFeatureExtractor`), for keyword search and event detection in long recordings.
+
+    The last hidden states of a column's frequency patches are averaged, then `LayerNorm -> Linear(num_labels)`
+    (the clip head's layout, so a clip classifier's head loads into it). The cls token is not used.
+
+    Loss: integer labels `(batch, T)` (class per column, -100 = ignore) -> cross-entropy; float labels
+    `(batch, T, num_labels)` -> BCE-with-logits (multi-label: overlapping events). Padded columns (from
+    `attention_mask`) are left out of the loss whatever their labels say.
+    """
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: SSAMBAConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.ssamba = SSAMBAModel(config)
+        self.classifier = SSAMBAClassificationHead(config)
+        self.post_init()
+
+    @property
+    def frame_stride(self) -> int:
+        """Spectrogram frames between consecutive output columns (`config.time_stride`)."""
+        return self.config.time_stride
+
+    def column_times(self, num_columns: int, hop_seconds: float = 0.01) -> torch.Tensor:
+        """`(num_columns, 2)` start and end in seconds of the frames each output column reads (a patch's frames),
+        for a feature hop of `hop_seconds`."""
+        starts = torch.arange(num_columns, dtype=torch.float64) * self.config.time_stride
+        return torch.stack([starts, starts + self.config.time_patch_size], dim=1) * hop_seconds
+
+    # the heads repeat their base model's arguments (transformers convention)
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ):
+        r"""
+        Args:
+            input_values: `(batch, time, num_mel_bins)` spectrogram. attention_mask: optional `(batch, time)`.
+                A recording longer than `config.max_length` frames needs `interpolate_pos_encoding=True` (or a model
+                resized once with `resize_position_embeddings`).
+            labels: `(batch, T)` class indices per output column (-100: ignored), or `(batch, T, num_labels)` floats
+                (multi-label), with `T` the number of patch columns (`logits.shape[1]`).
+
+        Returns:
+            `TokenClassifierOutput` with `logits` `(batch, T, num_labels)` (zeros at padded columns).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.ssamba(
+            input_values, attention_mask=attention_mask, interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        prefix = self.ssamba.embeddings.num_prefix_tokens
+        tokens = outputs.last_hidden_state[:, prefix:]
+        config = self.config
+        grid = patch_grid(input_values.shape[-1], input_values.shape[1], config.patch_size, config.frequency_stride,
+                          config.time_stride)
+        columns = tokens.reshape(tokens.shape[0], grid[0], grid[1], tokens.shape[-1]).mean(dim=1)  # (batch, T, D)
+        logits = self.classifier(columns)
+        column_mask = None
+        if attention_mask is not None:
+            column_mask = self.ssamba.token_mask(attention_mask, grid)[:, prefix:].reshape(-1, *grid)[:, 0]
+            logits = logits * column_mask[:, :, None].to(logits.dtype)
+        loss = None
+        if labels is not None:
+            loss = self._frame_loss(logits, labels, column_mask)
+        if not return_dict:
+            output = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + output) if loss is not None else output
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+    def _frame_loss(self, logits: torch.Tensor, labels: torch.Tensor, column_mask: Optional[torch.Tensor]):
+        batch, columns, num_labels = logits.shape
+        labels = labels.to(logits.device)
+        if labels.shape[:2] != (batch, columns):
+            raise ValueError(
+                f"labels must give one label per output column: (batch, T) = {(batch, columns)} or (batch, T, "
+                f"num_labels) = {(batch, columns, num_labels)}, got {tuple(labels.shape)} (T = (frames - "
+                f"{self.config.time_patch_size}) // {self.config.time_stride} + 1)."
+            )
+        keep = torch.ones(batch, columns, dtype=torch.bool, device=logits.device) if column_mask is None \
+            else column_mask.bool()
+        if labels.is_floating_point():
+            if labels.shape != logits.shape:
+                raise ValueError(f"multi-label frame labels must be (batch, T, num_labels) = {tuple(logits.shape)}, "
+                                 f"got {tuple(labels.shape)}.")
+            return F.binary_cross_entropy_with_logits(logits.float()[keep], labels.float()[keep])
+        if labels.ndim != 2:
+            raise ValueError(f"class-index frame labels must be (batch, T) = {(batch, columns)}, got "
+                             f"{tuple(labels.shape)}.")
+        labels = labels.masked_fill(~keep, -100)
+        valid = labels[labels != -100]
+        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_labels):
+            raise ValueError(f"frame labels must be class indices in [0, {num_labels}) or -100, got values in "
+                             f"[{int(valid.min())}, {int(valid.max())}].")
+        return F.cross_entropy(logits.float().reshape(-1, num_labels), labels.reshape(-1), ignore_index=-100)
+
+
 def discriminative_accuracy(scores: torch.Tensor) -> torch.Tensor:
     """SSAST/SSAMBA's masked-patch classification accuracy of `scores` `(batch, M, M)`, where `scores[b, i, j]` =
     <true patch i, predicted patch j> (their `total`): each row is normalised with a softmax over the predictions,
@@ -678,6 +784,7 @@ __all__ = [
     "SSAMBAPreTrainedModel",
     "SSAMBAModel",
     "SSAMBAForAudioClassification",
+    "SSAMBAForAudioFrameClassification",
     "SSAMBAForPreTraining",
     "SSAMBAForPreTrainingOutput",
     "cluster_mask_indices",
