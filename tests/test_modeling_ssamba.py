@@ -176,6 +176,29 @@ def test_frame_classification_logits_per_time_column(patch):
                                                     [2 * stride, 2 * stride + width]], dtype=torch.float64) / 100)
 
 
+def test_without_position_embeddings_any_length_runs_as_is(tmp_path):
+    """use_position_embeddings=False: no grid-shaped parameter, inputs of any length need no interpolation, and the
+    frame classifier's per-column logits on a long input come from the same weights after a save/load."""
+    config = tiny_config(max_length=64, patch_size=(32, 4), frequency_stride=32, time_stride=4,
+                         use_position_embeddings=False)
+    model = randomize(SSAMBAForAudioFrameClassification(config), seed=6).eval()
+    assert not any("position_embeddings" in name for name, _ in model.named_parameters())
+    long = torch.randn(1, 400, 32)
+    with torch.no_grad():
+        logits = model(long).logits
+    assert logits.shape == (1, 100, 3) and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match="interpolate_pos_encoding"):  # the default layout still asks
+        SSAMBAForAudioFrameClassification(tiny_config(max_length=64, patch_size=(32, 4), frequency_stride=32,
+                                                      time_stride=4)).eval()(long)
+    model.save_pretrained(tmp_path)
+    loaded = SSAMBAForAudioFrameClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.use_position_embeddings is False
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(long).logits, logits)
+    model.resize_position_embeddings(time_stride=2)  # only the stride changes
+    assert model.config.time_stride == 2 and model(long).logits.shape == (1, 199, 3)
+
+
 def test_frame_classification_losses_and_label_errors():
     """Class labels -> cross-entropy over the non-ignored valid columns; float labels -> BCE (multi-label); padded
     columns never count; wrong shapes or ids raise clear errors."""

@@ -64,6 +64,10 @@ class SSAMBAConfig(MambaMixerConfigMixin, PreTrainedConfig):
             the final residual add uses `rate`.
         hidden_dropout_prob (`float`, defaults to 0.0): dropout after adding position embeddings.
         use_cls_token (`bool`, defaults to True): prepend a learned cls token at position 0.
+        use_position_embeddings (`bool`, defaults to True): add learned absolute position embeddings laid out on the
+            `max_length` patch grid (SSAST/SSAMBA). `False`: none (the recurrence and the convolutions give the
+            order), so a model trained on short clips reads recordings of any length without interpolating them
+            (long-audio frame classification).
         pooling (`str`, defaults to `"mean"`): clip representation: `"mean"` of the non-cls tokens or the `"cls"` token.
         patch_size (`int` or `list[int]`, defaults to 16): patch size: an int for square patches (AST, SSAMBA's
             released checkpoints), or a `[frequency, time]` pair (SSAST's `fshape`/`tshape`), e.g. `[128, 2]` for
@@ -117,6 +121,7 @@ class SSAMBAConfig(MambaMixerConfigMixin, PreTrainedConfig):
     drop_path_rate: float = 0.1
     hidden_dropout_prob: float = 0.0
     use_cls_token: bool = True
+    use_position_embeddings: bool = True
     pooling: str = "mean"
     patch_size: int | list[int] = 16
     frequency_stride: int = 16

@@ -110,7 +110,7 @@ class SSAMBAEmbeddings(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if use_mask_token else None
         self.position_embeddings = nn.Parameter(
             torch.zeros(1, config.num_patches + self.num_prefix_tokens, config.hidden_size)
-        )
+        ) if config.use_position_embeddings else None
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def position_embeddings_for(self, grid: tuple[int, int], interpolate_pos_encoding: bool) -> torch.Tensor:
@@ -159,7 +159,8 @@ class SSAMBAEmbeddings(nn.Module):
             embeddings = embeddings * (1.0 - masked) + self.mask_token.to(embeddings.dtype) * masked
         if self.cls_token is not None:
             embeddings = torch.cat([self.cls_token.expand(batch, -1, -1).to(embeddings.dtype), embeddings], dim=1)
-        embeddings = embeddings + self.position_embeddings_for(grid, interpolate_pos_encoding).to(embeddings.dtype)
+        if self.position_embeddings is not None:
+            embeddings = embeddings + self.position_embeddings_for(grid, interpolate_pos_encoding).to(embeddings.dtype)
         return self.dropout(embeddings), grid
 
 
@@ -199,7 +200,8 @@ class SSAMBAPreTrainedModel(PreTrainedModel):
             init.lecun_normal_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, SSAMBAEmbeddings):
-            init.trunc_normal_(module.position_embeddings, std=std)
+            if module.position_embeddings is not None:
+                init.trunc_normal_(module.position_embeddings, std=std)
             if module.cls_token is not None:
                 init.trunc_normal_(module.cls_token, std=std)
             if module.mask_token is not None:
@@ -242,6 +244,10 @@ class SSAMBAPreTrainedModel(PreTrainedModel):
         projection = embeddings.patch_embeddings.projection
         projection.stride = (new["frequency_stride"], new["time_stride"])
         with torch.no_grad():
+            if embeddings.position_embeddings is None:  # nothing laid out on the grid: only the strides change
+                for key, value in new.items():
+                    setattr(config, key, value)
+                return
             prefix = embeddings.position_embeddings[:, :embeddings.num_prefix_tokens]
             patches = embeddings.position_embeddings[:, embeddings.num_prefix_tokens:].detach()
             patches = resize_grid_embeddings(patches, old_grid, new_grid, mode=mode)
