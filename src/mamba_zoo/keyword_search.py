@@ -1,0 +1,125 @@
+# Copyright 2026 The mamba-zoo authors. Apache-2.0.
+"""Keyword search and event detection in long recordings with a frame classifier
+(`SSAMBAForAudioFrameClassification`): where in a 10-minute (or 2-hour) recording was "stop" said?
+
+`find_keywords(audio, model, feature_extractor)` featurises the whole recording (a block of frames at a time), runs
+the model over it in one pass (the mixers walk long sequences chunk by chunk with carried state, so memory stays
+bounded; a model built with `use_position_embeddings=False` reads any length as it was trained), smooths the
+per-column class probabilities over a short window and returns one event per run of columns where a keyword's
+probability stays above `threshold`: `{"label", "start", "end", "score"}` with times in seconds.
+
+`match_events(predicted, reference, tolerance)` scores detections against reference events (a prediction is a hit
+when its label matches and its centre lies within `tolerance` seconds of a reference's span; each reference is
+matched at most once), for precision / recall / F1.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .audio_utils import validate_audio
+
+BACKGROUND_LABELS = ("_silence_", "_unknown_")
+
+
+@torch.no_grad()
+def frame_probabilities(audio: np.ndarray, model, feature_extractor, sampling_rate: Optional[int] = None,
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities per output column `(T, num_labels)` and each column's `(start, end)` in seconds `(T, 2)`
+    for one recording (1-D float audio at the feature extractor's rate)."""
+    clip = validate_audio(audio, sampling_rate, feature_extractor.sampling_rate, owner="find_keywords")[0]
+    hop = 160 * feature_extractor.sampling_rate // 16000
+    frames = 1 + (clip.size - 400 * feature_extractor.sampling_rate // 16000) // hop
+    whole = copy.copy(feature_extractor)  # the recording's own length: nothing padded or cut
+    whole.max_length = max(frames, model.config.time_patch_size)
+    values = whole(clip, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")["input_values"]
+    model.eval()
+    interpolate = bool(getattr(model.config, "use_position_embeddings", True))
+    logits = model(values.to(model.dtype), interpolate_pos_encoding=interpolate).logits[0]
+    probabilities = torch.softmax(logits.float(), dim=-1).numpy()
+    times = model.column_times(probabilities.shape[0], hop_seconds=hop / feature_extractor.sampling_rate).numpy()
+    return probabilities, times
+
+
+def smooth(probabilities: np.ndarray, window: int) -> np.ndarray:
+    """Moving average of `(T, C)` probabilities over `window` columns (centred; shorter at the ends)."""
+    if window <= 1:
+        return probabilities
+    kernel = np.ones(window) / window
+    padded = np.pad(probabilities, ((window // 2, window - 1 - window // 2), (0, 0)), mode="edge")
+    return np.stack([np.convolve(padded[:, c], kernel, mode="valid") for c in range(probabilities.shape[1])], axis=1)
+
+
+def events_from_probabilities(probabilities: np.ndarray, times: np.ndarray, labels: Sequence[str],
+                              threshold: float = 0.5, min_duration: float = 0.1, merge_gap: float = 0.2,
+                              ignore: Iterable[str] = BACKGROUND_LABELS) -> list[dict]:
+    """Runs of columns where a label's probability is above `threshold` and is the column's top label -> events
+    `{"label", "start", "end", "score"}` (score: the run's peak probability), runs of one label closer than
+    `merge_gap` seconds merged, events shorter than `min_duration` dropped, sorted by start."""
+    ignore = set(ignore)
+    top = probabilities.argmax(axis=1)
+    events = []
+    for c, label in enumerate(labels):
+        if label in ignore:
+            continue
+        active = (top == c) & (probabilities[:, c] > threshold)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
+        runs = []
+        for start, stop in zip(edges[::2], edges[1::2]):  # columns [start, stop)
+            if runs and times[start, 0] - runs[-1][2] <= merge_gap:
+                runs[-1] = (runs[-1][0], stop, times[stop - 1, 1])
+            else:
+                runs.append((start, stop, times[stop - 1, 1]))
+        for start, stop, end_time in runs:
+            if end_time - times[start, 0] >= min_duration:
+                events.append({"label": label, "start": float(times[start, 0]), "end": float(end_time),
+                               "score": float(probabilities[start:stop, c].max())})
+    return sorted(events, key=lambda e: e["start"])
+
+
+def find_keywords(audio: np.ndarray, model, feature_extractor, sampling_rate: Optional[int] = None,
+                  threshold: float = 0.5, smoothing_seconds: float = 0.2, min_duration: float = 0.1,
+                  merge_gap: float = 0.2, ignore: Iterable[str] = BACKGROUND_LABELS) -> list[dict]:
+    """Keyword (or event) occurrences in one recording of any length: a list of `{"label", "start", "end",
+    "score"}` (seconds), sorted by start. Labels in `ignore` (background classes) are never reported.
+
+    Args:
+        audio: 1-D float audio (a long recording), at `sampling_rate` (must be the feature extractor's).
+        model: an `SSAMBAForAudioFrameClassification`. feature_extractor: its `SSAMBAFeatureExtractor`.
+        threshold: minimum smoothed probability of the event's label (which must also be the top label).
+        smoothing_seconds: moving-average window over the per-column probabilities.
+        min_duration / merge_gap: drop shorter events; merge runs of one label closer than this (seconds).
+    """
+    probabilities, times = frame_probabilities(audio, model, feature_extractor, sampling_rate)
+    step = float(times[1, 0] - times[0, 0]) if len(times) > 1 else 1.0
+    probabilities = smooth(probabilities, max(1, int(round(smoothing_seconds / step))))
+    labels = [model.config.id2label[i] for i in range(probabilities.shape[1])]
+    return events_from_probabilities(probabilities, times, labels, threshold, min_duration, merge_gap, ignore)
+
+
+def match_events(predicted: Sequence[dict], reference: Sequence[dict], tolerance: float = 0.25) -> dict:
+    """Precision, recall and F1 of `predicted` events against `reference` events (dicts with label, start, end): a
+    prediction is a true positive when an unmatched reference of the same label has its span within `tolerance`
+    seconds of the prediction's centre."""
+    used = [False] * len(reference)
+    hits = 0
+    for event in sorted(predicted, key=lambda e: -e.get("score", 0.0)):
+        centre = (event["start"] + event["end"]) / 2
+        for i, ref in enumerate(reference):
+            if not used[i] and ref["label"] == event["label"] and \
+                    ref["start"] - tolerance <= centre <= ref["end"] + tolerance:
+                used[i] = True
+                hits += 1
+                break
+    precision = hits / len(predicted) if predicted else (1.0 if not reference else 0.0)
+    recall = hits / len(reference) if reference else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "true_positives": hits,
+            "predicted": len(predicted), "reference": len(reference)}
+
+
+__all__ = ["find_keywords", "frame_probabilities", "smooth", "events_from_probabilities", "match_events"]
