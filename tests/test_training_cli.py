@@ -19,6 +19,7 @@ import ssamba_keywords_main as keywords_main  # noqa: E402
 import train_causal_lm as causal_lm  # noqa: E402
 import train_ctc as ctc  # noqa: E402
 import train_decoder_asr as decoder_asr  # noqa: E402
+import train_keyword_search as keyword_search  # noqa: E402
 
 
 class FakeClock:
@@ -88,7 +89,7 @@ def test_removed_flags_are_argparse_errors(parse, argv, capsys):
 
 
 @pytest.mark.parametrize("parse", [causal_lm.parse_args, ctc.parse_args, decoder_asr.parse_args, finetune.parse_args,
-                                   pretrain.parse_args, keywords_main.parse_args])
+                                   pretrain.parse_args, keywords_main.parse_args, keyword_search.parse_args])
 def test_every_script_prints_its_help_with_the_budget_flag(parse, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse(["--help"])
@@ -609,3 +610,25 @@ def test_accuracy_by_engine_scores_each_engine_and_counts_noise_only_in_the_tota
     predictions, labels = np.array([0, 1, 1, 2, 0]), np.array([0, 1, 0, 2, 1])
     result = finetune.accuracy_by_engine(predictions, labels, ["sam:elf", "sam:deep", "festival:kal_diphone", "", "en"])
     assert result == {"accuracy": 0.6, "accuracy_sam": 1.0, "accuracy_festival": 0.0, "accuracy_espeak-ng": 0.0}
+
+
+# ---------------------------------------------------------------------------------------------- train_keyword_search
+
+
+def test_keyword_search_defaults_and_tiny_run(tmp_path):
+    """Fixed-length defaults; a tiny run saves a frame classifier without position embeddings, its feature extractor,
+    results (detection scores on test scenes) and a model card."""
+    from mamba_zoo import SSAMBAForAudioFrameClassification
+
+    args, ta = keyword_search.parse_args([])
+    assert (ta.max_steps, ta.per_device_train_batch_size, args.scene_seconds, args.max_train_minutes) == (
+        600, 16, 8, None)
+    out = tmp_path / "kws"
+    result = keyword_search.main(["--num_per_class", "4", "--max_steps", "2", "--num_eval_scenes", "1",
+                                  "--scene_seconds", "3", "--hidden_size", "32", "--num_hidden_layers", "2",
+                                  "--per_device_train_batch_size", "2", "--output_dir", str(out)] + _engines_here())
+    assert result["steps"] == 2 and 0 <= result["test"]["f1"] <= 1 and 0 <= result["test"]["column_accuracy"] <= 1
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "results.json", "README.md"):
+        assert (out / name).is_file(), name
+    model = SSAMBAForAudioFrameClassification.from_pretrained(out)
+    assert model.config.use_position_embeddings is False and "yes" in model.config.id2label.values()

@@ -177,11 +177,18 @@ def write_card(output_dir: Path, result: dict) -> None:
     (output_dir / "README.md").write_text("\n".join(lines) + "\n")
 
 
-def main(argv=None):
-    from transformers import Trainer, TrainingArguments, set_seed
+def parse_args(argv=None):
+    """`(SceneArguments, TrainingArguments)` with the recipe's defaults for the Trainer flags not passed."""
+    from transformers import TrainingArguments
 
-    args, training_args = parse_script_args((SceneArguments, TrainingArguments), TRAINING_DEFAULTS, argv,
-                                            description=__doc__)
+    return parse_script_args((SceneArguments, TrainingArguments), TRAINING_DEFAULTS, argv,
+                             description=__doc__.split("\n\n")[0])
+
+
+def main(argv=None):
+    from transformers import Trainer, set_seed
+
+    args, training_args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     set_seed(training_args.seed)
