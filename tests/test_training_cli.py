@@ -413,9 +413,9 @@ def test_decoder_asr_no_flags_gives_script_defaults():
     model_args, data_args, run_args, training_args = decoder_asr.parse_args([])
     assert (model_args.speech_input, model_args.speech_prefix, model_args.mixer_type, model_args.hidden_size,
             model_args.num_layers, model_args.num_subsampling_layers) == ("features", "parallel", "mamba", 128, 6, 3)
-    assert (model_args.ctc_loss_weight, model_args.ctc_upsample) == (0.3, 2)
+    assert (model_args.ctc_loss_weight, model_args.ctc_upsample, model_args.ctc_decoding_weight) == (0.3, 2, 0.5)
     assert (data_args.kind, data_args.num_train, data_args.num_eval) == ("digits", 2000, 200)
-    assert (run_args.ablation, run_args.num_beams, run_args.threads) == (False, 1, None)
+    assert (run_args.ablation, run_args.num_beams, run_args.threads) == (False, 4, None)
     assert (run_args.ablation_prefixes, run_args.ablation_mixers) == ("none,parallel,serial", "mamba,mamba2")
     ta = training_args
     assert ta.output_dir == "outputs/mamba-asr-digits"
@@ -463,7 +463,11 @@ def test_decoder_asr_tiny_run_writes_output_dir(tmp_path):
     assert json.loads((out / "results.json").read_text())["steps"] == 2
     for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json"):
         assert (out / name).is_file(), name
-    assert MambaDecoderOnlyASR.from_pretrained(out).config.num_hidden_layers == 2
+    loaded = MambaDecoderOnlyASR.from_pretrained(out)
+    assert loaded.config.num_hidden_layers == 2
+    # the decoding measured is the checkpoint's default: joint CTC/attention, 4 beams
+    assert (loaded.config.ctc_decoding_weight, loaded.generation_config.num_beams) == (0.5, 4)
+    assert (result["ctc_decoding_weight"], result["num_beams"]) == (0.5, 4)
 
 
 def test_decoder_asr_ablation(tmp_path, monkeypatch):

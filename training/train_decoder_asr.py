@@ -351,9 +351,10 @@ class ModelArguments:
         "help": "joint CTC/decoder training: weight of a CTC loss on the speech-prefix states (0: none). 0.3 took test "
                 "WER from 75.8 to 22.5 percent on the default corpus (model card)"})
     ctc_upsample: int = field(default=2, metadata={"help": "CTC frames per speech-prefix state"})
-    ctc_decoding_weight: float = field(default=0.0, metadata={
+    ctc_decoding_weight: float = field(default=0.5, metadata={
         "help": "joint CTC/attention decoding: weight of the CTC head's prefix score in generate() and the pipeline "
-                "(saved in the config; 0: the decoder alone; ignored without a CTC head)"})
+                "(saved in the config; 0: the decoder alone; ignored without a CTC head). 0.5 with 4 beams took test "
+                "WER from 24.6 to 11.4 percent on the default run (model card)"})
 
 
 @dataclass
@@ -380,7 +381,8 @@ class DataArguments(TranscribedAudioDatasetArguments):
 
 @dataclass
 class RunArguments:
-    num_beams: int = field(default=1, metadata={"help": "beam size of the test-set decoding (1: greedy)"})
+    num_beams: int = field(default=4, metadata={
+        "help": "beam size of the test-set decoding (1: greedy); saved as the checkpoint's generation default"})
     threads: Optional[int] = field(
         default=None, metadata={"help": "torch intra-op threads (default: torch's / the launcher's choice)"})
     max_train_minutes: Optional[float] = max_train_minutes_field()
@@ -531,6 +533,7 @@ def train_one(model_args: ModelArguments, training_args, data: ASRData, num_beam
         if trainer.is_world_process_zero():
             output_dir.mkdir(parents=True, exist_ok=True)
             (output_dir / "results.json").write_text(json.dumps(result, indent=2))
+        model.generation_config.num_beams = num_beams  # generate() and the pipeline decode as measured here
         trainer.save_model(str(output_dir))  # model + processor on the main process; pushes with --push_to_hub
         if trainer.is_world_process_zero():  # after save_model: a push writes the Trainer's own draft card there
             write_model_card(output_dir, result)
