@@ -24,20 +24,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from fresh_process import rss_mb, run_fresh  # noqa: E402
 sys.path.insert(0, str(ROOT / "training"))
 
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def haystack(bank, minutes: float, needles_per_minute: float, seed: int):
@@ -116,13 +113,12 @@ def main(argv=None):
     print("| recording | needles | detection F1 | precision | recall | seconds | real-time factor | peak RSS | growth |")
     print("|---|---|---|---|---|---|---|---|---|")
     for minutes in (float(m) for m in args.minutes.split(",")):
-        done = subprocess.run([sys.executable, __file__, "--one", str(minutes), "--checkpoint", args.checkpoint,
-                               "--needles_per_minute", str(args.needles_per_minute), "--threads", str(args.threads),
-                               "--seed", str(args.seed)], capture_output=True, text=True, cwd=ROOT)
-        if done.returncode != 0:
-            print(f"| {minutes:g} min | failed: {done.stderr.strip().splitlines()[-1]} |")
+        row, error = run_fresh(__file__, ["--one", str(minutes), "--checkpoint", args.checkpoint, "--needles_per_minute",
+                                          str(args.needles_per_minute), "--threads", str(args.threads),
+                                          "--seed", str(args.seed)])
+        if row is None:
+            print(f"| {minutes:g} min | failed: {error} |")
             continue
-        row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(f"| {minutes:g} min | {row['needles']} | {row['f1']:.3f} | {row['precision']:.3f} | {row['recall']:.3f} "
               f"| {row['seconds']} | {row['real_time_factor']} | {row['peak_mb']} MB | {row['growth_mb']} MB |",

@@ -25,20 +25,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from fresh_process import rss_mb, run_fresh  # noqa: E402
 SAMPLING_RATE = 16000
 
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def recording(minutes: float, seed: int = 0):
@@ -128,12 +125,10 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|")
     for model_name in args.models.split(","):
         for minutes in (float(m) for m in args.minutes.split(",")):
-            done = subprocess.run([sys.executable, __file__, "--one", model_name, str(minutes), "--threads",
-                                   str(args.threads)], capture_output=True, text=True, cwd=ROOT)
-            if done.returncode != 0:
-                print(f"| {model_name} | {minutes:g} min | failed: {done.stderr.strip().splitlines()[-1]} |")
+            row, error = run_fresh(__file__, ["--one", model_name, str(minutes), "--threads", str(args.threads)])
+            if row is None:
+                print(f"| {model_name} | {minutes:g} min | failed: {error} |")
                 continue
-            row = json.loads(done.stdout.strip().splitlines()[-1])
             rows.append(row)
             print(f"| {model_name} | {minutes:g} min | {row['seconds']} | {row['seconds_per_audio_minute']} | "
                   f"{row['feature_seconds']} | {row['output_frames']} | {row['peak_mb']} MB | {row['growth_mb']} MB |",
