@@ -626,7 +626,7 @@ def test_keyword_search_defaults_and_tiny_run(tmp_path):
 
     args, ta = keyword_search.parse_args([])
     assert (ta.max_steps, ta.per_device_train_batch_size, args.scene_seconds, args.max_train_minutes) == (
-        600, 16, 8, None)
+        400, 16, 8, None)
     out = tmp_path / "kws"
     result = keyword_search.main(["--num_per_class", "4", "--max_steps", "2", "--num_eval_scenes", "1",
                                   "--scene_seconds", "3", "--hidden_size", "32", "--num_hidden_layers", "2",

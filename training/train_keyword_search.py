@@ -14,7 +14,7 @@ benchmarks/bench_keyword_haystack.py measures that).
 Training scenes are drawn fresh for every step from a seeded generator (the same command gives the same model); the
 recipe is fixed-length (`--max_steps`).
 
-    python training/train_keyword_search.py                     # about 10 min on 2 cores
+    python training/train_keyword_search.py                     # 400 steps
     python training/train_keyword_search.py --max_steps 50 --num_per_class 20 --output_dir /tmp/kws   # smoke test
 
 Writes the model, its feature extractor, `results.json` (column accuracy and detection precision / recall / F1 on
@@ -65,7 +65,7 @@ class SceneArguments:
 
 
 TRAINING_DEFAULTS = dict(
-    output_dir="outputs/ssamba-keyword-search", max_steps=600, per_device_train_batch_size=16, learning_rate=1e-3,
+    output_dir="outputs/ssamba-keyword-search", max_steps=400, per_device_train_batch_size=16, learning_rate=1e-3,
     weight_decay=0.01, warmup_steps=0.1, lr_scheduler_type="cosine", logging_steps=50, save_strategy="no",
     eval_strategy="no", report_to=[], seed=0, dataloader_num_workers=0, disable_tqdm=False,
 )
