@@ -420,8 +420,13 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
                     backward_out, backward_residual = self.layers[2 * i + 1](
                         hidden_states, residual, reverse=True, **mixer_kwargs
                     )
-                    hidden_states = forward_out + backward_out
-                    residual = forward_residual + backward_residual
+                    if torch.is_grad_enabled() or output_hidden_states:
+                        hidden_states = forward_out + backward_out
+                        residual = forward_residual + backward_residual
+                    else:  # inference: sum into the forward layer's outputs (two sequence-length tensors fewer)
+                        hidden_states = forward_out.add_(backward_out)
+                        residual = forward_residual.add_(backward_residual)
+                        del backward_out, backward_residual
                     if output_hidden_states and i < num_pairs - 1:  # layer 2i+1: the combined stream
                         all_hidden_states += (residual + hidden_states,)
             else:
