@@ -27,3 +27,22 @@ def run_fresh(script: str, args: list[str]) -> tuple[Optional[dict], str]:
         lines = done.stderr.strip().splitlines()
         return None, lines[-1] if lines else f"exit code {done.returncode}"
     return json.loads(done.stdout.strip().splitlines()[-1]), ""
+
+
+class forced_long_input_paths:
+    """Within this context, inputs of any length take the long-input code paths (time-chunked mixers, the blocked
+    CTC subsampler): a warm-up on a short clip then compiles the numba specialisations those paths use, so that the
+    timed call measures the forward and not the first compilation on this machine."""
+
+    def __enter__(self):
+        from mamba_zoo import cpu_inference, modeling_mamba_ctc
+
+        self._saved = (cpu_inference.INFERENCE_TIME_CHUNK, modeling_mamba_ctc.SUBSAMPLING_BLOCK_OUTPUTS)
+        cpu_inference.INFERENCE_TIME_CHUNK, modeling_mamba_ctc.SUBSAMPLING_BLOCK_OUTPUTS = 16, 4
+        return self
+
+    def __exit__(self, *exc):
+        from mamba_zoo import cpu_inference, modeling_mamba_ctc
+
+        cpu_inference.INFERENCE_TIME_CHUNK, modeling_mamba_ctc.SUBSAMPLING_BLOCK_OUTPUTS = self._saved
+        return False

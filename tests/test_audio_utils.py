@@ -362,3 +362,22 @@ def test_remote_code_needs_only_numpy_and_audio_utils_is_saved_with_the_extracto
         saved = tmp_path / name / "audio_utils.py"
         assert saved.exists(), sorted(p.name for p in (tmp_path / name).iterdir())
         assert saved.read_text() == source
+
+
+def test_long_utterances_are_normalised_in_blocks_with_the_same_result():
+    """Past NORMALIZE_BLOCK_FRAMES frames the statistics are summed block by block (memory O(block) for hours of
+    audio): the result equals the one-pass float64 formula, constant bins included."""
+    from mamba_zoo.audio_utils import CMVN_STD_FLOOR, NORMALIZE_BLOCK_FRAMES, normalize_utterance
+
+    rng = np.random.default_rng(7)
+    features = (rng.standard_normal((2 * NORMALIZE_BLOCK_FRAMES + 123, 6)) * 3 + 5).astype(np.float32)
+    features[:, 2] = 4.0  # a constant bin
+    one_pass = features.astype(np.float64)
+    one_pass = one_pass - one_pass.mean(axis=0, keepdims=True)
+    one_pass = (one_pass / np.maximum(one_pass.std(axis=0, keepdims=True), CMVN_STD_FLOOR)).astype(np.float32)
+    blocked = normalize_utterance(features)
+    assert blocked.dtype == np.float32 and blocked.shape == features.shape
+    np.testing.assert_allclose(blocked, one_pass, rtol=0, atol=1e-6)
+    assert np.all(blocked[:, 2] == 0)
+    np.testing.assert_allclose(normalize_utterance(features, normalize_vars=False),
+                               (features - features.astype(np.float64).mean(0)).astype(np.float32), atol=1e-5)

@@ -275,12 +275,36 @@ def normalize_utterance(features: np.ndarray, normalize_means: bool = True, norm
 
     A bin whose standard deviation is below `CMVN_STD_FLOOR` is divided by the floor instead: a constant bin (digital
     silence, or a one-frame clip) becomes exactly 0 instead of 0/0 = NaN, and rounding noise is not amplified."""
+    if len(features) > NORMALIZE_BLOCK_FRAMES:
+        return _normalize_utterance_in_blocks(np.asarray(features), normalize_means, normalize_vars)
     features = np.asarray(features, dtype=np.float64)
     if normalize_means:
         features = features - features.mean(axis=0, keepdims=True)
     if normalize_vars:
         features = features / np.maximum(features.std(axis=0, keepdims=True), CMVN_STD_FLOOR)
     return features.astype(np.float32)
+
+
+# Longer utterances are normalised a block of frames at a time (float64 copies O(block), not O(frames)).
+NORMALIZE_BLOCK_FRAMES = 8192
+
+
+def _normalize_utterance_in_blocks(features: np.ndarray, normalize_means: bool, normalize_vars: bool) -> np.ndarray:
+    """`normalize_utterance` of a long `(frames, bins)` array with float64 statistics summed block by block (equal to
+    the one-pass result up to the float64 summation order)."""
+    frames = len(features)
+    blocks = [slice(start, start + NORMALIZE_BLOCK_FRAMES) for start in range(0, frames, NORMALIZE_BLOCK_FRAMES)]
+    mean = np.zeros((1, features.shape[1]))
+    if normalize_means:
+        mean = sum(features[b].astype(np.float64).sum(axis=0, keepdims=True) for b in blocks) / frames
+    scale = np.ones((1, features.shape[1]))
+    if normalize_vars:
+        variance = sum(((features[b].astype(np.float64) - mean) ** 2).sum(axis=0, keepdims=True) for b in blocks)
+        scale = np.maximum(np.sqrt(variance / frames), CMVN_STD_FLOOR)
+    out = np.empty(features.shape, dtype=np.float32)
+    for b in blocks:
+        out[b] = (features[b].astype(np.float64) - mean) / scale
+    return out
 
 
 def resample_audio(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:

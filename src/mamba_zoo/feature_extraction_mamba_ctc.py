@@ -88,8 +88,7 @@ class MambaCTCFeatureExtractor(SequenceFeatureExtractor):
     def _extract_fbank_features(self, waveform: np.ndarray) -> np.ndarray:
         """`(num_samples,)` float32 -> log-mel `(ceil(num_samples / hop_length), feature_size)` float32."""
         signal = torch.from_numpy(waveform)
-        pad = self.n_fft // 2
-        signal = torch.nn.functional.pad(signal, (pad, pad))
+        pad = self.n_fft // 2  # the signal is read as if zero-padded by this much at both ends (centred frames)
         window = torch.hann_window(self.win_length, periodic=False)
         mel_filters = torch.from_numpy(self.mel_filters)
         num_frames = self.num_frames(waveform.shape[0])
@@ -98,7 +97,10 @@ class MambaCTCFeatureExtractor(SequenceFeatureExtractor):
         # O(block) for long recordings (each frame reads only its own samples: the same numbers as one call)
         for start in range(0, num_frames, FBANK_BLOCK_FRAMES):
             stop = min(start + FBANK_BLOCK_FRAMES, num_frames)
-            piece = signal[start * self.hop_length:(stop - 1) * self.hop_length + self.n_fft]
+            low, high = start * self.hop_length - pad, (stop - 1) * self.hop_length + self.n_fft - pad
+            piece = signal[max(low, 0):min(high, len(signal))]
+            if low < 0 or high > len(signal):  # only the first and last blocks reach into the zero padding
+                piece = torch.nn.functional.pad(piece, (max(0, -low), max(0, high - len(signal))))
             spectrum = torch.stft(
                 piece, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length, window=window,
                 center=False, return_complex=True,

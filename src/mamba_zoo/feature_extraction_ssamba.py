@@ -91,13 +91,13 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
         numpy version of `ASTFeatureExtractor`'s numpy path (all frames in one FFT call; same numbers)."""
         if getattr(self, "mel_filters", None) is None:  # torchaudio installed: transformers' kaldi path
             return super()._extract_fbank_features(waveform, max_length)
-        waveform = np.asarray(waveform, dtype=np.float64).reshape(-1)
+        waveform = np.asarray(waveform).reshape(-1)  # each block's frames are converted to float64 on their own
         all_frames = np.lib.stride_tricks.sliding_window_view(waveform, _WINDOW)[::_HOP]  # (n, 400) view: snip_edges
         output = np.zeros((max_length, self.mel_filters.shape[1]), dtype=np.float32)
         frames_kept = min(max_length, all_frames.shape[0])
         # a block of frames at a time: the float64 frame copies and spectra stay O(block) for long recordings
         for start in range(0, frames_kept, FBANK_BLOCK_FRAMES):
-            frames = all_frames[start:min(start + FBANK_BLOCK_FRAMES, frames_kept)]
+            frames = all_frames[start:min(start + FBANK_BLOCK_FRAMES, frames_kept)].astype(np.float64)
             frames = frames - frames.mean(axis=1, keepdims=True)  # per-frame DC removal
             emphasised = frames.copy()
             emphasised[:, 1:] -= 0.97 * frames[:, :-1]
