@@ -31,18 +31,23 @@ def run_fresh(script: str, args: list[str]) -> tuple[Optional[dict], str]:
 
 class forced_long_input_paths:
     """Within this context, inputs of any length take the long-input code paths (time-chunked mixers, the blocked
-    CTC subsampler): a warm-up on a short clip then compiles the numba specialisations those paths use, so that the
+    CTC subsampler and SSAMBA patch embedding): a warm-up on a short clip then compiles the numba specialisations those paths use, so that the
     timed call measures the forward and not the first compilation on this machine."""
 
-    def __enter__(self):
-        from mamba_zoo import cpu_inference, modeling_mamba_ctc
+    SETTINGS = (("cpu_inference", "INFERENCE_TIME_CHUNK", 16), ("modeling_mamba_ctc", "SUBSAMPLING_BLOCK_OUTPUTS", 4),
+                ("modeling_ssamba", "PATCH_BLOCK_COLUMNS", 4))
 
-        self._saved = (cpu_inference.INFERENCE_TIME_CHUNK, modeling_mamba_ctc.SUBSAMPLING_BLOCK_OUTPUTS)
-        cpu_inference.INFERENCE_TIME_CHUNK, modeling_mamba_ctc.SUBSAMPLING_BLOCK_OUTPUTS = 16, 4
+    def __enter__(self):
+        import importlib
+
+        self._saved = []
+        for module_name, name, value in self.SETTINGS:
+            module = importlib.import_module(f"mamba_zoo.{module_name}")
+            self._saved.append((module, name, getattr(module, name)))
+            setattr(module, name, value)
         return self
 
     def __exit__(self, *exc):
-        from mamba_zoo import cpu_inference, modeling_mamba_ctc
-
-        cpu_inference.INFERENCE_TIME_CHUNK, modeling_mamba_ctc.SUBSAMPLING_BLOCK_OUTPUTS = self._saved
+        for module, name, value in self._saved:
+            setattr(module, name, value)
         return False

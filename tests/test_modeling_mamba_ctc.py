@@ -374,7 +374,7 @@ def test_long_inputs_run_the_subsampler_in_time_blocks(monkeypatch, num_subsampl
             blocked = model(input_features=features).logits
             padded = model(input_features=torch.cat([features, features]),
                            attention_mask=(torch.arange(frames)[None] < torch.tensor([[frames], [frames - 50]])).long())
-            monkeypatch.setattr(modeling_mamba_ctc, "SUBSAMPLING_BLOCK_OUTPUTS", 2048)
+            monkeypatch.setattr(modeling_mamba_ctc, "SUBSAMPLING_BLOCK_OUTPUTS", 512)
         torch.testing.assert_close(blocked, one_pass, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(padded.logits[:1], one_pass, rtol=1e-5, atol=1e-5)
     assert len(calls) == 2  # the blocked calls only, never the padded batch

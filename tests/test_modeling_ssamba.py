@@ -548,3 +548,21 @@ def test_training_scripts_smoke(tmp_path):
                  TrainingArguments(output_dir=str(tmp_path / "ft-f"), **common), dataset=data)
     frame = SSAMBAForAudioClassification.from_pretrained(tmp_path / "ft-f")
     assert frame.config.patch_size == [128, 8] and frame.config.grid_size == (1, 16)
+
+
+@pytest.mark.parametrize("geometry", [dict(patch_size=16, frequency_stride=16, time_stride=6),
+                                      dict(patch_size=(32, 4), frequency_stride=32, time_stride=4)])
+def test_long_spectrograms_are_patch_embedded_in_blocks(monkeypatch, geometry):
+    """Without gradients a long spectrogram is embedded a block of patch columns at a time (overlapping patches
+    included): the same patch embeddings as one convolution."""
+    from mamba_zoo import modeling_ssamba
+
+    model = randomize(SSAMBAModel(tiny_config(max_length=64, **geometry)), seed=9).eval()
+    patches = model.embeddings.patch_embeddings
+    x = torch.randn(2, 301, 32)
+    with torch.no_grad():
+        whole, grid = patches(x)
+        monkeypatch.setattr(modeling_ssamba, "PATCH_BLOCK_COLUMNS", 7)
+        blocked, grid_blocked = patches(x)
+    assert grid == grid_blocked and blocked.shape == whole.shape
+    torch.testing.assert_close(blocked, whole, rtol=1e-5, atol=1e-5)

@@ -148,6 +148,14 @@ class MambaCTCFeatureExtractor(SequenceFeatureExtractor):
         for waveform in validate_audio(raw_speech, sampling_rate, self.sampling_rate, owner=self.__class__.__name__):
             fbank = self._extract_fbank_features(waveform)
             features.append(self._normalize(fbank) if self.do_normalize else fbank)
+            del fbank  # a long recording's un-normalised copy is not kept beside the rest
+        if (return_tensors is not None and len(features) == 1 and padding in (True, "longest")
+                and max_length is None and not truncation and pad_to_multiple_of is None):
+            # one clip, nothing to pad: a zero-copy batch of one (padding would copy every frame)
+            data = {"input_features": features[0][None]}
+            if True if return_attention_mask is None else return_attention_mask:
+                data["attention_mask"] = np.ones((1, len(features[0])), dtype=np.int32)
+            return BatchFeature(data, tensor_type=return_tensors)
 
         padded = self.pad(
             BatchFeature({"input_features": features}),

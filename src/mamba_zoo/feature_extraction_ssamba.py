@@ -86,14 +86,17 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
             output.pop(key, None)
         return output
 
-    def _extract_fbank_features(self, waveform: np.ndarray, max_length: int) -> np.ndarray:
+    def _extract_fbank_features(self, waveform: np.ndarray, max_length: int, out: np.ndarray | None = None
+                                ) -> np.ndarray:
         """Kaldi fbank `(max_length, num_mel_bins)`, zero-padded/truncated. Without torchaudio this is a vectorised
-        numpy version of `ASTFeatureExtractor`'s numpy path (all frames in one FFT call; same numbers)."""
+        numpy version of `ASTFeatureExtractor`'s numpy path (a block of frames per FFT call; same numbers), written
+        into `out` when given."""
         if getattr(self, "mel_filters", None) is None:  # torchaudio installed: transformers' kaldi path
             return super()._extract_fbank_features(waveform, max_length)
         waveform = np.asarray(waveform).reshape(-1)  # each block's frames are converted to float64 on their own
         all_frames = np.lib.stride_tricks.sliding_window_view(waveform, _WINDOW)[::_HOP]  # (n, 400) view: snip_edges
-        output = np.zeros((max_length, self.mel_filters.shape[1]), dtype=np.float32)
+        output = np.zeros((max_length, self.mel_filters.shape[1]), dtype=np.float32) if out is None else out
+        output[:] = 0
         frames_kept = min(max_length, all_frames.shape[0])
         # a block of frames at a time: the float64 frame copies and spectra stay O(block) for long recordings
         for start in range(0, frames_kept, FBANK_BLOCK_FRAMES):
@@ -129,15 +132,23 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
         clips = validate_audio(raw_speech, sampling_rate, self.sampling_rate, owner=type(self).__name__,
                                max_samples=self.samples_for_max_length())
         for i, clip in enumerate(clips):
-            peak = float(np.abs(clip).max())
+            peak = max(float(clip.max()), -float(clip.min()))  # no temporary as long as the clip
             if peak > 1.0 + 1e-3:
                 logger.warning_once(
                     f"Clip {i} has samples up to {peak:.1f}: float audio is expected in [-1, 1] (int16 values stored as "
                     "floats give shifted log-mel features). Divide by 32768 if these are 16-bit PCM values."
                 )
-        features = super().__call__(clips, sampling_rate=self.sampling_rate, return_tensors=None)
-        values = [np.asarray(v, dtype=np.float32) for v in features["input_values"]]
-        data = {"input_values": np.stack(values)}
+        if getattr(self, "mel_filters", None) is None:  # torchaudio installed: transformers' own path
+            features = super().__call__(clips, sampling_rate=self.sampling_rate, return_tensors=None)
+            values = np.stack([np.asarray(v, dtype=np.float32) for v in features["input_values"]])
+        else:  # filter banks written straight into the batch, normalised in place: one copy of the features
+            values = np.empty((len(clips), self.max_length, self.mel_filters.shape[1]), dtype=np.float32)
+            for i, clip in enumerate(clips):
+                self._extract_fbank_features(clip, self.max_length, out=values[i])
+            if self.do_normalize:  # ASTFeatureExtractor.normalize, (x - mean) / (2 * std), in place
+                values -= self.mean
+                values /= self.std * 2
+        data = {"input_values": values}
         if return_attention_mask if return_attention_mask is not None else self.return_attention_mask:
             mask = np.zeros((len(clips), self.max_length), dtype=np.int32)
             for i, clip in enumerate(clips):

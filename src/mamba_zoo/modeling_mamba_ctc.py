@@ -52,7 +52,7 @@ def _features_argument(input_features: Optional[torch.Tensor], input_values: Opt
 
 
 # Without gradients, a long unpadded input runs through the subsampler this many output frames at a time.
-SUBSAMPLING_BLOCK_OUTPUTS = 2048
+SUBSAMPLING_BLOCK_OUTPUTS = 512
 
 
 class MambaCTCSubsampling(nn.Module):
@@ -122,12 +122,16 @@ class MambaCTCSubsampling(nn.Module):
             return self.activation(nn.functional.conv2d(inputs, conv.weight, conv.bias, stride=2, padding=(0, 1)))
 
         last = len(self.convs) - 1
-        outputs = []
+        output = None
         for start in range(0, sizes[-1], SUBSAMPLING_BLOCK_OUTPUTS):
-            hidden = rows(last, start, min(start + SUBSAMPLING_BLOCK_OUTPUTS, sizes[-1]))
+            stop = min(start + SUBSAMPLING_BLOCK_OUTPUTS, sizes[-1])
+            hidden = rows(last, start, stop)
             batch, channels, frames, freq = hidden.shape
-            outputs.append(self.out(hidden.permute(0, 2, 1, 3).reshape(batch, frames, channels * freq)))
-        return self.dropout(torch.cat(outputs, dim=1))
+            block = self.out(hidden.permute(0, 2, 1, 3).reshape(batch, frames, channels * freq))
+            if output is None:
+                output = block.new_empty(batch, sizes[-1], block.shape[-1])
+            output[:, start:stop] = block
+        return self.dropout(output)
 
 
 class MambaCTCFeedForward(nn.Module):

@@ -80,6 +80,10 @@ def resize_grid_embeddings(
     return grid.permute(0, 2, 3, 1).reshape(1, new_f * new_t, dim)
 
 
+# Without gradients, a spectrogram of more patch columns than twice this is embedded this many columns at a time.
+PATCH_BLOCK_COLUMNS = 2048
+
+
 class SSAMBAPatchEmbeddings(nn.Module):
     """Strided Conv2d over the `(mel, time)` spectrogram: `(batch, time, mel)` -> `(batch, F * T, D)`, frequency-major."""
 
@@ -92,7 +96,18 @@ class SSAMBAPatchEmbeddings(nn.Module):
 
     def forward(self, input_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         spectrogram = input_values.unsqueeze(1).transpose(2, 3)  # (batch, 1, mel, time)
-        patches = self.projection(spectrogram)  # (batch, D, F, T)
+        columns = (spectrogram.shape[3] - self.projection.kernel_size[1]) // self.projection.stride[1] + 1
+        if torch.is_grad_enabled() or columns <= 2 * PATCH_BLOCK_COLUMNS or type(self.projection) is not nn.Conv2d:
+            patches = self.projection(spectrogram)  # (batch, D, F, T)
+        else:  # a long recording: a block of patch columns at a time (the convolution's unfolded input stays small)
+            kernel, stride = self.projection.kernel_size[1], self.projection.stride[1]
+            patches = None
+            for start in range(0, columns, PATCH_BLOCK_COLUMNS):
+                stop = min(start + PATCH_BLOCK_COLUMNS, columns)
+                block = self.projection(spectrogram[..., start * stride:(stop - 1) * stride + kernel])
+                if patches is None:
+                    patches = block.new_empty(*block.shape[:3], columns)
+                patches[..., start:stop] = block
         grid = (patches.shape[2], patches.shape[3])
         return patches.flatten(2).transpose(1, 2), grid
 
