@@ -2,7 +2,7 @@
 """Streaming transcription with a (bidirectional) `MambaForCTC`: audio goes in as it arrives, text comes out a chunk
 at a time, with bounded look-ahead and bounded memory.
 
-`MambaCTCStreamer(model, processor, chunk_seconds=0.64, left_context_seconds=2.56, right_context_seconds=0.32)`
+`MambaCTCStreamer(model, processor, chunk_seconds=0.64, left_context_seconds=2.56, right_context_seconds=1.28)`
 keeps at most `left + chunk + right` seconds of audio. Whenever a chunk and its right context have arrived, it
 featurises the window `[chunk start - left context, chunk end + right context)`, runs the encoder over it, and emits
 the greedy CTC labels of the chunk's own encoder frames (collapsed across chunk boundaries as one CTC sequence). A
@@ -38,7 +38,7 @@ class MambaCTCStreamer:
     """
 
     def __init__(self, model, processor, chunk_seconds: float = 0.64, left_context_seconds: float = 2.56,
-                 right_context_seconds: float = 0.32):
+                 right_context_seconds: float = 1.28):
         self.model = model.eval()
         self.processor = processor
         extractor = processor.feature_extractor
