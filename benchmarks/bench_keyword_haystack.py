@@ -59,7 +59,8 @@ def haystack(bank, minutes: float, needles_per_minute: float, seed: int):
     return audio, events
 
 
-def run_one(checkpoint: str, minutes: float, needles_per_minute: float, threads: int, seed: int) -> dict:
+def run_one(checkpoint: str, minutes: float, needles_per_minute: float, threads: int, seed: int,
+            threshold: float | None = None, min_duration: float = 0.1) -> dict:
     import torch
 
     from mamba_zoo import SSAMBAFeatureExtractor, SSAMBAForAudioFrameClassification
@@ -84,7 +85,8 @@ def run_one(checkpoint: str, minutes: float, needles_per_minute: float, threads:
         find_keywords(audio[:16000 * 4], model, extractor, sampling_rate=16000)
     before = rss_mb()
     started = time.perf_counter()
-    found = find_keywords(audio, model, extractor, sampling_rate=16000, threshold=results.get("threshold", 0.5))
+    threshold = results.get("threshold", 0.5) if threshold is None else threshold
+    found = find_keywords(audio, model, extractor, sampling_rate=16000, threshold=threshold, min_duration=min_duration)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     scores = match_events(found, reference)
@@ -99,14 +101,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=str(ROOT / "outputs" / "ssamba-keyword-search"))
     parser.add_argument("--minutes", default="1,5,30")
-    parser.add_argument("--needles_per_minute", type=float, default=2.0)
+    parser.add_argument("--needles_per_minute", type=float, default=6.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threshold", type=float, default=None, help="detection threshold (default: the recipe's)")
+    parser.add_argument("--min_duration", type=float, default=0.1, help="shortest event kept, seconds")
     parser.add_argument("--json", default=None)
     parser.add_argument("--one", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(run_one(args.checkpoint, args.one, args.needles_per_minute, args.threads, args.seed)))
+        print(json.dumps(run_one(args.checkpoint, args.one, args.needles_per_minute, args.threads, args.seed,
+                                 args.threshold, args.min_duration)))
         return
     if not (Path(args.checkpoint) / "results.json").is_file():
         sys.exit(f"No keyword-search checkpoint at {args.checkpoint}: run python training/train_keyword_search.py "
@@ -117,7 +122,8 @@ def main(argv=None):
     for minutes in (float(m) for m in args.minutes.split(",")):
         row, error = run_fresh(__file__, ["--one", str(minutes), "--checkpoint", args.checkpoint, "--needles_per_minute",
                                           str(args.needles_per_minute), "--threads", str(args.threads),
-                                          "--seed", str(args.seed)])
+                                          "--seed", str(args.seed), "--min_duration", str(args.min_duration)]
+                               + ([] if args.threshold is None else ["--threshold", str(args.threshold)]))
         if row is None:
             print(f"| {minutes:g} min | failed: {error} |")
             continue

@@ -196,7 +196,7 @@ def test_decoder_asr_decodes_the_heldout_engine_like_test(tmp_path, fake_corpus,
     out = tmp_path / "asr"
     result = decoder_asr.main(TINY_ASR + ["--output_dir", str(out)])
     assert fake_corpus[0]["engines"] == ("espeak-ng", "festival") and fake_corpus[0]["heldout_engines"] == ("sam",)
-    assert decoded == [(4, {"num_beams": 1}), (4, {"num_beams": 1})]  # test, then heldout_engine: the same settings
+    assert decoded == [(4, {"num_beams": 4}), (4, {"num_beams": 4})]  # test, then heldout_engine: the same settings
     written = json.loads((out / "results.json").read_text())
     assert written["steps"] == 2 and written == json.loads(json.dumps(result))
     assert (written["training_engines"], written["heldout_engines"]) == (["espeak-ng", "festival"], ["sam"])
