@@ -5,9 +5,10 @@ classifier (`training/train_keyword_search.py`) reading each recording whole, in
 A haystack is a row of one-second background clips from the keyword corpus's test voices (noise alone and
 non-keyword words, `_silence_` / `_unknown_`), with `--needles_per_minute` keyword clips (test voices, never heard in
 training) put in at random seconds. `keyword_search.find_keywords` returns events; a detection counts when its label
-matches and its centre lies within 0.25 s of the needle's second (`match_events`). Each duration runs in a fresh
-process: time, real-time factor, peak resident set and its growth over the process before the search (model and
-recording already in memory).
+matches and its centre lies within 0.25 s of the needle's second (`match_events`). Shorter lengths are scored over as
+many recordings as it takes to match the longest one's needles (30 one-minute recordings against one of 30 minutes),
+so every F1 rests on the same number of needles. Each length runs in a fresh process: time per recording, real-time
+factor, peak resident set and its growth over the process before the search (model loaded).
 
     python training/train_keyword_search.py                      # the checkpoint (outputs/ssamba-keyword-search)
     python benchmarks/bench_keyword_haystack.py                   # 1, 5, 30 minutes
@@ -60,7 +61,7 @@ def haystack(bank, minutes: float, needles_per_minute: float, seed: int):
 
 
 def run_one(checkpoint: str, minutes: float, needles_per_minute: float, threads: int, seed: int,
-            threshold: float | None = None, min_duration: float = 0.1) -> dict:
+            threshold: float | None = None, min_duration: float = 0.1, repeats: int = 1) -> dict:
     import torch
 
     from mamba_zoo import SSAMBAFeatureExtractor, SSAMBAForAudioFrameClassification
@@ -79,21 +80,29 @@ def run_one(checkpoint: str, minutes: float, needles_per_minute: float, threads:
                            heldout_engines=tuple(results.get("heldout_engines", ())),
                            seed=results.get("corpus_seed", 0), progress=False)
     bank = ClipBank(corpus, corpus.features["label"].names)
-    audio, reference = haystack(bank, minutes, needles_per_minute, seed)
-    find_keywords(audio[:16000 * 4], model, extractor, sampling_rate=16000)  # warm the kernels, short and long paths
+    warm = haystack(bank, 4 / 60, needles_per_minute, seed)[0]
+    find_keywords(warm, model, extractor, sampling_rate=16000)  # warm the kernels, short and long paths
     with forced_long_input_paths():
-        find_keywords(audio[:16000 * 4], model, extractor, sampling_rate=16000)
-    before = rss_mb()
-    started = time.perf_counter()
+        find_keywords(warm, model, extractor, sampling_rate=16000)
     threshold = results.get("threshold", 0.5) if threshold is None else threshold
-    found = find_keywords(audio, model, extractor, sampling_rate=16000, threshold=threshold, min_duration=min_duration)
-    seconds = time.perf_counter() - started
+    before = rss_mb()
+    predicted, reference, seconds = [], [], 0.0
+    for r in range(repeats):  # several recordings of this length: their events pooled on one time line
+        audio, needles = haystack(bank, minutes, needles_per_minute, seed + 1000 * r)
+        started = time.perf_counter()
+        found = find_keywords(audio, model, extractor, sampling_rate=16000, threshold=threshold,
+                              min_duration=min_duration)
+        seconds += time.perf_counter() - started
+        offset = 100000.0 * r
+        predicted += [{**e, "start": e["start"] + offset, "end": e["end"] + offset} for e in found]
+        reference += [{**e, "start": e["start"] + offset, "end": e["end"] + offset} for e in needles]
+        del audio
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    scores = match_events(found, reference)
-    return {"minutes": minutes, "needles": len(reference), "detections": len(found),
+    scores = match_events(predicted, reference)
+    return {"minutes": minutes, "recordings": repeats, "needles": len(reference), "detections": len(predicted),
             "f1": round(scores["f1"], 4), "precision": round(scores["precision"], 4),
-            "recall": round(scores["recall"], 4), "seconds": round(seconds, 2),
-            "real_time_factor": round(seconds / (60 * minutes), 4), "rss_before_mb": round(before),
+            "recall": round(scores["recall"], 4), "seconds": round(seconds / repeats, 2),
+            "real_time_factor": round(seconds / repeats / (60 * minutes), 4), "rss_before_mb": round(before),
             "peak_mb": round(peak), "growth_mb": round(peak - before)}
 
 
@@ -108,27 +117,32 @@ def main(argv=None):
     parser.add_argument("--min_duration", type=float, default=0.1, help="shortest event kept, seconds")
     parser.add_argument("--json", default=None)
     parser.add_argument("--one", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
         print(json.dumps(run_one(args.checkpoint, args.one, args.needles_per_minute, args.threads, args.seed,
-                                 args.threshold, args.min_duration)))
+                                 args.threshold, args.min_duration, args.repeats or 1)))
         return
     if not (Path(args.checkpoint) / "results.json").is_file():
         sys.exit(f"No keyword-search checkpoint at {args.checkpoint}: run python training/train_keyword_search.py "
                  "first (or pass --checkpoint).")
     rows = []
-    print("| recording | needles | detection F1 | precision | recall | seconds | real-time factor | peak RSS | growth |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for minutes in (float(m) for m in args.minutes.split(",")):
-        row, error = run_fresh(__file__, ["--one", str(minutes), "--checkpoint", args.checkpoint, "--needles_per_minute",
-                                          str(args.needles_per_minute), "--threads", str(args.threads),
-                                          "--seed", str(args.seed), "--min_duration", str(args.min_duration)]
+    print("| recording | recordings | needles | detection F1 | precision | recall | seconds per recording | real-time factor "
+          "| peak RSS | growth |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    durations = [float(m) for m in args.minutes.split(",")]
+    for minutes in durations:
+        repeats = max(1, int(round(max(durations) / minutes)))  # every length scores as many needles
+        row, error = run_fresh(__file__, ["--one", str(minutes), "--repeats", str(repeats), "--checkpoint",
+                                          args.checkpoint, "--needles_per_minute", str(args.needles_per_minute),
+                                          "--threads", str(args.threads), "--seed", str(args.seed),
+                                          "--min_duration", str(args.min_duration)]
                                + ([] if args.threshold is None else ["--threshold", str(args.threshold)]))
         if row is None:
             print(f"| {minutes:g} min | failed: {error} |")
             continue
         rows.append(row)
-        print(f"| {minutes:g} min | {row['needles']} | {row['f1']:.3f} | {row['precision']:.3f} | {row['recall']:.3f} "
+        print(f"| {minutes:g} min | {row['recordings']} | {row['needles']} | {row['f1']:.3f} | {row['precision']:.3f} | {row['recall']:.3f} "
               f"| {row['seconds']} | {row['real_time_factor']} | {row['peak_mb']} MB | {row['growth_mb']} MB |",
               flush=True)
     if len(rows) >= 2:

@@ -109,6 +109,22 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
             output[start:start + len(frames)] = np.log(np.maximum(power @ self.mel_filters, 1.192092955078125e-07))
         return output
 
+    def features_of_validated(self, clips: list[np.ndarray]) -> np.ndarray:
+        """`(len(clips), max_length, num_mel_bins)` normalised filter banks of clips already checked by
+        `audio_utils.validate_audio` (float32 mono at the extractor's rate; `__call__` does that first). Callers that
+        validated a long recording themselves use this to avoid a second copy of it."""
+        if getattr(self, "mel_filters", None) is None:  # torchaudio installed: transformers' own path
+            features = super().__call__(clips, sampling_rate=self.sampling_rate, return_tensors=None)
+            return np.stack([np.asarray(v, dtype=np.float32) for v in features["input_values"]])
+        # filter banks written straight into the batch, normalised in place: one copy of the features
+        values = np.empty((len(clips), self.max_length, self.mel_filters.shape[1]), dtype=np.float32)
+        for i, clip in enumerate(clips):
+            self._extract_fbank_features(clip, self.max_length, out=values[i])
+        if self.do_normalize:  # ASTFeatureExtractor.normalize, (x - mean) / (2 * std), in place
+            values -= self.mean
+            values /= self.std * 2
+        return values
+
     def samples_for_max_length(self) -> int:
         """Samples that the first `max_length` frames read (snip-edges framing: `window + hop * (max_length - 1)`,
         48 400 at 16 kHz and 300 frames); later samples cannot change the features."""
@@ -138,17 +154,7 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
                     f"Clip {i} has samples up to {peak:.1f}: float audio is expected in [-1, 1] (int16 values stored as "
                     "floats give shifted log-mel features). Divide by 32768 if these are 16-bit PCM values."
                 )
-        if getattr(self, "mel_filters", None) is None:  # torchaudio installed: transformers' own path
-            features = super().__call__(clips, sampling_rate=self.sampling_rate, return_tensors=None)
-            values = np.stack([np.asarray(v, dtype=np.float32) for v in features["input_values"]])
-        else:  # filter banks written straight into the batch, normalised in place: one copy of the features
-            values = np.empty((len(clips), self.max_length, self.mel_filters.shape[1]), dtype=np.float32)
-            for i, clip in enumerate(clips):
-                self._extract_fbank_features(clip, self.max_length, out=values[i])
-            if self.do_normalize:  # ASTFeatureExtractor.normalize, (x - mean) / (2 * std), in place
-                values -= self.mean
-                values /= self.std * 2
-        data = {"input_values": values}
+        data = {"input_values": self.features_of_validated(clips)}
         if return_attention_mask if return_attention_mask is not None else self.return_attention_mask:
             mask = np.zeros((len(clips), self.max_length), dtype=np.int32)
             for i, clip in enumerate(clips):

@@ -36,7 +36,11 @@ def frame_probabilities(audio: np.ndarray, model, feature_extractor, sampling_ra
     frames = 1 + (clip.size - 400 * feature_extractor.sampling_rate // 16000) // hop
     whole = copy.copy(feature_extractor)  # the recording's own length: nothing padded or cut
     whole.max_length = max(frames, model.config.time_patch_size)
-    values = whole(clip, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")["input_values"]
+    if hasattr(whole, "features_of_validated"):  # no second copy of a long recording
+        values = torch.from_numpy(whole.features_of_validated([clip]))
+    else:
+        values = whole(clip, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")["input_values"]
+    del clip
     model.eval()
     interpolate = bool(getattr(model.config, "use_position_embeddings", True))
     logits = model(values.to(model.dtype), interpolate_pos_encoding=interpolate).logits[0]
