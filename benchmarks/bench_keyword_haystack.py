@@ -85,10 +85,10 @@ def run_one(checkpoint: str, minutes: float, needles_per_minute: float, threads:
     with forced_long_input_paths():
         find_keywords(warm, model, extractor, sampling_rate=16000)
     threshold = results.get("threshold", 0.5) if threshold is None else threshold
-    before = rss_mb()
+    recordings = [haystack(bank, minutes, needles_per_minute, seed + 1000 * r) for r in range(repeats)]
+    before = rss_mb()  # model and recordings in memory (the same total audio for every length)
     predicted, reference, seconds = [], [], 0.0
-    for r in range(repeats):  # several recordings of this length: their events pooled on one time line
-        audio, needles = haystack(bank, minutes, needles_per_minute, seed + 1000 * r)
+    for r, (audio, needles) in enumerate(recordings):  # events of several recordings pooled on one time line
         started = time.perf_counter()
         found = find_keywords(audio, model, extractor, sampling_rate=16000, threshold=threshold,
                               min_duration=min_duration)
@@ -96,7 +96,6 @@ def run_one(checkpoint: str, minutes: float, needles_per_minute: float, threads:
         offset = 100000.0 * r
         predicted += [{**e, "start": e["start"] + offset, "end": e["end"] + offset} for e in found]
         reference += [{**e, "start": e["start"] + offset, "end": e["end"] + offset} for e in needles]
-        del audio
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     scores = match_events(predicted, reference)
     return {"minutes": minutes, "recordings": repeats, "needles": len(reference), "detections": len(predicted),
