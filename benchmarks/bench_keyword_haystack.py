@@ -141,9 +141,9 @@ def main(argv=None):
             print(f"| {minutes:g} min | failed: {error} |")
             continue
         rows.append(row)
-        print(f"| {minutes:g} min | {row['recordings']} | {row['needles']} | {row['f1']:.3f} | {row['precision']:.3f} | {row['recall']:.3f} "
-              f"| {row['seconds']} | {row['real_time_factor']} | {row['peak_mb']} MB | {row['growth_mb']} MB |",
-              flush=True)
+        print(f"| {minutes:g} min | {row['recordings']} | {row['needles']} | {row['f1']:.3f} | {row['precision']:.3f} "
+              f"| {row['recall']:.3f} | {row['seconds']} | {row['real_time_factor']} | {row['peak_mb']} MB "
+              f"| {row['growth_mb']} MB |", flush=True)
     if len(rows) >= 2:
         print(f"F1 at {rows[-1]['minutes']:g} min minus F1 at {rows[0]['minutes']:g} min: "
               f"{100 * (rows[-1]['f1'] - rows[0]['f1']):+.1f} points (target: within 5)")

@@ -37,7 +37,8 @@ def joined_stream(audio: list, texts: list, gap_seconds: float = 0.3, rate: int 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=str(ROOT / "outputs" / "mamba-ctc-digits"))
-    parser.add_argument("--settings", default="0.64:2.56:1.28,0.32:2.56:1.28,0.64:2.56:2.56,0.64:2.56:0.64,0.64:2.56:0.32")
+    parser.add_argument("--settings", default="0.64:2.56:1.28,0.32:2.56:1.28,0.64:2.56:2.56,0.64:2.56:0.64,"
+                                               "0.64:2.56:0.32", help="chunk:left:right seconds, comma-separated")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--piece_seconds", type=float, default=0.02)
     parser.add_argument("--json", default=None)
@@ -59,7 +60,8 @@ def main(argv=None):
                               engines=parse_engines(engines)[0], engine_weights=results.get("engine_weights"),
                               heldout_engines=tuple(results.get("heldout_engines") or ()), progress=False)
     rows = []
-    print("| split | decoding | chunk / left / right s | WER | CER | real-time factor | compute per chunk (mean / max ms) |")
+    print("| split | decoding | chunk / left / right s | WER | CER | real-time factor "
+          "| compute per chunk (mean / max ms) |")
     print("|---|---|---|---|---|---|---|")
     for split in [s for s in ("test", "heldout_engine") if s in corpus]:
         audio, texts, _ = data_loading.decode_split(corpus[split], 16000)
@@ -99,8 +101,8 @@ def main(argv=None):
                    "chunk_ms_max": 1000 * float(np.max(chunk_times)), "latency_s": chunk + right}
             rows.append(row)
             print(f"| {split} | streaming | {chunk} / {left} / {right} | {100 * row['wer']:.1f}% | "
-                  f"{100 * row['cer']:.1f}% | {row['rtf']:.4f} | {row['chunk_ms_mean']:.0f} / {row['chunk_ms_max']:.0f} |",
-                  flush=True)
+                  f"{100 * row['cer']:.1f}% | {row['rtf']:.4f} | {row['chunk_ms_mean']:.0f} / "
+                  f"{row['chunk_ms_max']:.0f} |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -31,8 +31,8 @@ def run_fresh(script: str, args: list[str]) -> tuple[Optional[dict], str]:
 
 class forced_long_input_paths:
     """Within this context, inputs of any length take the long-input code paths (time-chunked mixers, the blocked
-    CTC subsampler and SSAMBA patch embedding): a warm-up on a short clip then compiles the numba specialisations those paths use, so that the
-    timed call measures the forward and not the first compilation on this machine."""
+    CTC subsampler and SSAMBA patch embedding): a warm-up on a short clip then compiles the numba specialisations
+    those paths use, so that the timed call measures the forward and not the first compilation on this machine."""
 
     SETTINGS = (("cpu_inference", "INFERENCE_TIME_CHUNK", 16), ("modeling_mamba_ctc", "SUBSAMPLING_BLOCK_OUTPUTS", 4),
                 ("modeling_ssamba", "PATCH_BLOCK_COLUMNS", 4))

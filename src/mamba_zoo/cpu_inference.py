@@ -12,8 +12,9 @@ path (tests/test_golden_outputs.py and tests/test_mamba_layers.py say so) but
   opens `inference_workspace()` around its layer loop;
 - runs a long batch a few rows at a time, so intermediates stay within `INFERENCE_CHUNK_TOKENS` tokens;
 - runs a sequence longer than `INFERENCE_TIME_CHUNK` (unpadded) chunk by chunk along time: the branch that walks
-  forward visits the chunks from the start and the one that walks backward from the end, each carrying its scan state and its conv window
-  across chunk boundaries, so the intermediates stay O(chunk) and the result equals the one-pass forward.
+  forward visits the chunks from the start and the one that walks backward from the end, each carrying its scan
+  state and its conv window across chunk boundaries, so the intermediates stay O(chunk) and the result equals the
+  one-pass forward.
 """
 
 from __future__ import annotations
