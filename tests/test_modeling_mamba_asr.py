@@ -272,6 +272,23 @@ def test_generate_rejects_missing_speech_and_step_with_speech():
         model(input_ids=torch.tensor([[5]]), input_features=torch.randn(1, 20, MELS))
 
 
+def test_generate_without_a_length_is_not_cut_at_transformers_20_tokens(tmp_path, monkeypatch):
+    """A transcript is characters: generate() with no max_new_tokens / max_length (call or generation config) runs up
+    to default_max_new_tokens, not transformers' 20 tokens in all; anything the caller or the saved generation config
+    says wins, and so does a saved checkpoint's own setting."""
+    model = tiny_model(seed=5)
+    speech, mask, _ = speech_batch(lengths=(6,))
+    monkeypatch.setattr(MambaDecoderOnlyASR, "default_max_new_tokens", 30)
+    kwargs = dict(speech_attention_mask=mask, eos_token_id=None, do_sample=False, **speech)
+    assert model.generate(**kwargs).shape == (1, 31)  # <generatetext> + 30 (transformers alone: 20 in all)
+    assert model.generate(**kwargs, max_new_tokens=4).shape == (1, 5)
+    assert model.generate(**kwargs, max_length=9).shape == (1, 9)
+    model.generation_config.max_new_tokens = 12
+    model.save_pretrained(tmp_path)
+    loaded = MambaDecoderOnlyASR.from_pretrained(tmp_path).eval()
+    assert loaded.generate(**kwargs).shape == (1, 13)
+
+
 # ---------------------------------------------------------------------------------------------- contracts
 
 

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, LogitsProcessorList, PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin, LogitsProcessorList, PreTrainedModel
 from transformers import initialization as init
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import ModelOutput
@@ -369,6 +369,8 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
 
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
     accepts_loss_kwargs = False
+    # new tokens per transcript when neither the call nor the generation config says (transcripts are characters)
+    default_max_new_tokens = 256
 
     def __init__(self, config: MambaASRConfig):
         super().__init__(config)
@@ -533,8 +535,14 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
                 `config.ctc_decoding_weight`; 0 is the decoder alone. Needs a CTC head (`ctc_loss_weight > 0`).
                 The text must start with `<generatetext>` alone (no `input_ids` prompt).
             other arguments: as `generate()` (`speech_ids` / `input_features`, `speech_attention_mask`, `num_beams`,
-                `max_new_tokens`, ...).
+                `max_new_tokens`, ...). Without `max_new_tokens` / `max_length` here or in the generation config,
+                up to `default_max_new_tokens` (256) characters are generated, not transformers' 20 tokens.
         """
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        if ("max_new_tokens" not in kwargs and "max_length" not in kwargs and generation_config.max_new_tokens is None
+                and generation_config.max_length == GenerationConfig().max_length):
+            # transformers' default of 20 tokens in all would cut a character-level transcript mid-word, silently
+            kwargs["max_new_tokens"] = self.default_max_new_tokens
         weight = self.config.ctc_decoding_weight if ctc_weight is None else ctc_weight
         if not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
             raise ValueError(f"ctc_weight must be a number in [0, 1], got {weight!r}.")
