@@ -149,7 +149,7 @@ def _forward_rows(mixer, hidden_states, attention_mask, reverse_lengths, reverse
         batch, seq_len = hidden_states.shape[:2]
         backward_index = sequence_reversal_index(attention_mask, reverse_lengths, seq_len)
         if backward_index is None:
-            backward_index = torch.arange(seq_len - 1, -1, -1).expand(batch, seq_len)
+            backward_index = _reversal(batch, seq_len)
     forward_index, backward_index = (backward_index, None) if reverse else (None, backward_index)
     y = None if workspace is None else workspace.buffer("y", x.shape)
     y = _branch(mixer, x, z, attention_mask, forward_index, "", y, False, workspace)
@@ -164,18 +164,29 @@ def _branch(mixer, x, z, attention_mask, index, suffix, out, accumulate, workspa
     """One conv + scan branch on time-major x, z `(batch, L, d_inner)` (column slices of the input projection).
     `index` (batch, L): the order in which the branch visits the time steps (None: forward). Returns the gated output
     `(batch, L, d_inner)`, written into `out` when given (added to it with `accumulate`)."""
-    kernels = cpu_kernels()
-    conv1d, x_proj, dt_proj, A_log, D = mixer._branch(suffix)
-    A = -torch.exp(A_log.float())
-    x = kernels.causal_conv1d_inference_time_major(
+    x = mask_padding(_conv(mixer, x, suffix, index, workspace), attention_mask)
+    return _project_and_scan(mixer, x, z, suffix, index, workspace, out=out, accumulate=accumulate)
+
+
+def _conv(mixer, x, suffix, index, workspace):
+    """The branch's causal conv + SiLU over time-major `x` `(batch, L, d_inner)`, visiting time in `index` order."""
+    conv1d = mixer._branch(suffix)[0]
+    return cpu_kernels().causal_conv1d_inference_time_major(
         x, conv1d.weight.squeeze(1), conv1d.bias, silu=True, index=index,
         out=None if workspace is None else workspace.buffer("conv", x.shape),
     )
-    x = mask_padding(x, attention_mask)
+
+
+def _project_and_scan(mixer, x, z, suffix, index, workspace, **scan_kwargs):
+    """x_proj -> (dt, B, C), dt_proj, then the fused scan gated by `z`, for the branch `suffix` over the conv output
+    `x` `(batch, L, d_inner)`; `scan_kwargs` go to `selective_scan_inference_time_major` (out, accumulate,
+    initial_state, return_last_state)."""
+    _, x_proj, dt_proj, A_log, D = mixer._branch(suffix)
+    A = -torch.exp(A_log.float())
     dt, B, C = torch.split(x_proj(x), [mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
     dt = _linear_into(dt_proj, dt, workspace, "dt")  # (batch, L, d_inner); the dt bias is inside the projection
-    return kernels.selective_scan_inference_time_major(
-        x, dt, A, B, C, D=D.float(), z=z, delta_softplus=True, index=index, out=out, accumulate=accumulate
+    return cpu_kernels().selective_scan_inference_time_major(
+        x, dt, A, B, C, D=D.float(), z=z, delta_softplus=True, index=index, **scan_kwargs
     )
 
 
@@ -226,28 +237,19 @@ def _branch_chunk(mixer, hidden_states, start, end, suffix, state, backward, wor
     (None: zeros), the state carried in from the previous chunk of its walk (the one before for the forward branch,
     the one after for the backward branch). Returns the gated output `(batch, end - start, d_inner)` (a workspace
     buffer, valid until the next call) and the state after the chunk."""
-    kernels = cpu_kernels()
-    conv1d, x_proj, dt_proj, A_log, D = mixer._branch(suffix)
-    width = conv1d.weight.shape[-1]
     batch, seq_len = hidden_states.shape[:2]
-    low, high = (start, min(end + width - 1, seq_len)) if backward else (max(start - width + 1, 0), end)
+    reach = mixer.d_conv - 1  # neighbours the conv reads
+    low, high = (start, min(end + reach, seq_len)) if backward else (max(start - reach, 0), end)
     xz = _linear_into(mixer.in_proj, hidden_states[:, low:high], workspace, "xz")  # (batch, high - low, 2 * d_inner)
     x, z = xz[..., : mixer.d_inner], xz[..., mixer.d_inner:]
-    steps = high - low
-    index = torch.arange(steps - 1, -1, -1).expand(batch, steps) if backward else None
-    x = kernels.causal_conv1d_inference_time_major(
-        x, conv1d.weight.squeeze(1), conv1d.bias, silu=True, index=index,
-        out=None if workspace is None else workspace.buffer("conv", x.shape),
-    )
-    own = slice(0, end - start) if backward else slice(start - low, steps)  # the chunk's own steps
-    x, z = x[:, own], z[:, own]
-    A = -torch.exp(A_log.float())
-    dt, B, C = torch.split(x_proj(x), [mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
-    dt = _linear_into(dt_proj, dt, workspace, "dt")
+    x = _conv(mixer, x, suffix, _reversal(batch, high - low) if backward else None, workspace)
+    own = slice(0, end - start) if backward else slice(start - low, high - low)  # the chunk's own steps
     length = end - start
-    index = torch.arange(length - 1, -1, -1).expand(batch, length) if backward else None
     out = None if workspace is None else workspace.buffer("y", (batch, length, mixer.d_inner))
-    return kernels.selective_scan_inference_time_major(
-        x, dt, A, B, C, D=D.float(), z=z, delta_softplus=True, index=index, out=out, return_last_state=True,
-        initial_state=state,
-    )
+    return _project_and_scan(mixer, x[:, own], z[:, own], suffix, _reversal(batch, length) if backward else None,
+                             workspace, out=out, return_last_state=True, initial_state=state)
+
+
+def _reversal(batch: int, length: int) -> torch.Tensor:
+    """`(batch, length)` index visiting the steps from the last to the first."""
+    return torch.arange(length - 1, -1, -1).expand(batch, length)
