@@ -78,8 +78,8 @@ def build(model_name: str):
         model = SSAMBAModel(SSAMBAConfig(max_length=128, drop_path_rate=0.0, **shape)).eval()
 
         def featurise(audio):
-            frames = 1 + (len(audio) - 400) // 160
-            extractor = SSAMBAFeatureExtractor(max_length=frames)
+            extractor = SSAMBAFeatureExtractor()
+            extractor.max_length = extractor.num_frames(len(audio))
             values = extractor(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt")["input_values"]
             return {"input_values": values, "interpolate_pos_encoding": True}
 

@@ -200,8 +200,8 @@ def main(argv=None):
                            heldout_engines=heldout, seed=training_args.seed)
     label_names = corpus["train"].features["label"].names
     train_bank = ClipBank(corpus["train"], label_names)
-    frames = int(round(args.scene_seconds / HOP_SECONDS)) - 2  # 25 ms windows, 10 ms hop, snip edges
-    extractor = SSAMBAFeatureExtractor(preset="speechcommands", max_length=frames)
+    extractor = SSAMBAFeatureExtractor(preset="speechcommands")
+    frames = extractor.max_length = extractor.num_frames(args.scene_seconds * SAMPLING_RATE)
     config = SSAMBAConfig(
         hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers, num_mel_bins=128, max_length=frames,
         patch_size=(128, FRAMES_PER_TOKEN), frequency_stride=128, time_stride=FRAMES_PER_TOKEN,

@@ -125,6 +125,15 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
             values /= self.std * 2
         return values
 
+    def num_frames(self, num_samples: int) -> int:
+        """Filter-bank frames of a clip of `num_samples` samples (snip-edges framing, 25 ms windows every 10 ms)."""
+        return 1 + (int(num_samples) - _WINDOW) // _HOP
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds between consecutive frames (the hop)."""
+        return _HOP / self.sampling_rate
+
     def samples_for_max_length(self) -> int:
         """Samples that the first `max_length` frames read (snip-edges framing: `window + hop * (max_length - 1)`,
         48 400 at 16 kHz and 300 frames); later samples cannot change the features."""
@@ -158,8 +167,7 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
         if return_attention_mask if return_attention_mask is not None else self.return_attention_mask:
             mask = np.zeros((len(clips), self.max_length), dtype=np.int32)
             for i, clip in enumerate(clips):
-                frames = 1 + (clip.size - _WINDOW) // _HOP
-                mask[i, :min(frames, self.max_length)] = 1
+                mask[i, :min(self.num_frames(clip.size), self.max_length)] = 1
             data["attention_mask"] = mask
         return BatchFeature(data, tensor_type=return_tensors)
 

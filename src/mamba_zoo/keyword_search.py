@@ -32,20 +32,15 @@ def frame_probabilities(audio: np.ndarray, model, feature_extractor, sampling_ra
     """Class probabilities per output column `(T, num_labels)` and each column's `(start, end)` in seconds `(T, 2)`
     for one recording (1-D float audio at the feature extractor's rate)."""
     clip = validate_audio(audio, sampling_rate, feature_extractor.sampling_rate, owner="find_keywords")[0]
-    hop = 160 * feature_extractor.sampling_rate // 16000
-    frames = 1 + (clip.size - 400 * feature_extractor.sampling_rate // 16000) // hop
     whole = copy.copy(feature_extractor)  # the recording's own length: nothing padded or cut
-    whole.max_length = max(frames, model.config.time_patch_size)
-    if hasattr(whole, "features_of_validated"):  # no second copy of a long recording
-        values = torch.from_numpy(whole.features_of_validated([clip]))
-    else:
-        values = whole(clip, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")["input_values"]
+    whole.max_length = max(whole.num_frames(clip.size), model.config.time_patch_size)
+    values = torch.from_numpy(whole.features_of_validated([clip]))  # no second copy of a long recording
     del clip
     model.eval()
     interpolate = bool(getattr(model.config, "use_position_embeddings", True))
     logits = model(values.to(model.dtype), interpolate_pos_encoding=interpolate).logits[0]
     probabilities = torch.softmax(logits.float(), dim=-1).numpy()
-    times = model.column_times(probabilities.shape[0], hop_seconds=hop / feature_extractor.sampling_rate).numpy()
+    times = model.column_times(probabilities.shape[0], hop_seconds=feature_extractor.frame_seconds).numpy()
     return probabilities, times
 
 
@@ -93,7 +88,8 @@ def find_keywords(audio: np.ndarray, model, feature_extractor, sampling_rate: Op
 
     Args:
         audio: 1-D float audio (a long recording), at `sampling_rate` (must be the feature extractor's).
-        model: an `SSAMBAForAudioFrameClassification`. feature_extractor: its `SSAMBAFeatureExtractor`.
+        model: an `SSAMBAForAudioFrameClassification`. feature_extractor: its `SSAMBAFeatureExtractor` (its
+            `max_length` is ignored: the whole recording is featurised).
         threshold: minimum smoothed probability of the event's label (which must also be the top label).
         smoothing_seconds: moving-average window over the per-column probabilities.
         min_duration / merge_gap: drop shorter events; merge runs of one label closer than this (seconds).

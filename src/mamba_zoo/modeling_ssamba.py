@@ -562,11 +562,6 @@ class SSAMBAForAudioFrameClassification(SSAMBAPreTrainedModel):
         self.classifier = SSAMBAClassificationHead(config)
         self.post_init()
 
-    @property
-    def frame_stride(self) -> int:
-        """Spectrogram frames between consecutive output columns (`config.time_stride`)."""
-        return self.config.time_stride
-
     def column_times(self, num_columns: int, hop_seconds: float = 0.01) -> torch.Tensor:
         """`(num_columns, 2)` start and end in seconds of the frames each output column reads (a patch's frames),
         for a feature hop of `hop_seconds`."""
@@ -588,7 +583,8 @@ class SSAMBAForAudioFrameClassification(SSAMBAPreTrainedModel):
         Args:
             input_values: `(batch, time, num_mel_bins)` spectrogram. attention_mask: optional `(batch, time)`.
                 A recording longer than `config.max_length` frames needs `interpolate_pos_encoding=True` (or a model
-                resized once with `resize_position_embeddings`).
+                resized once with `resize_position_embeddings`), unless the model has no position embeddings
+                (`use_position_embeddings=False`).
             labels: `(batch, T)` class indices per output column (-100: ignored), or `(batch, T, num_labels)` floats
                 (multi-label), with `T` the number of patch columns (`logits.shape[1]`).
 
