@@ -19,11 +19,11 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import PaddingStrategy, TensorType, logging
 
 from .audio_utils import normalize_utterance, validate_audio
-
-FBANK_BLOCK_FRAMES = 4096  # frames featurised per STFT call (41 s of audio at a 10 ms hop)
 from .pipeline_mamba_asr import MambaASRPipeline  # noqa: F401  (travels with the feature extractor, see above)
 
 logger = logging.get_logger(__name__)
+
+FBANK_BLOCK_FRAMES = 4096  # frames featurised per STFT call (41 s of audio at a 10 ms hop)
 
 
 class MambaCTCFeatureExtractor(SequenceFeatureExtractor):
@@ -153,7 +153,7 @@ class MambaCTCFeatureExtractor(SequenceFeatureExtractor):
                 and max_length is None and not truncation and pad_to_multiple_of is None):
             # one clip, nothing to pad: a zero-copy batch of one (padding would copy every frame)
             data = {"input_features": features[0][None]}
-            if True if return_attention_mask is None else return_attention_mask:
+            if return_attention_mask is None or return_attention_mask:
                 data["attention_mask"] = np.ones((1, len(features[0])), dtype=np.int32)
             return BatchFeature(data, tensor_type=return_tensors)
 
