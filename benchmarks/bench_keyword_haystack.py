@@ -66,7 +66,7 @@ def run_one(checkpoint: str, minutes: float, needles_per_minute: float, threads:
 
     from mamba_zoo import SSAMBAFeatureExtractor, SSAMBAForAudioFrameClassification
     from mamba_zoo.corpora import load_keywords
-    from mamba_zoo.keyword_search import find_keywords, match_events
+    from mamba_zoo.keyword_search import find_keywords, match_recordings
     from common import parse_engines
     from train_keyword_search import ClipBank
 
@@ -87,18 +87,16 @@ def run_one(checkpoint: str, minutes: float, needles_per_minute: float, threads:
     threshold = results.get("threshold", 0.5) if threshold is None else threshold
     recordings = [haystack(bank, minutes, needles_per_minute, seed + 1000 * r) for r in range(repeats)]
     before = rss_mb()  # model and recordings in memory (the same total audio for every length)
-    predicted, reference, seconds = [], [], 0.0
-    for r, (audio, needles) in enumerate(recordings):  # events of several recordings pooled on one time line
+    predicted, seconds = [], 0.0
+    for audio, _ in recordings:
         started = time.perf_counter()
-        found = find_keywords(audio, model, extractor, sampling_rate=16000, threshold=threshold,
-                              min_duration=min_duration)
+        predicted.append(find_keywords(audio, model, extractor, sampling_rate=16000, threshold=threshold,
+                                       min_duration=min_duration))
         seconds += time.perf_counter() - started
-        offset = 100000.0 * r
-        predicted += [{**e, "start": e["start"] + offset, "end": e["end"] + offset} for e in found]
-        reference += [{**e, "start": e["start"] + offset, "end": e["end"] + offset} for e in needles]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    scores = match_events(predicted, reference)
-    return {"minutes": minutes, "recordings": repeats, "needles": len(reference), "detections": len(predicted),
+    scores = match_recordings(predicted, [needles for _, needles in recordings])
+    return {"minutes": minutes, "recordings": repeats, "needles": scores["reference"],
+            "detections": scores["predicted"],
             "f1": round(scores["f1"], 4), "precision": round(scores["precision"], 4),
             "recall": round(scores["recall"], 4), "seconds": round(seconds / repeats, 2),
             "real_time_factor": round(seconds / repeats / (60 * minutes), 4), "rss_before_mb": round(before),

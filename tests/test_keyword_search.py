@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from mamba_zoo import SSAMBAConfig, SSAMBAFeatureExtractor, SSAMBAForAudioFrameClassification
-from mamba_zoo.keyword_search import events_from_probabilities, find_keywords, match_events, smooth
+from mamba_zoo.keyword_search import (
+    events_from_probabilities,
+    find_keywords,
+    match_events,
+    match_recordings,
+    smooth,
+)
 
 LABELS = ["_silence_", "_unknown_", "yes", "no"]
 
@@ -62,6 +68,25 @@ def test_match_events_counts_each_reference_once():
     assert scores["f1"] == pytest.approx(2 / 3)
     assert match_events([], [])["f1"] == 1.0  # nothing to find, nothing found
     assert match_events([], reference)["recall"] == 0.0 and match_events([], reference)["f1"] == 0.0
+
+
+def test_match_recordings_pools_counts_and_never_crosses_recordings():
+    """Several recordings: each prediction is matched within its own recording only; counts add up."""
+    first = ([{"label": "yes", "start": 1.2, "end": 1.6}], [{"label": "yes", "start": 1.0, "end": 2.0}])
+    # the prediction of recording 2 sits where recording 1's reference is: no match across recordings
+    second = ([{"label": "yes", "start": 1.2, "end": 1.6}], [{"label": "no", "start": 1.0, "end": 2.0}])
+    scores = match_recordings([first[0], second[0]], [first[1], second[1]])
+    assert (scores["true_positives"], scores["predicted"], scores["reference"]) == (1, 2, 2)
+    assert scores["precision"] == 0.5 and scores["recall"] == 0.5
+    assert match_recordings([first[0]], [first[1]]) == match_events(*first)
+    with pytest.raises(ValueError):
+        match_recordings([first[0]], [first[1], second[1]])
+
+
+def test_smoothing_before_events_matches_smoothing_by_hand():
+    probs = _probabilities(100, [(2, 10, 30, 0.6), (3, 31, 33, 0.99)])
+    by_hand = events_from_probabilities(smooth(probs, 5), _times(100), LABELS)
+    assert events_from_probabilities(probs, _times(100), LABELS, smoothing_seconds=0.2) == by_hand
 
 
 def test_find_keywords_reads_a_long_recording_whole():

@@ -40,7 +40,13 @@ from common import TrainingBudgetCallback, max_train_minutes_field, parse_engine
 import mamba_zoo  # noqa: E402,F401
 from mamba_zoo import SSAMBAConfig, SSAMBAFeatureExtractor, SSAMBAForAudioFrameClassification  # noqa: E402
 from mamba_zoo.corpora import HELDOUT_SPLIT  # noqa: E402
-from mamba_zoo.keyword_search import BACKGROUND_LABELS, find_keywords, match_events  # noqa: E402
+from mamba_zoo.keyword_search import (  # noqa: E402
+    BACKGROUND_LABELS,
+    SMOOTHING_SECONDS,
+    events_from_probabilities,
+    frame_probabilities,
+    match_recordings,
+)
 
 SAMPLING_RATE = 16000
 HOP_SECONDS = 0.01
@@ -135,24 +141,24 @@ class SceneStream(torch.utils.data.Dataset):
 
 def score_scenes(model, extractor, bank: ClipBank, count: int, seconds: int, keyword_share: float, seed: int,
                  threshold: float) -> dict:
-    """Detection P/R/F1 (events from `find_keywords`, pooled over `count` scenes) and column accuracy."""
+    """Detection P/R/F1 (`find_keywords`' events, pooled over `count` scenes) and column accuracy, from one forward
+    per scene."""
     rng = np.random.default_rng(seed)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     predicted, reference, correct, total = [], [], 0, 0
-    for i in range(count):
+    for _ in range(count):
         audio, slots, events = make_scene(bank, rng, seconds, keyword_share)
-        offset = 1000.0 * i  # pool the scenes' events on one time line
-        found = find_keywords(audio, model, extractor, sampling_rate=SAMPLING_RATE, threshold=threshold)
-        predicted += [{**e, "start": e["start"] + offset, "end": e["end"] + offset} for e in found]
-        reference += [{**e, "start": e["start"] + offset, "end": e["end"] + offset} for e in events]
-        values = extractor(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt")["input_values"]
-        with torch.no_grad():
-            columns = model(values).logits[0].argmax(-1).numpy()
+        probabilities, times = frame_probabilities(audio, model, extractor, SAMPLING_RATE)
+        predicted.append(events_from_probabilities(probabilities, times, labels, threshold=threshold,
+                                                   smoothing_seconds=SMOOTHING_SECONDS))
+        reference.append(events)
+        columns = probabilities.argmax(-1)
         correct += int((columns == column_labels(slots, len(columns))).sum())
         total += len(columns)
-    scores = match_events(predicted, reference)
+    scores = match_recordings(predicted, reference)
     return {"precision": round(scores["precision"], 4), "recall": round(scores["recall"], 4),
             "f1": round(scores["f1"], 4), "column_accuracy": round(correct / total, 4), "scenes": count,
-            "keywords": len(reference)}
+            "keywords": sum(map(len, reference))}
 
 
 def write_card(output_dir: Path, result: dict) -> None:

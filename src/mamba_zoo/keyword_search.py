@@ -24,6 +24,7 @@ import torch
 from .audio_utils import validate_audio
 
 BACKGROUND_LABELS = ("_silence_", "_unknown_")
+SMOOTHING_SECONDS = 0.2  # find_keywords' moving average over the per-column probabilities
 
 
 @torch.no_grad()
@@ -55,10 +56,13 @@ def smooth(probabilities: np.ndarray, window: int) -> np.ndarray:
 
 def events_from_probabilities(probabilities: np.ndarray, times: np.ndarray, labels: Sequence[str],
                               threshold: float = 0.5, min_duration: float = 0.1, merge_gap: float = 0.2,
-                              ignore: Iterable[str] = BACKGROUND_LABELS) -> list[dict]:
-    """Runs of columns where a label's probability is above `threshold` and is the column's top label -> events
-    `{"label", "start", "end", "score"}` (score: the run's peak probability), runs of one label closer than
-    `merge_gap` seconds merged, events shorter than `min_duration` dropped, sorted by start."""
+                              ignore: Iterable[str] = BACKGROUND_LABELS, smoothing_seconds: float = 0.0) -> list[dict]:
+    """Runs of columns where a label's probability (after a `smoothing_seconds` moving average) is above `threshold`
+    and is the column's top label -> events `{"label", "start", "end", "score"}` (score: the run's peak probability),
+    runs of one label closer than `merge_gap` seconds merged, events shorter than `min_duration` dropped, sorted by
+    start."""
+    step = float(times[1, 0] - times[0, 0]) if len(times) > 1 else 1.0
+    probabilities = smooth(probabilities, max(1, int(round(smoothing_seconds / step))))
     ignore = set(ignore)
     top = probabilities.argmax(axis=1)
     events = []
@@ -81,7 +85,7 @@ def events_from_probabilities(probabilities: np.ndarray, times: np.ndarray, labe
 
 
 def find_keywords(audio: np.ndarray, model, feature_extractor, sampling_rate: Optional[int] = None,
-                  threshold: float = 0.5, smoothing_seconds: float = 0.2, min_duration: float = 0.1,
+                  threshold: float = 0.5, smoothing_seconds: float = SMOOTHING_SECONDS, min_duration: float = 0.1,
                   merge_gap: float = 0.2, ignore: Iterable[str] = BACKGROUND_LABELS) -> list[dict]:
     """Keyword (or event) occurrences in one recording of any length: a list of `{"label", "start", "end",
     "score"}` (seconds), sorted by start. Labels in `ignore` (background classes) are never reported.
@@ -95,16 +99,33 @@ def find_keywords(audio: np.ndarray, model, feature_extractor, sampling_rate: Op
         min_duration / merge_gap: drop shorter events; merge runs of one label closer than this (seconds).
     """
     probabilities, times = frame_probabilities(audio, model, feature_extractor, sampling_rate)
-    step = float(times[1, 0] - times[0, 0]) if len(times) > 1 else 1.0
-    probabilities = smooth(probabilities, max(1, int(round(smoothing_seconds / step))))
     labels = [model.config.id2label[i] for i in range(probabilities.shape[1])]
-    return events_from_probabilities(probabilities, times, labels, threshold, min_duration, merge_gap, ignore)
+    return events_from_probabilities(probabilities, times, labels, threshold, min_duration, merge_gap, ignore,
+                                     smoothing_seconds)
 
 
 def match_events(predicted: Sequence[dict], reference: Sequence[dict], tolerance: float = 0.25) -> dict:
     """Precision, recall and F1 of `predicted` events against `reference` events (dicts with label, start, end): a
     prediction is a true positive when an unmatched reference of the same label has its span within `tolerance`
     seconds of the prediction's centre."""
+    return match_recordings([predicted], [reference], tolerance)
+
+
+def match_recordings(predicted: Sequence[Sequence[dict]], reference: Sequence[Sequence[dict]],
+                     tolerance: float = 0.25) -> dict:
+    """`match_events` pooled over several recordings: `predicted[i]` is matched against `reference[i]` only, and
+    the counts add up."""
+    hits = sum(_true_positives(p, r, tolerance) for p, r in zip(predicted, reference, strict=True))
+    num_predicted, num_reference = sum(map(len, predicted)), sum(map(len, reference))
+    precision = hits / num_predicted if num_predicted else (1.0 if not num_reference else 0.0)
+    recall = hits / num_reference if num_reference else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "true_positives": hits,
+            "predicted": num_predicted, "reference": num_reference}
+
+
+def _true_positives(predicted: Sequence[dict], reference: Sequence[dict], tolerance: float) -> int:
+    """Predictions (highest score first) that each claim one unmatched reference of their label near their centre."""
     used = [False] * len(reference)
     hits = 0
     for event in sorted(predicted, key=lambda e: -e.get("score", 0.0)):
@@ -115,11 +136,8 @@ def match_events(predicted: Sequence[dict], reference: Sequence[dict], tolerance
                 used[i] = True
                 hits += 1
                 break
-    precision = hits / len(predicted) if predicted else (1.0 if not reference else 0.0)
-    recall = hits / len(reference) if reference else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "true_positives": hits,
-            "predicted": len(predicted), "reference": len(reference)}
+    return hits
 
 
-__all__ = ["find_keywords", "frame_probabilities", "smooth", "events_from_probabilities", "match_events"]
+__all__ = ["find_keywords", "frame_probabilities", "smooth", "events_from_probabilities", "match_events",
+           "match_recordings"]
