@@ -115,6 +115,8 @@ def main(argv=None):
     parser.add_argument("--beams", default="1", help="comma-separated beam sizes for the sweep")
     parser.add_argument("--decode_only", action="store_true", help="only the decoding sweep")
     args = parser.parse_args(argv)
+    if args.decode_only and not args.ctc_weights:
+        parser.error("--decode_only runs only the decoding sweep: give it --ctc_weights (e.g. 0,0.5).")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from common import parse_engines
 
