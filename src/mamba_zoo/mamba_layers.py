@@ -24,6 +24,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+from .cpu_decode import add_rms_norm_decode, mamba_mixer_decode_step
 from .cpu_inference import cpu_inference_applies, mamba_mixer_cpu_forward
 from .mamba_cache import MambaZooCache, resolve_cache_kwarg
 from .selective_scan import selective_scan_fn, selective_state_update
@@ -315,9 +316,13 @@ class MambaMixer(_SelectiveMixerBase):
             ))
 
     def _fast_forward(self, hidden_states, attention_mask, cache, reverse_lengths, reverse):
-        # no gradients on CPU: the fused inference kernels (`cpu_inference.py`), same function
+        # no gradients on CPU: the fused inference kernels (`cpu_inference.py`), or for a cached one-token step the
+        # fused decoding step (`cpu_decode.py`); same function
         if cache is None and cpu_inference_applies(self, hidden_states):
             return mamba_mixer_cpu_forward(self, hidden_states, attention_mask, reverse_lengths, reverse)
+        if cache is not None and hidden_states.shape[1] == 1:
+            # one step: reversing a length-1 sequence changes nothing, so `reverse` needs no handling
+            return mamba_mixer_decode_step(self, hidden_states, attention_mask, reverse_lengths, cache)
         return None
 
     def _mix(self, hidden_states, attention_mask, cache, reverse_lengths):
@@ -560,8 +565,14 @@ class MambaBlock(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, residual: Optional[torch.Tensor] = None, **mixer_kwargs):
         """hidden_states, residual: `(batch, L, d_model)`; mixer_kwargs go to the mixer (attention_mask, cache, ...)."""
-        residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
-        hidden_states = self.norm(residual.to(dtype=self.norm.weight.dtype))
+        fused = None
+        if not (self.training and self.drop_path.drop_prob > 0):  # decoding-sized no-grad steps: one fused kernel
+            fused = add_rms_norm_decode(self.norm, hidden_states, residual)
+        if fused is not None:
+            hidden_states, residual = fused
+        else:
+            residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
+            hidden_states = self.norm(residual.to(dtype=self.norm.weight.dtype))
         if self.residual_in_fp32:
             residual = residual.to(torch.float32)
         mixer_output = self.mixer(hidden_states, **mixer_kwargs)

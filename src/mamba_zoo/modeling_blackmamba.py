@@ -23,6 +23,7 @@ from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOut
 from transformers.modeling_utils import PreTrainedModel
 
 from .configuration_blackmamba import BlackMambaConfig
+from .cpu_decode import add_rms_norm_decode, decode_linear
 from .cpu_inference import inference_workspace
 from .mamba_cache import MambaZooCache, resolve_cache_kwarg
 from .mamba_layers import MambaBlock, MambaMixer, build_mixer
@@ -215,8 +216,12 @@ class BlackMambaModel(BlackMambaPreTrainedModel):
         if cache is not None and self.config.layer_types[0] != "mamba":
             cache.advance(inputs_embeds.shape[1])  # the cache counts tokens in the mixer of layer 0
 
-        residual = hidden_states + residual
-        hidden_states = self.norm_f(residual.to(dtype=self.norm_f.weight.dtype))
+        fused = add_rms_norm_decode(self.norm_f, hidden_states, residual)  # a decoding step: one kernel
+        if fused is not None:
+            hidden_states, residual = fused
+        else:
+            residual = hidden_states + residual
+            hidden_states = self.norm_f(residual.to(dtype=self.norm_f.weight.dtype))
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
 
@@ -338,7 +343,7 @@ class BlackMambaForCausalLM(BlackMambaPreTrainedModel, GenerationMixin):
             hidden_states = hidden_states[:, -logits_to_keep:]
         elif isinstance(logits_to_keep, torch.Tensor):
             hidden_states = hidden_states[:, logits_to_keep]
-        logits = self.lm_head(hidden_states.to(self.lm_head.weight.dtype)).float()
+        logits = decode_linear(self.lm_head, hidden_states.to(self.lm_head.weight.dtype)).float()
 
         loss = None
         if labels is not None or kwargs.get("shift_labels") is not None:

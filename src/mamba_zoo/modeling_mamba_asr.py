@@ -26,6 +26,7 @@ from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import ModelOutput
 
 from .configuration_mamba_asr import MambaASRConfig
+from .cpu_decode import add_rms_norm_decode, decode_linear
 from .cpu_inference import inference_workspace
 from .ctc_prefix_scoring import CTCPrefixScoreLogitsProcessor, ctc_prefix_processor
 from .mamba_cache import MambaZooCache, resolve_cache_kwarg
@@ -245,7 +246,8 @@ class MambaASRModel(MambaASRPreTrainedModel):
                                          reverse_lengths=prefix_lengths, reverse=serial and i % 2 == 1)
                 if output_hidden_states and i < len(self.layers) - 1:
                     all_hidden += (residual + hidden,)
-        hidden = self.norm_f((residual + hidden).to(self.norm_f.weight.dtype))
+        fused = add_rms_norm_decode(self.norm_f, hidden, residual)  # a decoding step: one kernel
+        hidden = fused[0] if fused is not None else self.norm_f((residual + hidden).to(self.norm_f.weight.dtype))
         if output_hidden_states:
             all_hidden += (hidden,)
         return hidden, all_hidden
@@ -473,7 +475,7 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
         hidden = outputs.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
+        logits = decode_linear(self.lm_head, hidden.to(self.lm_head.weight.dtype)).float()
         loss = ctc_loss = ctc_logits = None
         if self.ctc_head is not None and outputs.speech_hidden_state is not None:
             ctc_logits = self.ctc_logits(outputs.speech_hidden_state)

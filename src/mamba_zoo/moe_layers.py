@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
+from .cpu_decode import decode_linear
+
 
 class MoEExpert(nn.Module):
     """One expert MLP (BlackMamba/Megatron layout): `linear_fc1` H -> 2F split `[gate | up]`, `act(gate) * up`,
@@ -24,11 +26,12 @@ class MoEExpert(nn.Module):
         self.act = ACT2FN[hidden_act]
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.linear_fc1(hidden_states)
+        # decode_linear: the module's own call, or for a few no-grad rows the fused matrix-vector kernel
+        hidden_states = decode_linear(self.linear_fc1, hidden_states)
         if self.gated:
             gate, up = hidden_states.chunk(2, dim=-1)
-            return self.linear_fc2(self.act(gate) * up)
-        return self.linear_fc2(self.act(hidden_states))
+            return decode_linear(self.linear_fc2, self.act(gate) * up)
+        return decode_linear(self.linear_fc2, self.act(hidden_states))
 
 
 def sinkhorn(cost: torch.Tensor, tol: float = 1e-4, max_iters: int = 100) -> torch.Tensor:
@@ -97,8 +100,12 @@ class SwitchMoE(nn.Module):
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         shape = hidden_states.shape
         tokens = hidden_states.reshape(-1, shape[-1])
-        router_logits = self.router(tokens)
+        router_logits = decode_linear(self.router, tokens)
         expert_index, scale = self.route(router_logits)
+        if tokens.shape[0] == 1:  # a decoding step: one token, one expert, no sorting
+            self.last_expert_counts = F.one_hot(expert_index, self.num_experts)[0]
+            output = self.local_experts[int(expert_index)](tokens) * scale[:, None].to(tokens.dtype)
+            return output.reshape(shape), router_logits
 
         order = torch.argsort(expert_index, stable=True)
         counts = torch.bincount(expert_index, minlength=self.num_experts)
