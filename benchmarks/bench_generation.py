@@ -11,6 +11,10 @@ grows with it.
     python benchmarks/bench_generation.py                      # contexts 256 .. 8192, batch 1
     python benchmarks/bench_generation.py --contexts 256 1024 --steps 8 --rounds 2   # quick look
     python benchmarks/bench_generation.py --uncached           # also ours without a cache (full re-forward per token)
+    python benchmarks/bench_generation.py --general_path       # also ours with the fused decoding kernels off
+
+Ours runs its cached steps on the fused CPU decoding kernels (`mamba_zoo.cpu_decode`); `--general_path` adds a column
+for the same model on its general PyTorch path (`cpu_decode.DECODE_KERNELS = False`), measured in the same rounds.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mamba_zoo import BlackMambaConfig, BlackMambaForCausalLM  # noqa: E402
+from mamba_zoo import BlackMambaConfig, BlackMambaForCausalLM, cpu_decode  # noqa: E402
+
+GENERAL_PATH = "blackmamba (general path)"
 
 
 def active_parameters(model: BlackMambaForCausalLM) -> int:
@@ -115,14 +121,20 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--uncached", action="store_true", help="also time ours recomputing the full context per token")
+    parser.add_argument("--general_path", action="store_true",
+                        help="also time ours with the fused decoding kernels off (its general PyTorch path)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     models, target = build_models(args)
+    if args.general_path:
+        models[GENERAL_PATH] = models["blackmamba (ours)"]
     print(f"torch threads {torch.get_num_threads()}, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds")
     for name, model in models.items():
+        if name == GENERAL_PATH:
+            continue
         extra = f", {active_parameters(model) / 1e6:.2f}M active" if isinstance(model, BlackMambaForCausalLM) else ""
         print(f"  {name}: {model.config.num_hidden_layers} layers, {block_parameters(model) / 1e6:.2f}M "
               f"block parameters{extra}")
@@ -135,13 +147,16 @@ def main(argv=None):
             start = time.perf_counter()
             state[name] = prefill(model, prompt)
             prefill_s[name] = time.perf_counter() - start
+            cpu_decode.DECODE_KERNELS = name != GENERAL_PATH
             decode_steps(model, *state[name], 2)  # warm-up
         times = {name: [] for name in models}
         for _ in range(args.rounds):
             for name, model in models.items():
+                cpu_decode.DECODE_KERNELS = name != GENERAL_PATH
                 step_times, token = decode_steps(model, state[name][0], state[name][1], args.steps)
                 state[name] = (state[name][0], token)
                 times[name].extend(step_times)
+        cpu_decode.DECODE_KERNELS = True
         row = {"context": context}
         for name in models:
             ms = 1000 * statistics.median(times[name])

@@ -11,7 +11,7 @@ from torch import nn
 from mamba_zoo import cpu_decode
 from mamba_zoo.cpu_decode import add_rms_norm_decode, decode_linear, mamba_mixer_decode_step
 from mamba_zoo.mamba_cache import MambaZooCache
-from mamba_zoo.mamba_layers import MambaBlock, MambaMixer, RMSNorm
+from mamba_zoo.mamba_layers import Mamba2Mixer, MambaBlock, MambaMixer, RMSNorm
 
 pytest.importorskip("numba")
 
@@ -129,14 +129,18 @@ def test_add_rms_norm_equals_block_norm(with_residual):
 # ---------------------------------------------------------------------------------------------- the Mamba step
 
 
-def _random_mixer(bidirectional=False, divide_out=False, conv_bias=True, seed=0):
+def _random_mixer(bidirectional=False, divide_out=False, conv_bias=True, seed=0, mamba2=False):
     torch.manual_seed(seed)
-    mixer = MambaMixer(32, d_state=8, d_conv=4, bidirectional=bidirectional, divide_out=divide_out,
-                       conv_bias=conv_bias, layer_idx=0).eval()
+    kwargs = dict(d_state=8, d_conv=4, bidirectional=bidirectional, divide_out=divide_out, conv_bias=conv_bias,
+                  layer_idx=0)
+    if mamba2:  # 8 heads in 2 groups
+        mixer = Mamba2Mixer(32, headdim=8, ngroups=2, chunk_size=4, **kwargs).eval()
+    else:
+        mixer = MambaMixer(32, **kwargs).eval()
     with torch.no_grad():
         for name, p in mixer.named_parameters():
             if "A" in name and "log" in name:
-                p.copy_(torch.rand_like(p) * 2 - 1)  # decays that differ per channel and state
+                p.copy_(torch.rand_like(p) * 2 - 1)  # decays that differ per channel (head) and state
             elif name.startswith("D"):
                 p.copy_(torch.randn_like(p))
             else:
@@ -144,13 +148,14 @@ def _random_mixer(bidirectional=False, divide_out=False, conv_bias=True, seed=0)
     return mixer
 
 
+@pytest.mark.parametrize("mamba2", [False, True], ids=["mamba", "mamba2"])
 @pytest.mark.parametrize("bidirectional,divide_out,conv_bias", [(False, False, True), (False, False, False),
                                                                  (True, False, True), (True, True, True)])
-def test_mamba_step_equals_general_step(bidirectional, divide_out, conv_bias, kernels_off, monkeypatch):
+def test_mamba_step_equals_general_step(bidirectional, divide_out, conv_bias, mamba2, kernels_off, monkeypatch):
     """Prefill, then step 6 tokens with the fused kernels and with the general PyTorch step from copies of the same
     cache: outputs and both branches' conv and SSM states agree to float32 rounding at every step."""
-    mixer = _random_mixer(bidirectional, divide_out, conv_bias)
-    calls = _count_kernel_calls(monkeypatch, "_mamba_step_kernel")
+    mixer = _random_mixer(bidirectional, divide_out, conv_bias, mamba2=mamba2)
+    calls = _count_kernel_calls(monkeypatch, "_mamba2_step_kernel" if mamba2 else "_mamba_step_kernel")
     batch, prefix, steps = 3, 7, 6
     x = torch.randn(batch, prefix + steps, 32)
     states = 2 if bidirectional else 1
@@ -252,12 +257,14 @@ def test_blackmamba_generation_with_and_without_kernels(kernels_off, monkeypatch
         assert rel_err(a, b) < 1e-5
 
 
-def test_madeon_generation_with_and_without_kernels(kernels_off, monkeypatch):
-    """MADEON (bidirectional speech prefixing, so both branches step): same transcripts and scores."""
+@pytest.mark.parametrize("mixer_type", ["mamba", "mamba2"])
+def test_madeon_generation_with_and_without_kernels(mixer_type, kernels_off, monkeypatch):
+    """MADEON (bidirectional speech prefixing, so both branches step), Mamba-1 and Mamba-2: same transcripts and
+    scores."""
     from test_modeling_mamba_asr import NUM_UNITS, tiny_model
 
-    model = tiny_model("parallel", "mamba", seed=5)
-    calls = _count_kernel_calls(monkeypatch, "_mamba_step_kernel")
+    model = tiny_model("parallel", mixer_type, seed=5)
+    calls = _count_kernel_calls(monkeypatch, "_mamba2_step_kernel" if mixer_type == "mamba2" else "_mamba_step_kernel")
     speech_ids = torch.randint(0, NUM_UNITS, (2, 11))
     kwargs = dict(max_new_tokens=8, do_sample=False, output_scores=True, return_dict_in_generate=True)
     fused = model.generate(speech_ids=speech_ids, **kwargs)

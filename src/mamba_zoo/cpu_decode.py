@@ -5,13 +5,14 @@ whole `MambaMixer` recurrence step (conv update + SiLU + x_proj + dt_proj + soft
 A cached generation step sends one token per sequence through every layer. The arithmetic is small (each weight is
 read once per token); what costs is per-op overhead and torch's GEMM on a single row, which reaches about 8 GB/s on
 a 2-core CPU where a plain dot-product loop over the (cache-resident) weights reaches about 40 GB/s
-(`benchmarks/bench_generation.py --breakdown`). So for `rows <= DECODE_MAX_ROWS`:
+(measured in `benchmarks/bench_generation.py --general_path`). So for `rows <= DECODE_MAX_ROWS`:
 
 - `decode_linear(linear, x)`: `linear(x)` as a numba matrix-vector product, parallel over output blocks;
 - `add_rms_norm_decode(norm, hidden_states, residual)`: a residual block's `residual + hidden_states` and its
   RMSNorm in one pass;
-- `mamba_mixer_decode_step(mixer, hidden_states, cache)`: `MambaMixer.forward` for one cached token per row, with one
-  kernel call per branch between the two projections, updating the cache's conv and SSM states in place.
+- `mamba_mixer_decode_step(mixer, hidden_states, ...)`: `MambaMixer.forward` for one cached token per row, with one
+  kernel call per branch between the two projections, updating the cache's conv and SSM states in place;
+- `mamba2_mixer_decode_step`: the same for `Mamba2Mixer` (its gated norm is the module's own call).
 
 Each returns `None` (or calls the module as is) when its input is not for it: gradients needed, not float32 CPU, too
 many rows, numba missing, `DECODE_KERNELS` off, or a module that is not the plain one (a LoRA-wrapped projection, a
@@ -42,7 +43,7 @@ except ImportError:  # numba is optional: every function here then defers to the
     numba = None
 
 __all__ = ["DECODE_KERNELS", "DECODE_MAX_ROWS", "decode_applies", "decode_linear", "add_rms_norm_decode",
-           "mamba_mixer_decode_step"]
+           "mamba_mixer_decode_step", "mamba2_mixer_decode_step"]
 
 # Whether decoding steps take the fused kernels (False: the general path; for A/B benchmarks and debugging).
 DECODE_KERNELS = True
@@ -162,6 +163,47 @@ if numba is not None:
             for c in range(d_inner):
                 gated = y[c] * _silu1(xz[r, d_inner + c])
                 out_row[c] = out_row[c] + gated if accumulate else gated
+
+    @njit(cache=True, fastmath={"contract"}, error_model="numpy")
+    def _mamba2_step_kernel(xbc, dt_raw, conv_state, conv_weight, conv_bias, has_conv_bias, dt_bias, A, D,
+                            ssm_state, d_inner, n_groups, accumulate, out):
+        """One token of one `Mamba2Mixer` branch per row, states updated in place (ungated output).
+
+        xbc: (rows, conv_dim), the conv input [x | B | C] with conv_dim = d_inner + 2 * n_groups * N; dt_raw: (rows,
+        nheads); conv_state: (rows, conv_dim, d_conv); conv_weight: (conv_dim, d_conv); dt_bias, A (= -exp(A_log)),
+        D: (nheads,); ssm_state: (rows, nheads, headdim, N); out: (rows, d_inner), written or (accumulate) added to.
+        """
+        rows, conv_dim = xbc.shape
+        d_conv = conv_weight.shape[1]
+        n_heads, head_dim, n_state = ssm_state.shape[1], ssm_state.shape[2], ssm_state.shape[3]
+        heads_per_group = n_heads // n_groups
+        conv_out = np.empty(conv_dim, dtype=np.float32)
+        for r in range(rows):
+            for c in range(conv_dim):
+                window = conv_state[r, c]
+                acc = conv_bias[c] if has_conv_bias else _ZERO
+                for k in range(d_conv - 1):
+                    window[k] = window[k + 1]
+                    acc += conv_weight[c, k] * window[k]
+                window[d_conv - 1] = xbc[r, c]
+                conv_out[c] = acc + conv_weight[c, d_conv - 1] * xbc[r, c]
+            for c in range(conv_dim):
+                conv_out[c] = _silu1(conv_out[c])
+            for h in range(n_heads):
+                g = h // heads_per_group
+                B = conv_out[d_inner + g * n_state:d_inner + (g + 1) * n_state]
+                C = conv_out[d_inner + (n_groups + g) * n_state:d_inner + (n_groups + g + 1) * n_state]
+                step = _softplus1(dt_raw[r, h] + dt_bias[h])
+                decay = _expf(step * A[h])
+                for p in range(head_dim):
+                    c = h * head_dim + p
+                    x = conv_out[c]
+                    step_x = step * x
+                    state = ssm_state[r, h, p]
+                    for n in range(n_state):
+                        state[n] = state[n] * decay + step_x * B[n]
+                    y = _dot(state, C, n_state) + D[h] * x
+                    out[r, c] = out[r, c] + y if accumulate else y
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -359,6 +401,65 @@ def mamba_mixer_decode_step(mixer: nn.Module, hidden_states: torch.Tensor, atten
     if len(branches) == 2 and mixer.divide_out:
         y *= np.float32(0.5)
     output = decode_linear(mixer.out_proj, torch.from_numpy(y))
+    if mixer.layer_idx == 0:
+        cache.advance(1)
+    return output[:, None].to(hidden_states.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The Mamba-2 recurrence step
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def mamba2_mixer_decode_step(mixer: nn.Module, hidden_states: torch.Tensor, attention_mask, reverse_lengths,
+                             cache) -> Optional[torch.Tensor]:
+    """`Mamba2Mixer.forward` for one cached token per row (`(rows, 1, d_model)` -> `(rows, 1, d_model)`): the input
+    projection, one kernel call per branch (conv update + SiLU + softplus time step + state update + D), the mixer's
+    own gated norm and the output projection; `None` when the step is not for the kernels (as
+    `mamba_mixer_decode_step`)."""
+    if (
+        cache is None
+        or hidden_states.ndim != 3
+        or hidden_states.shape[1] != 1
+        or reverse_lengths is not None
+        or mixer.backend not in ("auto", "cpu")
+        or not decode_applies(hidden_states)
+    ):
+        return None
+    if attention_mask is not None and not bool(attention_mask.bool().all()):
+        return None
+    rows = hidden_states.shape[0]
+    suffixes = ("", "_b") if mixer.bidirectional else ("",)
+    branches = []
+    for state_idx, suffix in enumerate(suffixes):
+        if not cache.has_state(mixer.layer_idx, state_idx):
+            return None
+        conv1d, dt_bias, A_log, D = mixer._branch(suffix)
+        if not (_plain(conv1d, nn.Conv1d) and all(p.dtype == torch.float32 for p in (dt_bias, A_log, D))):
+            return None
+        conv_state = _state_array(cache.get_conv_state(mixer.layer_idx, state_idx))
+        ssm_state = _state_array(cache.get_recurrent_state(mixer.layer_idx, state_idx))
+        if (conv_state is None or ssm_state is None or conv_state.shape != (rows, mixer.conv_dim, mixer.d_conv)
+                or ssm_state.shape != (rows, mixer.nheads, mixer.headdim, mixer.d_state)):
+            return None
+        branches.append((conv1d, dt_bias, A_log, D, conv_state, ssm_state))
+
+    projected = decode_linear(mixer.in_proj, hidden_states[:, 0])  # (rows, [z | xBC | dt])
+    if projected.dtype != torch.float32:
+        return None
+    z, xbc, dt = torch.split(projected, [mixer.d_inner, mixer.conv_dim, mixer.nheads], dim=-1)
+    xbc, dt = _array(xbc), _array(dt)
+    y = np.empty((rows, mixer.d_inner), dtype=np.float32)
+    for i, (conv1d, dt_bias, A_log, D, conv_state, ssm_state) in enumerate(branches):
+        has_conv_bias = conv1d.bias is not None
+        _mamba2_step_kernel(
+            xbc, dt, conv_state, _weight_array(conv1d.weight).reshape(mixer.conv_dim, mixer.d_conv),
+            _weight_array(conv1d.bias) if has_conv_bias else _EMPTY1, has_conv_bias, _weight_array(dt_bias),
+            _negative_exp(A_log), _weight_array(D), ssm_state, mixer.d_inner, mixer.ngroups, i > 0, y,
+        )
+    if len(branches) == 2 and mixer.divide_out:
+        y *= np.float32(0.5)
+    output = decode_linear(mixer.out_proj, mixer.norm(torch.from_numpy(y), z))
     if mixer.layer_idx == 0:
         cache.advance(1)
     return output[:, None].to(hidden_states.dtype)

@@ -24,7 +24,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .causal_conv1d import causal_conv1d_fn, causal_conv1d_update
-from .cpu_decode import add_rms_norm_decode, mamba_mixer_decode_step
+from .cpu_decode import add_rms_norm_decode, mamba2_mixer_decode_step, mamba_mixer_decode_step
 from .cpu_inference import cpu_inference_applies, mamba_mixer_cpu_forward
 from .mamba_cache import MambaZooCache, resolve_cache_kwarg
 from .selective_scan import selective_scan_fn, selective_state_update
@@ -470,6 +470,12 @@ class Mamba2Mixer(_SelectiveMixerBase):
                                                      device=dt_bias.device))
             init.copy_(A_log, torch.log(torch.empty(self.nheads, device=A_log.device).uniform_(low, high)))
             init.ones_(D)
+
+    def _fast_forward(self, hidden_states, attention_mask, cache, reverse_lengths, reverse):
+        # a cached one-token step without gradients on CPU: the fused decoding step (`cpu_decode.py`), same function
+        if cache is not None and hidden_states.shape[1] == 1:
+            return mamba2_mixer_decode_step(self, hidden_states, attention_mask, reverse_lengths, cache)
+        return None
 
     def _mix(self, hidden_states, attention_mask, cache, reverse_lengths):
         # 1. one projection: gate z, conv input [x | B | C], per-head time step dt
