@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mamba_zoo import MambaASRConfig, MambaDecoderOnlyASR
+from mamba_zoo import ctc_prefix_scoring
 from mamba_zoo.ctc_prefix_scoring import IMPOSSIBLE, CTCPrefixScorer, ctc_prefix_processor
 
 
@@ -37,8 +38,17 @@ def _score_prefix(scorer: CTCPrefixScorer, prefix: tuple, batch_index: torch.Ten
     return scorer.extend(r, last, batch_index)[0]
 
 
+@pytest.fixture(params=["cpu kernel", "torch loop"])
+def scoring_path(request, monkeypatch):
+    """Both implementations of the prefix recursion: the numba kernel (CPU) and the loop of torch ops."""
+    if request.param == "cpu kernel":
+        pytest.importorskip("numba")
+    monkeypatch.setattr(ctc_prefix_scoring, "CPU_KERNEL", request.param == "cpu kernel")
+    return request.param
+
+
 @pytest.mark.parametrize("prefix", [(), (1,), (2, 2), (1, 3), (3, 1, 2)])
-def test_prefix_scores_equal_brute_force_enumeration(prefix):
+def test_prefix_scores_equal_brute_force_enumeration(prefix, scoring_path):
     generator = torch.Generator().manual_seed(len(prefix) + 10 * sum(prefix))
     log_probs = torch.log_softmax(2 * torch.randn(2, 5, 6, generator=generator, dtype=torch.float64), -1)
     lengths = torch.tensor([5, 3])
@@ -59,6 +69,29 @@ def test_prefix_scores_equal_brute_force_enumeration(prefix):
         else:
             assert psi[b, EOS].item() <= IMPOSSIBLE / 2
         assert psi[b, BLANK].item() == IMPOSSIBLE and psi[b, EXCLUDED].item() == IMPOSSIBLE
+
+
+def test_cpu_kernel_equals_torch_loop(monkeypatch):
+    """The numba kernel and the torch loop give the same prefix scores and children's forward variables, for
+    hypotheses with and without a last token (repeats included) and utterances of different lengths."""
+    pytest.importorskip("numba")
+    generator = torch.Generator().manual_seed(7)
+    log_probs = torch.log_softmax(3 * torch.randn(2, 23, 9, generator=generator), -1)
+    scorer = CTCPrefixScorer(log_probs, torch.tensor([23, 14]), blank_id=0, eos_token_id=8)
+    batch_index = torch.tensor([0, 1, 1, 0])
+    r, _ = scorer.empty_prefix(batch_index)
+    last = torch.full((4,), -1)
+    results = {}
+    for kernel in (True, False):
+        monkeypatch.setattr(ctc_prefix_scoring, "CPU_KERNEL", kernel)
+        psi, children = scorer.extend(r, last, batch_index)
+        step_r = children[torch.arange(4), ..., torch.tensor([3, 5, 5, 1])]  # (rows, T, 2)
+        results[kernel] = (psi, children, scorer.extend(step_r, torch.tensor([3, 5, 5, 1]), batch_index))
+    (psi_k, children_k, (psi2_k, children2_k)), (psi_t, children_t, (psi2_t, children2_t)) = results[True], results[False]
+    for a, b in ((psi_k, psi_t), (children_k, children_t), (psi2_k, psi2_t), (children2_k, children2_t)):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-3)
+    assert psi2_k[:, 1:8].max() > -50  # the second step scores real, possible prefixes
 
 
 def test_scorer_rejects_bad_lengths_and_shapes():

@@ -19,18 +19,75 @@ first `t + 1` frames emit `g`, ending in a label / in a blank), extended for eve
     r_t^b(g+c) = (r_{t-1}^b(g+c) (+) r_{t-1}^n(g+c)) + x_t(blank)
     psi(g+c)   = r_0^n(g+c) (+) sum_{t>=1} phi_{t-1} + x_t(c)        ((+): log-add)
 
-so each decoding step costs one pass over the CTC frames, vectorised over hypotheses and the vocabulary.
+so each decoding step costs one pass over the CTC frames, vectorised over hypotheses and the vocabulary. On CPU
+with numba that pass is one kernel call (`_extend_kernel`, parallel over hypotheses); elsewhere it is a loop over
+frames of batched torch ops. Both compute the same recursion (tests/test_ctc_prefix_scoring.py).
 """
 
 from __future__ import annotations
 
 from typing import Iterable, Optional
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor
 
+try:
+    import numba
+    from numba import njit, prange
+
+    from .cpu_scan_kernels import _expf, _log1p_unit, _restore_torch_threads, _set_threads
+except ImportError:  # numba is optional: the torch loop runs instead
+    numba = None
+
 # log-probabilities below this stand for "impossible": finite, so differences of two of them never make NaN
 IMPOSSIBLE = -1e10
+# Whether CPU float32 scoring uses the numba kernel (False: the torch loop; for A/B comparisons and debugging).
+CPU_KERNEL = True
+
+if numba is not None:
+    _IMPOSSIBLE32 = np.float32(IMPOSSIBLE)
+
+    @njit(error_model="numpy")
+    def _logaddexp(a, b):
+        """log(exp(a) + exp(b)) in float32, without overflow."""
+        return max(a, b) + _log1p_unit(_expf(-abs(a - b)))
+
+    @njit(parallel=True, cache=True, fastmath={"contract"}, error_model="numpy")
+    def _extend_kernel(x, lengths, r, last, blank_id, children, psi):
+        """The recursion of `CTCPrefixScorer.extend` for every row (hypothesis) and token at once.
+
+        x: (rows, T, V) CTC log-probabilities; lengths: (rows,) valid frames; r: (rows, T, 2) the hypotheses' forward
+        variables (non-blank, blank); last: (rows,) each hypothesis' last token (-1: empty); children: (rows, T, 2, V)
+        written with the children's forward variables; psi: (rows, V) written with the prefix scores (before the eos
+        and excluded-token columns, which the caller sets).
+        """
+        rows, frames, vocab = x.shape
+        for i in prange(rows):
+            phi = np.empty(vocab, dtype=np.float32)
+            valid = lengths[i]
+            last_token = last[i]
+            for c in range(vocab):
+                first = x[i, 0, c] if last_token < 0 else _IMPOSSIBLE32
+                children[i, 0, 0, c] = first
+                children[i, 0, 1, c] = _IMPOSSIBLE32
+                psi[i, c] = first
+            for t in range(1, frames):
+                r_n_g = r[i, t - 1, 0]
+                r_b_g = r[i, t - 1, 1]
+                both = _logaddexp(r_b_g, r_n_g)
+                for c in range(vocab):
+                    phi[c] = both
+                if last_token >= 0:
+                    phi[last_token] = r_b_g  # a repeated label needs a blank in between
+                blank = x[i, t, blank_id]
+                for c in range(vocab):
+                    r_n_prev = children[i, t - 1, 0, c]
+                    children[i, t, 0, c] = _logaddexp(r_n_prev, phi[c]) + x[i, t, c]
+                    children[i, t, 1, c] = _logaddexp(children[i, t - 1, 1, c], r_n_prev) + blank
+                if t < valid:
+                    for c in range(vocab):
+                        psi[i, c] = _logaddexp(psi[i, c], phi[c] + x[i, t, c])
 
 
 class CTCPrefixScorer:
@@ -90,6 +147,14 @@ class CTCPrefixScorer:
         lengths = self.lengths[batch_index]
         rows, frames, vocab = x.shape
         r_n_g, r_b_g = r[..., 0], r[..., 1]
+        if numba is not None and CPU_KERNEL and x.device.type == "cpu" and r.dtype == torch.float32:
+            children = np.empty((rows, frames, 2, vocab), dtype=np.float32)
+            psi = np.empty((rows, vocab), dtype=np.float32)
+            torch_threads = _set_threads()
+            _extend_kernel(x.contiguous().numpy(), lengths.numpy(), r.detach().contiguous().numpy(),
+                           last.to(torch.long).numpy(), self.blank_id, children, psi)
+            _restore_torch_threads(torch_threads)
+            return self._finish(torch.from_numpy(psi), r_n_g, r_b_g, lengths), torch.from_numpy(children)
         # phi_t(c) = r_t^b(g) (+) r_t^n(g), but without r^n when c repeats g's last label (that needs a blank between)
         phi = torch.logaddexp(r_b_g, r_n_g)[:, :, None].expand(rows, frames, vocab).clone()
         repeat = last >= 0
@@ -105,11 +170,14 @@ class CTCPrefixScorer:
             r_b[:, t] = torch.logaddexp(r_b[:, t - 1], r_n[:, t - 1]) + blank[:, t, None]
             inside = (t < lengths)[:, None]
             psi = torch.where(inside, torch.logaddexp(psi, phi[:, t - 1] + x[:, t]), psi)
-        # c = eos: the whole of g, over all valid frames
+        return self._finish(psi, r_n_g, r_b_g, lengths), torch.stack([r_n, r_b], dim=2)
+
+    def _finish(self, psi: torch.Tensor, r_n_g: torch.Tensor, r_b_g: torch.Tensor, lengths: torch.Tensor):
+        """The eos column (c = eos: the whole of g, over all valid frames), the excluded tokens, the floor."""
         final = (lengths - 1)[:, None]
         psi[:, self.eos_token_id] = torch.logaddexp(r_n_g.gather(1, final), r_b_g.gather(1, final))[:, 0]
         psi[:, self.excluded] = IMPOSSIBLE
-        return psi.clamp(min=IMPOSSIBLE), torch.stack([r_n, r_b], dim=2)
+        return psi.clamp(min=IMPOSSIBLE)
 
 
 class CTCPrefixScoreLogitsProcessor(LogitsProcessor):
