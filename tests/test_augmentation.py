@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.signal import butter, sosfiltfilt, welch
+from scipy.signal import butter, lfilter, sosfiltfilt, welch
 
 from mamba_zoo.corpora.voice_augmentation import (
     CODEC_KINDS,
+    EXCITATION_KINDS,
     WaveformAugmenter,
     band_limit,
     codec_simulation,
     mu_law_quantize,
     pitch_shift,
+    source_filter_resynthesis,
     speed_perturb,
     vocal_tract_length_perturbation,
     vtlp_warp,
 )
+
+from mamba_zoo.corpora.augment import rms  # noqa: E402
 
 SR = 16000
 
@@ -113,7 +117,11 @@ TRANSFORMS = {
     **{f"codec_{kind}": (lambda x, sr, kind=kind: codec_simulation(x, sr, np.random.default_rng(0), kind=kind))
        for kind in CODEC_KINDS},
     "codec_random": lambda x, sr: codec_simulation(x, sr, np.random.default_rng(1)),
+    **{f"resynthesis_{kind}": (lambda x, sr, kind=kind: source_filter_resynthesis(x, sr, np.random.default_rng(0),
+                                                                                  kind=kind))
+       for kind in EXCITATION_KINDS},
     "augmenter_all_on": lambda x, sr: all_on(seed=5)(x, sr),
+    "augmenter_all_on_resynthesis": lambda x, sr: all_on(seed=6, p_resynthesis=1.0)(x, sr),
 }
 
 
@@ -475,3 +483,111 @@ def test_bad_audio_raises_value_error_naming_the_problem(audio, message, name):
 def test_function_arguments_are_validated(call, message):
     with pytest.raises(ValueError, match=message):
         call(speech_like(seed=9, seconds=0.1))
+
+
+# ------------------------------------------------------------------------------- source-filter resynthesis
+
+
+def pulse_vowel(seed: int) -> np.ndarray:
+    """A source-filter vowel: impulses at a wobbling F0 (90-200 Hz) through three formant resonators (100 Hz
+    bandwidth), 1 s, peak 0.8: the signal model that LPC resynthesis assumes."""
+    rng = np.random.default_rng(seed)
+    f0 = rng.uniform(90, 200) * (1 + 0.1 * np.sin(2 * np.pi * 2 * np.arange(SR) / SR))
+    audio, position = np.zeros(SR), 0.0
+    while position < SR:
+        audio[int(position)] = 1.0
+        position += SR / f0[int(position)]
+    for formant in rng.uniform([500, 1100, 2300], [900, 1700, 3000]):
+        radius = np.exp(-np.pi * 100 / SR)
+        audio = lfilter([1 - radius], [1, -2 * radius * np.cos(2 * np.pi * formant / SR), radius**2], audio)
+    return (0.8 * audio / np.abs(audio).max()).astype(np.float32)
+
+
+def gliding_vowel(f0_start: float, f0_end: float, seconds: float = 1.0) -> np.ndarray:
+    """Harmonics of an F0 gliding from ``f0_start`` to ``f0_end`` Hz under fixed formants at 700 / 1200 / 2600 Hz."""
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = np.linspace(f0_start, f0_end, len(t))
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    audio = np.zeros(len(t))
+    for k in range(1, int(0.45 * SR / f0_end)):
+        freq = k * f0
+        amp = sum(np.exp(-((freq - f) / 120) ** 2) for f in (700, 1200, 2600)) + 0.01
+        audio += amp * np.sin(k * phase)
+    return (0.8 * audio / np.abs(audio).max()).astype(np.float32)
+
+
+def frame_f0(audio: np.ndarray) -> np.ndarray:
+    """F0 (Hz) of 64 ms frames (hop 32 ms) of a voiced signal from the real-cepstrum peak between 70 and 400 Hz
+    (the period of a pulse train under a smooth filter stands out there, whatever the formants)."""
+    frame, f0 = int(0.064 * SR), []
+    low, high = SR // 400, SR // 70
+    for start in range(0, len(audio) - frame, frame // 2):
+        x = audio[start:start + frame] * np.hanning(frame)
+        cepstrum = np.fft.irfft(np.log(np.abs(np.fft.rfft(x)) + 1e-9))
+        f0.append(SR / (low + np.argmax(cepstrum[low:high])))
+    return np.asarray(f0[1:-1])  # away from the edges
+
+
+@pytest.mark.parametrize("kind", EXCITATION_KINDS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_resynthesis_keeps_the_formants_and_replaces_the_source(kind, seed):
+    """On a source-filter vowel the spectral envelope (formant centroid below 4 kHz) stays within 10 %; the waveform
+    itself is new."""
+    audio = pulse_vowel(seed)
+    out = source_filter_resynthesis(audio, SR, np.random.default_rng(seed + 1), kind=kind)
+    assert centroid_hz(out) == pytest.approx(centroid_hz(audio), rel=0.10)
+    assert abs(np.corrcoef(audio, out)[0, 1]) < 0.5
+    # the input's level, unless the (peakier) pulse excitation needed scaling down to peak 1
+    assert rms(out) == pytest.approx(rms(audio), rel=0.02) or (
+        np.abs(out).max() == pytest.approx(1.0) and 0.3 * rms(audio) < rms(out) < rms(audio))
+
+
+def test_resynthesis_monotone_flattens_the_intonation_and_contour_follows_it():
+    """An F0 glide of 110 -> 190 Hz: the "monotone" source holds one F0 (within the jitter), the "contour" source
+    follows the glide, scaled by one factor."""
+    vowel = gliding_vowel(110.0, 190.0)
+    monotone = frame_f0(source_filter_resynthesis(vowel, SR, np.random.default_rng(2), kind="monotone"))
+    contour = frame_f0(source_filter_resynthesis(vowel, SR, np.random.default_rng(2), kind="contour"))
+    original = frame_f0(vowel)
+    assert np.ptp(original) > 60
+
+    def share_near_median(values, tolerance):  # robust to the estimator's occasional octave error
+        return np.mean(np.abs(values / np.median(values) - 1) < tolerance)
+
+    assert share_near_median(monotone, 0.05) > 0.8
+    assert share_near_median(original, 0.05) < 0.5  # the glide is not flat
+    factor = contour / original
+    assert share_near_median(factor, 0.08) > 0.8 and 0.65 < np.median(factor) < 1.45
+
+
+def test_resynthesis_keeps_noise_as_noise_in_its_band():
+    """An unvoiced (noise) band is re-excited with noise: same band, new samples."""
+    audio = band_noise(seed=4, low=2000, high=3000)
+    out = source_filter_resynthesis(audio, SR, np.random.default_rng(3), kind="contour")
+    assert centroid_hz(out, 0, 8000) == pytest.approx(centroid_hz(audio, 0, 8000), rel=0.1)
+
+
+def test_resynthesis_is_seeded_and_draws_every_kind():
+    audio = speech_like(seed=5)
+    first = source_filter_resynthesis(audio, SR, np.random.default_rng(9))
+    np.testing.assert_array_equal(first, source_filter_resynthesis(audio, SR, np.random.default_rng(9)))
+    assert not np.array_equal(first, source_filter_resynthesis(audio, SR, np.random.default_rng(10)))
+    with pytest.raises(ValueError, match="excitation kind"):
+        source_filter_resynthesis(audio, SR, np.random.default_rng(0), kind="whisper")
+    with pytest.raises(ValueError, match="f0_range_hz"):
+        source_filter_resynthesis(audio, SR, np.random.default_rng(0), f0_range_hz=(0.0, 100.0))
+
+
+def test_augmenter_resynthesis_step_is_off_by_default_and_described():
+    assert WaveformAugmenter().p_resynthesis == 0.0
+    assert "resynthesis" not in WaveformAugmenter().describe()
+    assert "source-filter resynthesis p=0.4" in WaveformAugmenter(p_resynthesis=0.4).describe()
+    with pytest.raises(ValueError, match="p_resynthesis"):
+        WaveformAugmenter(p_resynthesis=1.5)
+    # only the resynthesis step on: the output is a resynthesis (formants kept, waveform new)
+    only = WaveformAugmenter(speed_factors=(1.0,), p_pitch=0, p_vtlp=0, p_resynthesis=1.0, p_reverb=0, p_noise=0,
+                             p_band_limit=0, p_codec=0, seed=1)
+    audio = pulse_vowel(seed=6)
+    out = only(audio, SR)
+    assert abs(np.corrcoef(audio, out)[0, 1]) < 0.5
+    assert centroid_hz(out) == pytest.approx(centroid_hz(audio), rel=0.10)

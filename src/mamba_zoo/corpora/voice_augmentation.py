@@ -42,11 +42,13 @@ from .augment import (
 
 __all__ = [
     "CODEC_KINDS",
+    "EXCITATION_KINDS",
     "WaveformAugmenter",
     "band_limit",
     "codec_simulation",
     "mu_law_quantize",
     "pitch_shift",
+    "source_filter_resynthesis",
     "speed_perturb",
     "vocal_tract_length_perturbation",
     "vtlp_warp",
@@ -494,6 +496,149 @@ def codec_simulation(
     raise ValueError(f"Unknown codec kind {kind!r}; choose one of {CODEC_KINDS} or None (random).")
 
 
+# ----------------------------------------------------------------------------------- source-filter resynthesis
+
+# Kinds of new excitation for source_filter_resynthesis, drawn uniformly when not given.
+EXCITATION_KINDS = ("contour", "monotone", "breathy")
+# Analysis frame of the LPC vocoder (seconds); hop is half of it (Hann windows at 50 % overlap add up to 1).
+_LPC_FRAME_SECONDS = 0.025
+# Pitch search range of the voicing analysis, Hz, and the normalised autocorrelation above which a frame is voiced.
+_PITCH_RANGE_HZ = (60.0, 400.0)
+_VOICING_THRESHOLD = 0.35
+
+
+def _lpc_analysis(frames: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Autocorrelation LPC of windowed frames ``(num_frames, frame)``: coefficients ``(num_frames, order + 1)``
+    with ``a[:, 0] = 1`` and the prediction-error energy per frame ``(num_frames,)`` (Levinson-Durbin, vectorised over
+    frames; a tiny white-noise floor keeps silent frames well-posed)."""
+    num_frames, frame = frames.shape
+    n_fft = 1 << int(np.ceil(np.log2(2 * frame)))
+    power = np.abs(np.fft.rfft(frames, n_fft, axis=1)) ** 2
+    ac = np.fft.irfft(power, n_fft, axis=1)[:, : order + 1]
+    ac[:, 0] = ac[:, 0] * (1 + 1e-6) + 1e-9
+    a = np.zeros((num_frames, order + 1))
+    a[:, 0] = 1.0
+    error = ac[:, 0].copy()
+    for i in range(1, order + 1):
+        reflection = -(ac[:, i] + np.einsum("fj,fj->f", a[:, 1:i], ac[:, i - 1:0:-1])) / error
+        a[:, 1:i] = a[:, 1:i] + reflection[:, None] * a[:, i - 1:0:-1]
+        a[:, i] = reflection
+        error = error * (1 - reflection**2)
+    return a, np.maximum(error, 0.0)
+
+
+def _pitch_track(frames: np.ndarray, sampling_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """F0 (Hz) and voicing (bool) per windowed frame from the normalised autocorrelation peak in _PITCH_RANGE_HZ."""
+    frame = frames.shape[1]
+    n_fft = 1 << int(np.ceil(np.log2(2 * frame)))
+    ac = np.fft.irfft(np.abs(np.fft.rfft(frames, n_fft, axis=1)) ** 2, n_fft, axis=1)
+    low = max(1, int(sampling_rate / _PITCH_RANGE_HZ[1]))
+    high = min(frame - 1, int(sampling_rate / _PITCH_RANGE_HZ[0]))
+    if high <= low:
+        return np.full(len(frames), 100.0), np.zeros(len(frames), dtype=bool)
+    lags = low + np.argmax(ac[:, low:high + 1], axis=1)
+    peak = ac[np.arange(len(frames)), lags] / np.maximum(ac[:, 0], 1e-12)
+    return sampling_rate / lags, peak > _VOICING_THRESHOLD
+
+
+def _pulse_train(f0: np.ndarray, sampling_rate: int, jitter: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit-power impulses at the per-sample frequency ``f0`` (Hz), each period jittered by a relative ``jitter``."""
+    excitation = np.zeros(len(f0))
+    position = 0.0
+    while position < len(f0):
+        index = int(position)
+        period = sampling_rate / f0[index] * (1.0 + jitter * rng.standard_normal())
+        period = max(period, 2.0)
+        excitation[index] = np.sqrt(period)
+        position += period
+    return excitation
+
+
+def source_filter_resynthesis(
+    audio: np.ndarray, sampling_rate: int, rng: np.random.Generator, kind: str | None = None,
+    f0_range_hz: tuple[float, float] = (70.0, 220.0),
+) -> np.ndarray:
+    """Keep the vocal-tract filter of ``audio`` and replace its voice source: an LPC vocoder (what formant and LPC
+    synthesisers do) that varies the *source* the way VTLP and pitch shift vary the filter and the pitch.
+
+    Each 25 ms Hann frame (hop 12.5 ms) gets an all-pole filter of order ``2 + sampling_rate / 1000`` and a gain from
+    autocorrelation LPC, and a voicing decision and F0 from its autocorrelation peak (60-400 Hz). A new excitation
+    is built for the whole clip, filtered frame by frame and overlap-added:
+
+    * ``"contour"``: impulses following the clip's own F0 contour scaled by a factor in [0.7, 1.4], 1 % jitter;
+      white noise in unvoiced frames;
+    * ``"monotone"``: impulses at one F0 drawn from ``f0_range_hz`` for the whole clip (a robotic, flat voice),
+      3 % jitter; noise in unvoiced frames;
+    * ``"breathy"``: the ``"contour"`` pulses mixed with aspiration noise (noise share 0.3-0.7) everywhere.
+
+    The result has the input's RMS (then peak <= 1 as everywhere here). Words stay intelligible: the formant
+    envelope, its timing and the voiced/unvoiced pattern are kept; the glottal source, the harmonic fine structure
+    and (for ``"monotone"``) the intonation are new.
+
+    Args:
+        audio: mono samples in [-1, 1], shape ``(num_samples,)``.
+        sampling_rate: Hz.
+        rng: draws the kind (unless given), the F0 factor or value, jitter and noise.
+        kind: one of :data:`EXCITATION_KINDS`, or None to draw it.
+        f0_range_hz: (low, high) of the ``"monotone"`` F0.
+
+    Returns:
+        float32 array of shape ``(num_samples,)``, peak <= 1.
+    """
+    from scipy.signal import lfilter
+
+    audio = _check_audio(audio)
+    sampling_rate = _check_sampling_rate(sampling_rate)
+    rng = _check_rng(rng)
+    if kind is None:
+        kind = EXCITATION_KINDS[int(rng.integers(len(EXCITATION_KINDS)))]
+    if kind not in EXCITATION_KINDS:
+        raise ValueError(f"Unknown excitation kind {kind!r}; choose one of {EXCITATION_KINDS} or None (random).")
+    f0_low, f0_high = _range("f0_range_hz", f0_range_hz, lower=0.0, strictly_above=True)
+    num_samples = len(audio)
+    frame = max(8, int(round(_LPC_FRAME_SECONDS * sampling_rate)) // 2 * 2)
+    hop = frame // 2
+    order = min(2 + sampling_rate // 1000, frame - 2)
+    num_frames = 1 + int(np.ceil(max(num_samples - frame, 0) / hop))
+    padded = np.concatenate([np.zeros(hop), audio.astype(np.float64),
+                             np.zeros((num_frames - 1) * hop + frame - num_samples)])
+    num_frames += 1  # the leading half frame of zeros keeps the first samples under two windows
+    window = np.hanning(frame + 1)[:frame]  # periodic Hann: shifted copies at hop = frame / 2 sum to 1
+    starts = np.arange(num_frames) * hop
+    windowed = np.stack([padded[s:s + frame] for s in starts]) * window
+    a, error = _lpc_analysis(windowed, order)
+    f0, voiced = _pitch_track(windowed, sampling_rate)
+
+    # per-sample F0 and voicing, held over each hop
+    total = len(padded)
+    f0_samples = np.repeat(f0, hop)[:total]
+    f0_samples = np.concatenate([f0_samples, np.full(total - len(f0_samples), f0[-1])])
+    voiced_samples = np.repeat(voiced, hop)[:total]
+    voiced_samples = np.concatenate([voiced_samples, np.zeros(total - len(voiced_samples), dtype=bool)])
+    noise = rng.standard_normal(total)
+    if kind == "monotone":
+        pulses = _pulse_train(np.full(total, rng.uniform(f0_low, f0_high)), sampling_rate, 0.03, rng)
+    else:
+        pulses = _pulse_train(np.clip(f0_samples * rng.uniform(0.7, 1.4), 50.0, 500.0), sampling_rate, 0.01, rng)
+    excitation = np.where(voiced_samples, pulses, noise)
+    if kind == "breathy":
+        share = rng.uniform(0.3, 0.7)
+        excitation = np.sqrt(1 - share) * excitation + np.sqrt(share) * noise
+
+    # filter frame by frame with each frame's all-pole model and gain, overlap-add
+    window_power = float(np.sum(window**2))
+    output = np.zeros(total + frame)
+    for i, start in enumerate(starts):
+        gain = np.sqrt(error[i] / window_power)
+        output[start:start + frame] += lfilter([gain], a[i], excitation[start:start + frame]) * window
+    output = output[hop:hop + num_samples]
+    level = rms(audio)
+    out_level = rms(output)
+    if out_level > 0 and level > 0:
+        output = output * (level / out_level)
+    return _finish(output)
+
+
 # ------------------------------------------------------------------------------------------- the chain
 
 
@@ -522,7 +667,9 @@ class WaveformAugmenter:
     1. speed perturbation (:func:`speed_perturb`) by a factor drawn uniformly from ``speed_factors`` (always;
        include 1.0 to leave some clips at their speed, as Kaldi's 0.9/1.0/1.1);
     2. with ``p_pitch``, :func:`pitch_shift` by semitones uniform in ``pitch_semitones``;
-    3. with ``p_vtlp``, :func:`vocal_tract_length_perturbation` with alpha uniform in ``vtlp_alpha``;
+    3. with ``p_vtlp``, :func:`vocal_tract_length_perturbation` with alpha uniform in ``vtlp_alpha``; then, with
+       ``p_resynthesis`` (default 0: off, and then no random number is drawn for it, so chains without it are
+       unchanged), :func:`source_filter_resynthesis` with a random excitation kind;
     4. with ``p_reverb``, a synthetic room (:func:`mamba_zoo.corpora.augment.room_impulse_response`,
        RT60 uniform in ``rt60_seconds``), its tail cropped at the end of the clip;
     5. with ``p_band_limit``, :func:`band_limit` to ``band_hz`` (an upper edge at or above Nyquist is
@@ -542,6 +689,7 @@ class WaveformAugmenter:
     pitch_semitones: tuple[float, float] = (-2.0, 2.0)
     p_vtlp: float = 0.5
     vtlp_alpha: tuple[float, float] = (0.9, 1.1)
+    p_resynthesis: float = 0.0
     p_reverb: float = 0.3
     rt60_seconds: tuple[float, float] = (0.1, 0.6)
     p_noise: float = 0.5
@@ -553,7 +701,7 @@ class WaveformAugmenter:
     rng: np.random.Generator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("p_pitch", "p_vtlp", "p_reverb", "p_noise", "p_band_limit", "p_codec"):
+        for name in ("p_pitch", "p_vtlp", "p_resynthesis", "p_reverb", "p_noise", "p_band_limit", "p_codec"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}.")
@@ -593,6 +741,8 @@ class WaveformAugmenter:
             audio = pitch_shift(audio, sampling_rate, rng.uniform(*self.pitch_semitones))
         if rng.random() < self.p_vtlp:
             audio = vocal_tract_length_perturbation(audio, sampling_rate, rng.uniform(*self.vtlp_alpha))
+        if self.p_resynthesis > 0 and rng.random() < self.p_resynthesis:
+            audio = source_filter_resynthesis(audio, sampling_rate, rng)
         if rng.random() < self.p_reverb:
             rir = room_impulse_response(sampling_rate, rng.uniform(*self.rt60_seconds), rng)
             audio = _finish(apply_reverb(audio, rir)[: len(audio)])
@@ -619,7 +769,8 @@ class WaveformAugmenter:
             f"speed x{{{speeds}}}; "
             f"pitch p={self.p_pitch:g} {span(self.pitch_semitones, ' st')}; "
             f"VTLP p={self.p_vtlp:g} alpha {span(self.vtlp_alpha)}; "
-            f"reverb p={self.p_reverb:g} RT60 {span(self.rt60_seconds, ' s')}; "
+            + (f"source-filter resynthesis p={self.p_resynthesis:g}; " if self.p_resynthesis > 0 else "")
+            + f"reverb p={self.p_reverb:g} RT60 {span(self.rt60_seconds, ' s')}; "
             f"band-limit p={self.p_band_limit:g} {span(self.band_hz, ' Hz')}; "
             f"codec p={self.p_codec:g}; "
             f"noise p={self.p_noise:g} SNR {span(self.snr_db, ' dB')}; "
