@@ -126,6 +126,9 @@ class DataArguments(AudioDatasetArguments):
                 "mamba_zoo.corpora.voice_augmentation): this many seeded augmented versions of every training clip "
                 "are computed once (kept in memory: for small corpora), and each step draws one of the original and "
                 "its copies"})
+    waveform_augment_resynthesis: float = field(default=0.0, metadata={
+        "help": "probability that an augmented copy also gets source-filter resynthesis (its voice source replaced: "
+                "mamba_zoo.corpora.voice_augmentation.source_filter_resynthesis); 0: off"})
     freq_mask: int = field(default=24, metadata={"help": "SpecAugment: max masked mel bins"})
     time_mask: int = field(default=24, metadata={"help": "SpecAugment: max masked frames"})
     max_train_minutes: Optional[float] = max_train_minutes_field()
@@ -347,7 +350,7 @@ def write_model_card(output_dir, model, results: dict, training_args, model_args
         from mamba_zoo.corpora.voice_augmentation import WaveformAugmenter
 
         dataset += (f". Voice and channel augmentation: {data_args.waveform_augment_copies} seeded copies of every "
-                    f"training clip ({WaveformAugmenter().describe()})")
+                    f"training clip ({WaveformAugmenter(**augmenter_settings(data_args)).describe()})")
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items())
     card = f"""---
 library_name: transformers
@@ -394,6 +397,15 @@ clf("clip.wav")
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+
+def augmenter_settings(data_args) -> dict:
+    """`WaveformAugmenter` settings that differ from its defaults, from the data arguments."""
+    if not 0.0 <= data_args.waveform_augment_resynthesis <= 1.0:
+        raise ValueError(f"--waveform_augment_resynthesis must be a probability in [0, 1], got "
+                         f"{data_args.waveform_augment_resynthesis}.")
+    return {"p_resynthesis": data_args.waveform_augment_resynthesis}
+
+
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments, dataset=None):
     """Fine-tune, evaluate on the test split, save model + feature extractor + model card. Returns the results dict.
     `dataset`: a DatasetDict used instead of the embedded corpus (when no data flag names a source)."""
@@ -429,6 +441,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
             clips = [decode_audio(row[audio_column], sampling_rate, audio_column, i)
                      for i, row in enumerate(source.with_format("numpy"))]
             views = augmented_copies(clips, sampling_rate, waveform_copies, training_args.seed,
+                                     settings=augmenter_settings(data_args),
                                      num_workers=min(2, os.cpu_count() or 1), desc=f"{name} augmentation")
         max_samples = None if not augment or data_args.max_length_seconds is None \
             else int(data_args.max_length_seconds * sampling_rate)
@@ -454,6 +467,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     train_result = trainer.train()
     results = {"train_clips": "streamed" if streaming else len(train),
                "waveform_augment_copies": data_args.waveform_augment_copies,
+               "waveform_augment_resynthesis": data_args.waveform_augment_resynthesis,
                "train_steps": train_result.global_step,
                "train_minutes": round(train_result.metrics["train_runtime"] / 60, 2),
                "train_samples_per_second": train_result.metrics["train_samples_per_second"], **budget.summary()}

@@ -45,6 +45,9 @@ def parse_args(argv=None):
                         help="engines never heard in training, evaluated apart ('' for none)")
     parser.add_argument("--waveform_augment_copies", type=int, default=2,
                         help="seeded voice + channel augmented copies of every fine-tuning clip (0: none)")
+    parser.add_argument("--waveform_augment_resynthesis", type=float, default=0.0,
+                        help="probability that an augmented copy also gets its voice source replaced "
+                             "(source-filter resynthesis); 0: off")
     parser.add_argument("--hidden_size", type=int, default=128, help="model width (SSAMBA-tiny: 192)")
     parser.add_argument("--num_hidden_layers", type=int, default=8, help="depth (released SSAMBA: 24)")
     parser.add_argument("--patch_frames", type=int, default=4,
@@ -138,7 +141,8 @@ def main(argv=None):
         finetune_minutes = max(0.0, args.max_train_minutes - pretrain_results.get("train_minutes", 0.0))
     data_args = finetune.DataArguments(max_train_minutes=finetune_minutes, engines=args.engines,
                                        heldout_engines=args.heldout_engines,
-                                       waveform_augment_copies=args.waveform_augment_copies)
+                                       waveform_augment_copies=args.waveform_augment_copies,
+                                       waveform_augment_resynthesis=args.waveform_augment_resynthesis)
     training_args = TrainingArguments(
         output_dir=args.output_dir, max_steps=args.finetune_steps, learning_rate=args.learning_rate,
         warmup_steps=0.05, lr_scheduler_type="cosine", weight_decay=0.05, eval_strategy="no", **common,
@@ -177,6 +181,7 @@ def main(argv=None):
         "training_engines": args.engines,
         "heldout_engines": args.heldout_engines,
         "waveform_augment_copies": args.waveform_augment_copies,
+        "waveform_augment_resynthesis": args.waveform_augment_resynthesis,
         "pipeline_correct": f"{sum(t == p for t, p, _ in shown)}/{len(shown)}",
         "total_minutes": round(total_minutes, 2),
         "stopped_by_time_budget": pretrain_results.get("stopped_by_time_budget", False)

@@ -375,8 +375,10 @@ def write_model_card(output_dir: str, kind: str, results: dict) -> None:
     if results.get("waveform_augment_copies"):
         from mamba_zoo.corpora.voice_augmentation import WaveformAugmenter
 
+        augmenter = WaveformAugmenter(p_resynthesis=results.get("waveform_augment_resynthesis", 0.0))
+
         lines += ["", f"Voice and channel augmentation: {results['waveform_augment_copies']} seeded copies of every "
-                      f"training utterance ({WaveformAugmenter().describe()}); each training item is drawn among the "
+                      f"training utterance ({augmenter.describe()}); each training item is drawn among the "
                       "original and its copies."]
     lines += [
         "",
@@ -438,6 +440,9 @@ class DataArguments(TranscribedAudioDatasetArguments):
         "help": "voice + channel augmentation (mamba_zoo.corpora.voice_augmentation): this many seeded augmented versions of every "
                 "training utterance are computed before training (same length), and each training item is drawn "
                 "among the original and its copies (0: none)"})
+    waveform_augment_resynthesis: float = field(default=0.0, metadata={
+        "help": "probability that an augmented copy also gets source-filter resynthesis (its voice source replaced: "
+                "mamba_zoo.corpora.voice_augmentation.source_filter_resynthesis); 0: off"})
 
 
 @dataclass
@@ -632,7 +637,11 @@ def main(argv=None):
         if data_args.waveform_augment_copies > 0:
             start = time.perf_counter()
             clips = decode_to_memory(train_split, audio_column, text_column).audio
+            if not 0.0 <= data_args.waveform_augment_resynthesis <= 1.0:
+                raise ValueError(f"--waveform_augment_resynthesis must be a probability in [0, 1], got "
+                                 f"{data_args.waveform_augment_resynthesis}.")
             views = augmented_copies(clips, SAMPLING_RATE, data_args.waveform_augment_copies, training_args.seed,
+                                     settings={"p_resynthesis": data_args.waveform_augment_resynthesis},
                                      num_workers=min(2, os.cpu_count() or 1), desc="train augmentation")
             print(f"waveform augmentation: {data_args.waveform_augment_copies} copies of {len(clips)} utterances in "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
@@ -652,6 +661,7 @@ def main(argv=None):
             if not data_loading.is_stream(splits["train"]):
                 results["num_train_too_long"] = len(splits["train"]) - len(train_split)
         results["waveform_augment_copies"] = data_args.waveform_augment_copies
+        results["waveform_augment_resynthesis"] = data_args.waveform_augment_resynthesis
         if training_args.process_index != 0:  # under a launcher: the main process evaluates and writes the files
             return results
     results["split_names"] = split_names
