@@ -96,8 +96,9 @@ def test_engine_flags_default_to_espeak_and_festival_with_sam_held_out():
         assert (data_args.engines, data_args.heldout_engines) == ("espeak-ng:3,festival:1", "")
         assert common.parse_engines(data_args.engines) == (("espeak-ng", "festival"), (3.0, 1.0))
         assert common.parse_engines(data_args.heldout_engines) == ((), None)
-    _, data_args, _, _ = ctc.parse_args(["--waveform_augment_copies", "2"])
-    assert data_args.waveform_augment_copies == 2
+    _, data_args, _, _ = ctc.parse_args(["--waveform_augment_copies", "2", "--waveform_augment_resynthesis", "0.5"])
+    assert (data_args.waveform_augment_copies, data_args.waveform_augment_resynthesis) == (2, 0.5)
+    assert ctc.parse_args([])[1].waveform_augment_resynthesis == 0.0
 
 
 # ---------------------------------------------------------------------------------------------- train_ctc

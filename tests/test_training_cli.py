@@ -560,12 +560,13 @@ def _tiny_engine_corpus(with_voices=True):
                        test=split(6, ["en+f3"]), heldout_engine=split(9, ["sam:elf", "sam:deep", "festival:x"]))
 
 
-def _tiny_finetune(output_dir, seed=0, copies=1):
+def _tiny_finetune(output_dir, seed=0, copies=1, resynthesis=0.0):
     from transformers import TrainingArguments
 
     return finetune.run(
         finetune.ModelArguments(hidden_size=16, num_hidden_layers=2, patch_frames=8, drop_path_rate=0.0),
-        finetune.DataArguments(waveform_augment_copies=copies, engines="espeak-ng,festival", heldout_engines="sam"),
+        finetune.DataArguments(waveform_augment_copies=copies, engines="espeak-ng,festival", heldout_engines="sam",
+                               waveform_augment_resynthesis=resynthesis),
         TrainingArguments(output_dir=str(output_dir), max_steps=3, per_device_train_batch_size=4, report_to=[],
                           save_strategy="no", disable_tqdm=True, seed=seed, learning_rate=1e-2),
         dataset=_tiny_engine_corpus(),
@@ -590,6 +591,28 @@ def test_recipe_with_augmentation_and_a_heldout_engine_repeats_to_the_bit(tmp_pa
     assert {"heldout_engine_accuracy", "heldout_engine_accuracy_sam", "heldout_engine_accuracy_festival"} <= set(a)
     card = (tmp_path / "a" / "README.md").read_text()
     assert "held-out engines sam" in card and "augmentation: 1 seeded copies" in card
+
+
+def test_resynthesis_probability_reaches_the_augmenter_the_metrics_and_the_card(tmp_path, monkeypatch):
+    import numpy as np
+
+    made = []
+
+    def spy(clips, sampling_rate, copies, seed, **kwargs):
+        made.append(kwargs.get("settings"))
+        return common.augmented_copies(clips, sampling_rate, copies, seed, **kwargs)
+
+    monkeypatch.setattr(finetune, "augmented_copies", spy)
+    result = _tiny_finetune(tmp_path / "r", resynthesis=1.0)
+    assert made == [{"p_resynthesis": 1.0}] and result["waveform_augment_resynthesis"] == 1.0
+    assert "source-filter resynthesis p=1" in (tmp_path / "r" / "README.md").read_text()
+    # with p = 1 every copy is a resynthesis: the copies differ from those of the default chain
+    clips = [(0.3 * np.sin(np.arange(4000) * 0.07 * (1 + 0.1 * i))).astype(np.float32) for i in range(3)]
+    plain = common.augmented_copies(clips, 16000, 1, seed=0)[0]
+    vocoded = common.augmented_copies(clips, 16000, 1, seed=0, settings={"p_resynthesis": 1.0})[0]
+    assert all(not np.array_equal(a, b) for a, b in zip(plain, vocoded))
+    with pytest.raises(ValueError, match="waveform_augment_resynthesis"):
+        _tiny_finetune(tmp_path / "bad", resynthesis=1.5)
 
 
 def test_augmented_copies_do_not_depend_on_the_worker_count():
