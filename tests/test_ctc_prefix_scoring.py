@@ -9,7 +9,12 @@ import torch
 
 from mamba_zoo import MambaASRConfig, MambaDecoderOnlyASR
 from mamba_zoo import ctc_prefix_scoring
-from mamba_zoo.ctc_prefix_scoring import IMPOSSIBLE, CTCPrefixScorer, ctc_prefix_processor
+from mamba_zoo.ctc_prefix_scoring import (
+    IMPOSSIBLE,
+    CTCPrefixScoreLogitsProcessor,
+    CTCPrefixScorer,
+    ctc_prefix_processor,
+)
 
 
 def brute_force_log_prob(log_probs: np.ndarray, blank: int, labels: tuple, exact: bool) -> float:
@@ -145,6 +150,33 @@ def test_weight_zero_is_plain_decoding(num_beams):
         torch.testing.assert_close(a.log_softmax(-1) if num_beams == 1 else a, b.log_softmax(-1) if num_beams == 1 else b)
     if num_beams > 1:
         torch.testing.assert_close(plain.sequences_scores, joint.sequences_scores)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generate_scores_ctc_from_its_own_prefill(num_beams, monkeypatch):
+    """generate(ctc_weight > 0) runs the speech prefix once (its prefill hands the CTC scores to the processor) and
+    decodes as a processor built by a separate scoring pass (ctc_prefix_processor) does."""
+    model = small_model(seed=6)
+    feats, mask = features(frames=(11, 7, 15), seed=8)
+    common = dict(input_features=feats, speech_attention_mask=mask, num_beams=num_beams, max_new_tokens=6,
+                  do_sample=False, output_scores=True, return_dict_in_generate=True)
+    separate = model.ctc_prefix_processor(0.5, input_features=feats, speech_attention_mask=mask)
+    reference = model.generate(**common, ctc_weight=0.0, logits_processor=[separate])
+    calls = []
+    embed = model.model.embed_speech
+    monkeypatch.setattr(model.model, "embed_speech", lambda *a, **k: calls.append(1) or embed(*a, **k))
+    joint = model.generate(**common, ctc_weight=0.5)
+    assert len(calls) == 1
+    assert model._ctc_scores_sink is None
+    assert torch.equal(joint.sequences, reference.sequences)
+    for a, b in zip(joint.scores, reference.scores):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_processor_without_scores_says_so():
+    processor = CTCPrefixScoreLogitsProcessor(None, 0.5)
+    with pytest.raises(RuntimeError, match="no CTC scores"):
+        processor(torch.tensor([[3]]), torch.randn(1, SMALL_VOCAB))
 
 
 def test_joint_greedy_score_telescopes_to_decoder_plus_ctc_prefix_probability():

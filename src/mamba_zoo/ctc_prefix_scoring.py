@@ -191,18 +191,24 @@ class CTCPrefixScoreLogitsProcessor(LogitsProcessor):
     variables of every child computed in one step are kept until the next.
 
     Args:
-        scorer: a `CTCPrefixScorer` over the batch's CTC log-probabilities.
+        scorer: a `CTCPrefixScorer` over the batch's CTC log-probabilities, or None to `attach` one before the first
+            step (MADEON's `generate()` attaches the scores of its own prefill).
         ctc_weight: `w` in [0, 1].
         prompt_length: tokens at the start of every row that are not part of the hypothesis (`<generatetext>`: 1).
     """
 
-    def __init__(self, scorer: CTCPrefixScorer, ctc_weight: float, prompt_length: int = 1):
+    def __init__(self, scorer: Optional[CTCPrefixScorer], ctc_weight: float, prompt_length: int = 1):
         if not 0.0 <= float(ctc_weight) <= 1.0:
             raise ValueError(f"ctc_weight must be in [0, 1], got {ctc_weight}.")
         self.scorer = scorer
         self.ctc_weight = float(ctc_weight)
         self.prompt_length = int(prompt_length)
         self._children: dict = {}  # (utterance, prefix tokens) -> (children's r (T, 2, V), children's psi (V,))
+
+    def attach(self, scorer: CTCPrefixScorer) -> None:
+        """Score with `scorer` from now on (a processor built without one)."""
+        self.scorer = scorer
+        self._children = {}
 
     def _lookup(self, keys: list, batch_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward variables `(rows, T, 2)` and prefix scores `(rows,)` of the rows' current hypotheses."""
@@ -225,6 +231,12 @@ class CTCPrefixScoreLogitsProcessor(LogitsProcessor):
         return r, score
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.scorer is None:
+            raise RuntimeError(
+                "CTCPrefixScoreLogitsProcessor has no CTC scores: build it with a CTCPrefixScorer or attach() one "
+                "before decoding (MambaDecoderOnlyASR.generate attaches its prefill's; a cache passed in already "
+                "filled has no prefill to read them from)."
+            )
         rows = input_ids.shape[0]
         if rows % self.scorer.batch_size:
             raise ValueError(

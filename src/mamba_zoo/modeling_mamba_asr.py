@@ -28,7 +28,7 @@ from transformers.utils import ModelOutput
 from .configuration_mamba_asr import MambaASRConfig
 from .cpu_decode import add_rms_norm_decode, decode_linear
 from .cpu_inference import inference_workspace
-from .ctc_prefix_scoring import CTCPrefixScoreLogitsProcessor, ctc_prefix_processor
+from .ctc_prefix_scoring import CTCPrefixScoreLogitsProcessor, CTCPrefixScorer
 from .mamba_cache import MambaZooCache, resolve_cache_kwarg
 from .mamba_layers import Mamba2Mixer, MambaBlock, MambaMixer, build_mixer, build_norm
 from .sequence_utils import check_attention_mask, check_labels, check_token_ids, floating_input
@@ -381,6 +381,8 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
         # joint CTC/decoder training: each speech-prefix state predicts `ctc_upsample` CTC frames
         self.ctc_head = (nn.Linear(config.hidden_size, config.ctc_upsample * config.vocab_size)
                          if config.ctc_loss_weight > 0 else None)
+        # during generate(ctc_weight > 0): (joint-decoding processor, utterances) waiting for the prefill's CTC scores
+        self._ctc_scores_sink = None
         self.post_init()
 
     def get_input_embeddings(self):
@@ -479,6 +481,12 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
         loss = ctc_loss = ctc_logits = None
         if self.ctc_head is not None and outputs.speech_hidden_state is not None:
             ctc_logits = self.ctc_logits(outputs.speech_hidden_state)
+            if self._ctc_scores_sink is not None:  # generate()'s prefill: the joint decoder reads these CTC scores
+                processor, utterances = self._ctc_scores_sink
+                self._ctc_scores_sink = None
+                # generate() repeats each utterance num_beams (num_return_sequences) times, in consecutive rows
+                every = max(1, ctc_logits.shape[0] // utterances)
+                processor.attach(self._ctc_scorer(ctc_logits[::every], outputs.speech_lengths[::every]))
         if labels is not None or shift_labels is not None:
             loss = self.loss_function(logits, labels, shift_labels=shift_labels)
             if ctc_logits is not None and labels is not None:
@@ -501,19 +509,30 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
             excluded.update(range(config.unit_token_offset, config.unit_token_offset + config.num_units))
         return sorted(t for t in excluded if t is not None and t != config.eos_token_id)
 
-    @torch.no_grad()
-    def ctc_prefix_processor(self, ctc_weight: float, speech_ids=None, input_features=None,
-                             speech_attention_mask=None) -> CTCPrefixScoreLogitsProcessor:
-        """The joint CTC/attention `LogitsProcessor` for one batch of speech: runs the speech prefix once (with
-        `<generatetext>` as its text) for the CTC head's log-probabilities `(batch, Ls * ctc_upsample, vocab)`."""
+    def _ctc_scorer(self, ctc_logits: torch.Tensor, speech_lengths: torch.Tensor) -> CTCPrefixScorer:
+        """A `CTCPrefixScorer` over CTC logits `(batch, Ls * ctc_upsample, vocab)` of speech prefixes of `speech_lengths`
+        states."""
+        return CTCPrefixScorer(torch.log_softmax(ctc_logits.detach().float(), dim=-1),
+                               speech_lengths * self.config.ctc_upsample, blank_id=self.config.pad_token_id,
+                               eos_token_id=self.config.eos_token_id, excluded_token_ids=self.ctc_token_ids_excluded())
+
+    def _check_ctc_decoding(self, speech) -> None:
         if self.ctc_head is None:
             raise ValueError(
                 "Joint CTC/attention decoding (ctc_weight > 0) needs the CTC head of a model trained with "
                 "ctc_loss_weight > 0; this model has none. Decode with ctc_weight=0."
             )
-        speech = speech_ids if speech_ids is not None else input_features
         if speech is None:
             raise ValueError("generate() needs a speech prefix: pass `speech_ids` or `input_features`.")
+
+    @torch.no_grad()
+    def ctc_prefix_processor(self, ctc_weight: float, speech_ids=None, input_features=None,
+                             speech_attention_mask=None) -> CTCPrefixScoreLogitsProcessor:
+        """The joint CTC/attention `LogitsProcessor` for one batch of speech, for a decoding loop of your own: runs
+        the speech prefix (with `<generatetext>` as its text) for the CTC head's log-probabilities `(batch,
+        Ls * ctc_upsample, vocab)`. (`generate(ctc_weight=...)` takes them from its own prefill instead.)"""
+        speech = speech_ids if speech_ids is not None else input_features
+        self._check_ctc_decoding(speech)
         start = torch.full((speech.shape[0], 1), self.config.generate_text_token_id, dtype=torch.long,
                            device=speech.device)
         was_training = self.training
@@ -523,10 +542,8 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
                                  speech_attention_mask=speech_attention_mask, use_cache=False, return_dict=True)
         finally:
             self.train(was_training)
-        log_probs = torch.log_softmax(self.ctc_logits(outputs.speech_hidden_state), dim=-1)
-        return ctc_prefix_processor(log_probs, outputs.speech_lengths * self.config.ctc_upsample, ctc_weight,
-                                    blank_id=self.config.pad_token_id, eos_token_id=self.config.eos_token_id,
-                                    excluded_token_ids=self.ctc_token_ids_excluded(), prompt_length=start.shape[1])
+        scorer = self._ctc_scorer(self.ctc_logits(outputs.speech_hidden_state), outputs.speech_lengths)
+        return CTCPrefixScoreLogitsProcessor(scorer, ctc_weight, prompt_length=start.shape[1])
 
     def generate(self, *args, ctc_weight: Optional[float] = None, **kwargs):
         """`GenerationMixin.generate` plus joint CTC/attention decoding (ESPnet's `ctc_weight`).
@@ -552,10 +569,17 @@ class MambaDecoderOnlyASR(MambaASRPreTrainedModel, GenerationMixin):
             prompt = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
             if prompt is not None and prompt.shape[1] != 1:
                 raise ValueError("Joint CTC/attention decoding starts from <generatetext> alone: pass no text prompt.")
-            processor = self.ctc_prefix_processor(float(weight), kwargs.get("speech_ids"), kwargs.get("input_features"),
-                                                  kwargs.get("speech_attention_mask"))
+            speech = kwargs.get("speech_ids") if kwargs.get("speech_ids") is not None else kwargs.get("input_features")
+            self._check_ctc_decoding(speech)
+            # the CTC scores come from generate()'s own prefill (forward hands them to the processor): the speech
+            # prefix runs once
+            processor = CTCPrefixScoreLogitsProcessor(None, float(weight), prompt_length=1)
+            self._ctc_scores_sink = (processor, speech.shape[0])
             kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), processor])
-        return super().generate(*args, **kwargs)
+        try:
+            return super().generate(*args, **kwargs)
+        finally:
+            self._ctc_scores_sink = None
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         """Always a `MambaZooCache` (never transformers' DynamicCache), unless the user passed one or use_cache=False."""
