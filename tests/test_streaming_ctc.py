@@ -95,6 +95,22 @@ def test_collapse_runs_across_chunk_boundaries(model_and_processor):
     assert streamer._ids == [a, a, b]
 
 
+def test_incremental_text_equals_decoding_all_ids(model_and_processor):
+    """The text grown chunk by chunk equals the tokenizer's decode of every id so far, whatever the pieces: word
+    delimiters at the edges (stripped), several in a row, the unknown token."""
+    model, processor = model_and_processor
+    tokenizer = processor.tokenizer
+    streamer = MambaCTCStreamer(model, processor)
+    rng = np.random.default_rng(0)
+    labels = [i for i in range(len(tokenizer)) if i != tokenizer.pad_token_id]
+    delimiter = tokenizer.convert_tokens_to_ids(tokenizer.word_delimiter_token)
+    for piece in range(40):
+        frames = rng.choice(labels + [tokenizer.pad_token_id, delimiter, delimiter], size=int(rng.integers(0, 9)))
+        streamer._emit([int(f) for f in frames])
+        assert streamer.text == tokenizer.decode(streamer._ids, group_tokens=False)
+    assert len(streamer._ids) > 60 and " " in streamer.text
+
+
 def test_short_streams_pieces_and_errors(model_and_processor):
     model, processor = model_and_processor
     streamer = MambaCTCStreamer(model, processor)

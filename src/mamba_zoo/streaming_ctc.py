@@ -16,7 +16,9 @@ per-utterance normalisation; a window is the nearest thing a stream has).
     print(streamer.finish())                  # the rest, without right context
 
 State: the audio window, the collapsed label ids emitted so far (the transcript), and the last frame's label.
-Compute per chunk is constant: the real-time factor does not depend on how long the stream runs.
+Compute per chunk is constant: the real-time factor does not depend on how long the stream runs. The text grows by
+the new labels' characters only (`tokenizer.decode` of the whole id list at every chunk would cost O(transcript) of
+Python per chunk); it equals `tokenizer.decode(ids, group_tokens=False)` of the ids so far.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class MambaCTCStreamer:
         self._next = 0  # stream sample index where the next chunk starts (a multiple of frame_samples)
         self._ids: list[int] = []
         self._last = None
+        self._characters = ""  # the emitted labels' characters, before the tokenizer's final strip / clean-up
         self._text = ""
         self.last_window = None  # (window start, window end, first emitted frame, end frame), for inspection
 
@@ -122,11 +125,25 @@ class MambaCTCStreamer:
 
     def _emit(self, frame_ids: list[int]) -> None:
         """Greedy CTC collapse across calls: a label repeated in consecutive frames is one label; blanks separate."""
+        new = []
         for label in frame_ids:
             if label != self._last and label != self.blank_id:
-                self._ids.append(label)
+                new.append(label)
             self._last = label
-        self._text = self.processor.tokenizer.decode(self._ids, group_tokens=False)
+        if not new:
+            return
+        self._ids.extend(new)
+        tokenizer = self.processor.tokenizer
+        # what Wav2Vec2CTCTokenizer.decode(ids, group_tokens=False) does, for the new ids only: the word delimiter
+        # becomes a space, the rest are their tokens; strip, lower case and clean-up apply to the whole text
+        self._characters += "".join(tokenizer.replace_word_delimiter_char if token == tokenizer.word_delimiter_token
+                                    else token for token in tokenizer.convert_ids_to_tokens(new))
+        text = self._characters.strip()
+        if getattr(tokenizer, "do_lower_case", False):
+            text = text.lower()
+        if tokenizer.clean_up_tokenization_spaces:
+            text = tokenizer.clean_up_tokenization(text)
+        self._text = text
 
 
 __all__ = ["MambaCTCStreamer"]
