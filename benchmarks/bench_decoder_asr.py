@@ -10,6 +10,11 @@ depend on the prefix; the KV cache grows with it. Everything is measured side by
 
     python benchmarks/bench_decoder_asr.py                    # default training size (d=128, 6 layers)
     python benchmarks/bench_decoder_asr.py --hidden_size 384 --num_layers 16 --expand 4   # the paper's size
+    python benchmarks/bench_decoder_asr.py --ctc_weight 0.5 --num_beams 4 --general_path   # the recipe's decoding
+
+`--ctc_weight W --num_beams K` decode Mamba as the recipe's checkpoints do by default (joint CTC/attention scores, beam
+search; the model gets a CTC head); the Llama decodes greedily either way. `--general_path` adds a Mamba column with
+the fused CPU decoding kernels off (`cpu_decode.DECODE_KERNELS`, `ctc_prefix_scoring.CPU_KERNEL`), same process.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mamba_zoo import MambaASRConfig, MambaDecoderOnlyASR  # noqa: E402
+from mamba_zoo import MambaASRConfig, MambaDecoderOnlyASR, cpu_decode, ctc_prefix_scoring  # noqa: E402
 
 FRAMES_PER_SECOND = 100  # 10 ms fbank hop
 
@@ -48,10 +53,17 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def fused_kernels(on: bool) -> None:
+    cpu_decode.DECODE_KERNELS = on
+    ctc_prefix_scoring.CPU_KERNEL = on
+
+
 @torch.no_grad()
-def bench_mamba(model, seconds: float, new_tokens: int, repeats: int) -> dict:
+def bench_mamba(model, seconds: float, new_tokens: int, repeats: int, ctc_weight: float = 0.0,
+                num_beams: int = 1) -> dict:
     features = torch.randn(1, int(seconds * FRAMES_PER_SECOND), model.config.num_mel_bins)
-    common = dict(input_features=features, do_sample=False, eos_token_id=None, pad_token_id=0)
+    common = dict(input_features=features, do_sample=False, eos_token_id=None, pad_token_id=0,
+                  ctc_weight=ctc_weight, num_beams=num_beams)
     model.generate(**common, max_new_tokens=2)  # warm-up
     short = timed(lambda: model.generate(**common, max_new_tokens=1), repeats)
     long = timed(lambda: model.generate(**common, max_new_tokens=new_tokens + 1), repeats)
@@ -87,6 +99,9 @@ def main(argv=None):
     parser.add_argument("--new_tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--ctc_weight", type=float, default=0.0, help="joint CTC/attention weight for Mamba")
+    parser.add_argument("--num_beams", type=int, default=1, help="beams for Mamba")
+    parser.add_argument("--general_path", action="store_true", help="also Mamba with the fused kernels off")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,6 +113,7 @@ def main(argv=None):
         vocab_size=vocab, speech_input="features", hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
         expand=args.expand, speech_prefix=args.speech_prefix, mixer_type=args.mixer_type,
         num_subsampling_layers=args.num_subsampling_layers, mamba2_head_dim=32,
+        ctc_loss_weight=0.3 if args.ctc_weight > 0 else 0.0,
     )).eval()
     mamba_params = sum(p.numel() for p in mamba.parameters())
     # a Llama of the same width and depth, MLP width chosen to match the parameter count
@@ -111,16 +127,26 @@ def main(argv=None):
     llama_params = sum(p.numel() for p in llama.parameters())
     print(f"MambaDecoderOnlyASR ({args.mixer_type}, SP={args.speech_prefix}): {mamba_params / 1e6:.2f}M parameters; "
           f"Llama (sdpa, KV cache): {llama_params / 1e6:.2f}M; threads {torch.get_num_threads()}; "
-          f"{args.new_tokens} new tokens, median of {args.repeats}")
+          f"{args.new_tokens} new tokens, median of {args.repeats}; Mamba decodes with ctc_weight {args.ctc_weight:g}, "
+          f"{args.num_beams} beam(s), Llama greedily")
+    general = " Mamba tok/s, kernels off |" if args.general_path else ""
     print("\n| audio s | prefix tokens | Mamba prefill s | Mamba tok/s | Mamba cache MB | Llama prefill s | "
-          "Llama tok/s | Llama KV MB | Mamba/Llama tok/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"Llama tok/s | Llama KV MB | Mamba/Llama tok/s |{general}")
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if args.general_path else ""))
     for seconds in [float(s) for s in args.seconds.split(",")]:
-        m = bench_mamba(mamba, seconds, args.new_tokens, args.repeats)
+        m = bench_mamba(mamba, seconds, args.new_tokens, args.repeats, args.ctc_weight, args.num_beams)
         l = bench_llama(llama, m["prefix_tokens"], args.new_tokens, args.repeats)
-        print(f"| {seconds:g} | {m['prefix_tokens']} | {m['prefill_s']:.3f} | {m['tokens_per_s']:.1f} | "
-              f"{m['cache_mb']:.3f} | {l['prefill_s']:.3f} | {l['tokens_per_s']:.1f} | {l['cache_mb']:.3f} | "
-              f"{m['tokens_per_s'] / l['tokens_per_s']:.2f} |", flush=True)
+        line = (f"| {seconds:g} | {m['prefix_tokens']} | {m['prefill_s']:.3f} | {m['tokens_per_s']:.1f} | "
+                f"{m['cache_mb']:.3f} | {l['prefill_s']:.3f} | {l['tokens_per_s']:.1f} | {l['cache_mb']:.3f} | "
+                f"{m['tokens_per_s'] / l['tokens_per_s']:.2f} |")
+        if args.general_path:
+            fused_kernels(False)
+            try:
+                off = bench_mamba(mamba, seconds, args.new_tokens, args.repeats, args.ctc_weight, args.num_beams)
+            finally:
+                fused_kernels(True)
+            line += f" {off['tokens_per_s']:.1f} |"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
