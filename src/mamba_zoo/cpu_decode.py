@@ -231,7 +231,8 @@ def _plain(module: nn.Module, kind: type) -> bool:
         return False
     grad = torch.is_grad_enabled()
     for param in module._parameters.values():
-        if param is not None and (param.dtype != torch.float32 or param.is_cuda or (grad and param.requires_grad)):
+        if param is not None and (param.dtype != torch.float32 or param.device.type != "cpu"
+                                  or (grad and param.requires_grad)):
             return False
     return True
 
