@@ -173,6 +173,25 @@ def test_generate_scores_ctc_from_its_own_prefill(num_beams, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_duplicate_hypotheses_are_extended_once_and_scored_alike(monkeypatch):
+    """Rows holding the same hypothesis (the beams of the first step) share one extension and get the scores a
+    processor gives them one at a time."""
+    generator = torch.Generator().manual_seed(3)
+    log_probs = torch.log_softmax(torch.randn(2, 6, SMALL_VOCAB, generator=generator), -1)
+    scorer = CTCPrefixScorer(log_probs, torch.tensor([6, 4]), blank_id=0, eos_token_id=2)
+    scores = torch.randn(6, SMALL_VOCAB, generator=generator)
+    rows = []
+    extend = scorer.extend
+    monkeypatch.setattr(scorer, "extend", lambda r, last, index: rows.append(len(last)) or extend(r, last, index))
+    start = torch.full((6, 1), 5)
+    together = CTCPrefixScoreLogitsProcessor(scorer, 0.4)(start, scores)
+    assert rows == [2]  # 3 beams x 2 utterances, one empty prefix each
+    for i in range(6):
+        one = CTCPrefixScorer(log_probs[i // 3:i // 3 + 1], torch.tensor([[6, 4][i // 3]]), blank_id=0, eos_token_id=2)
+        alone = CTCPrefixScoreLogitsProcessor(one, 0.4)(start[i:i + 1], scores[i:i + 1])
+        torch.testing.assert_close(together[i:i + 1], alone)
+
+
 def test_processor_without_scores_says_so():
     processor = CTCPrefixScoreLogitsProcessor(None, 0.5)
     with pytest.raises(RuntimeError, match="no CTC scores"):

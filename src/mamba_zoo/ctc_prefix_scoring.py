@@ -246,10 +246,16 @@ class CTCPrefixScoreLogitsProcessor(LogitsProcessor):
         per_utterance = rows // self.scorer.batch_size
         batch_index = torch.arange(rows, device=input_ids.device) // per_utterance
         keys = [(int(b), tuple(int(t) for t in row[self.prompt_length:])) for b, row in zip(batch_index, input_ids)]
-        r, prefix_score = self._lookup(keys, batch_index.to(self.scorer.log_probs.device))
-        last = torch.tensor([prefix[-1] if prefix else -1 for _, prefix in keys], device=r.device)
-        psi, children = self.scorer.extend(r, last, batch_index.to(r.device))
-        self._children = {key: (children[i], psi[i]) for i, key in enumerate(keys)}
+        # each distinct hypothesis is extended once (the beams of the first step all hold the empty prefix)
+        unique = list(dict.fromkeys(keys))
+        row_of = {key: i for i, key in enumerate(unique)}
+        unique_index = torch.tensor([key[0] for key in unique], device=self.scorer.log_probs.device)
+        r, prefix_score = self._lookup(unique, unique_index)
+        last = torch.tensor([prefix[-1] if prefix else -1 for _, prefix in unique], device=r.device)
+        psi, children = self.scorer.extend(r, last, unique_index.to(r.device))
+        self._children = {key: (children[i], psi[i]) for i, key in enumerate(unique)}
+        rows_to_unique = torch.tensor([row_of[key] for key in keys], device=psi.device)
+        psi, prefix_score = psi[rows_to_unique], prefix_score[rows_to_unique]
         log_probs = torch.log_softmax(scores.float(), dim=-1)
         ctc_step = (psi - prefix_score[:, None]).to(log_probs.device)
         joint = (1.0 - self.ctc_weight) * log_probs + self.ctc_weight * ctc_step
