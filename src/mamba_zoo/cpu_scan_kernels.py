@@ -1,14 +1,15 @@
 """Fused CPU selective-scan kernels (numba), forward and backward.
 
-Each (batch, channel) lane runs one pass over time with its N-dimensional state in a small local
-array; no ``(batch, dim, L, N)`` tensor is ever built. The forward pass saves the state every
-``chunk`` steps (``checkpoints``: ``(batch, dim, L / chunk, N)``); the backward pass recomputes the
-states of one chunk at a time from those checkpoints into a ``(chunk + 1, N)`` buffer and sweeps
-the chunk in reverse, so memory stays O(batch * dim * N * L / chunk).
+The training kernels run a block of ``TRAIN_BLOCK`` channels of one (batch, group) at a time, the channels being the
+vector lanes and the block's state a small ``(N, TRAIN_BLOCK)`` buffer; no ``(batch, dim, L, N)`` tensor is ever built.
+The forward pass saves the state every ``chunk`` steps (``checkpoints``: ``(batch, L / chunk, N, dim)``); the backward
+pass recomputes the states of one chunk at a time from those checkpoints into a ``(chunk + 1, N, TRAIN_BLOCK)`` buffer
+and sweeps the chunk in reverse, so memory stays O(batch * dim * N * L / chunk).
 
-The ``exp`` of ``delta * A`` (batch * dim * L * N of them: the bulk of the work) uses a float32
-polynomial (Cephes ``expf``, about 1 ulp) written so that LLVM vectorises it; numba's own ``exp``
-is a scalar libm call unless llvmlite was built with Intel SVML.
+The ``exp`` of ``delta * A`` (batch * dim * L * N of them: the bulk of the work) uses float32
+polynomials (Cephes ``expf``, about 1 ulp, or the cheaper ``2 ** x`` of ``_exp2f``) written so that LLVM vectorises
+them; numba's own ``exp`` is a scalar libm call unless llvmlite was built with Intel SVML. Elementwise transcendental
+work on whole buffers (softplus, sigmoid) goes through the flat ``*_inplace`` helpers, which vectorise.
 
 Calls that need no gradient use forward-only kernels instead (:func:`selective_scan_inference_time_major`,
 :func:`causal_conv1d_inference_time_major`): no checkpoints, the channels as the vector lanes, the state of a block of
@@ -18,7 +19,7 @@ flipping copies. ``MambaMixer`` runs its whole no-grad forward on them.
 
 numba is optional: this module imports without it and :func:`is_available` says whether the
 kernels can run. Kernels are compiled on first use and cached on disk (``cache=True``). The helpers they call
-(``_expf``, ``_chunk_decay``, ...) are not cached themselves: a kernel compiled against a helper loaded from the disk
+(``_expf``, ``_exp2f``, ...) are not cached themselves: a kernel compiled against a helper loaded from the disk
 cache gets different machine code (different last bits) from one compiled against the same helper compiled in
 memory, so results would depend on what earlier processes happened to compile first. Uncached, a helper is always
 compiled in memory, and a kernel's code is the same whatever ran before; a cached kernel carries its helpers' code.
@@ -45,6 +46,10 @@ __all__ = ["is_available", "selective_scan_cpu", "selective_state_update_cpu", "
 
 # Checkpoint interval of the forward pass (time steps between saved states).
 DEFAULT_CHUNK = 64
+
+# Channels per block of the training kernels (their vector lanes; a compile-time constant, so the loops over a block
+# have a known trip count): 2 AVX-512 or 4 AVX2 float32 vectors.
+TRAIN_BLOCK = 32
 
 # Whether calls that need no gradient run the forward-only kernels (no checkpoints, vectorised
 # across channels; MambaMixer's time-major path). False runs the training kernels instead (for
@@ -173,195 +178,6 @@ if numba is not None:
         for i in range(count):
             values[i] = _ONE / (_ONE + values[i])
 
-    @njit
-    def _chunk_decay(delta, b, d, t0, n_steps, bias, softplus, want_grad, A, dt_buf,
-                     dt_grad_buf, decay):
-        """For steps t0 .. t0 + n_steps of lane (b, d): dt_buf = softplus(delta + bias) (or
-        delta + bias), dt_grad_buf = d dt / d delta (if want_grad), decay = exp(dt * A) as a
-        flat (n_steps, N) buffer. ``decay`` doubles as scratch space for the softplus."""
-        N = A.shape[1]
-        for k in range(n_steps):
-            dt_buf[k] = delta[b, d, t0 + k] + bias
-        if softplus:
-            _softplus_inplace(dt_buf, decay, dt_grad_buf, n_steps, want_grad)
-        elif want_grad:
-            for k in range(n_steps):
-                dt_grad_buf[k] = _ONE
-        for k in range(n_steps):
-            dt = dt_buf[k]
-            for n in range(N):
-                decay[k * N + n] = dt * A[d, n]
-        _exp_inplace(decay, n_steps * N)
-
-    # The kernels below are compiled with reassociation and FMA contraction (and nothing else:
-    # no nnan/ninf/approximate functions), which lets LLVM vectorise their length-N reductions
-    # over the state. The precision-sensitive helpers above (exp, log1p, softplus) are separate
-    # functions compiled strictly, so their Cody-Waite and Kahan tricks are not reassociated away.
-    _KERNEL_MATH = {"reassoc", "contract"}
-
-    @njit(parallel=True, cache=True, fastmath=_KERNEL_MATH)
-    def _scan_forward_kernel(u, delta, A, Bm, Cm, D, z, delta_bias, has_D, has_z, has_bias,
-                             softplus, chunk, out, last_state, checkpoints):
-        """Forward scan.
-
-        u, delta, z, out: (batch, dim, L); A: (dim, N); Bm, Cm: (batch, G, L, N) (time-major);
-        D, delta_bias: (dim,) (ignored unless has_*); last_state: (batch, dim, N);
-        checkpoints: (batch, dim, ceil(L / chunk), N), the state before each chunk's first step.
-        """
-        batch, dim, L = u.shape
-        N = A.shape[1]
-        groups = Bm.shape[1]
-        channels_per_group = dim // groups
-        n_chunks = checkpoints.shape[2]
-        for lane in prange(batch * dim):
-            b = lane // dim
-            d = lane % dim
-            g = d // channels_per_group
-            bias = delta_bias[d] if has_bias else _ZERO
-            skip = D[d] if has_D else _ZERO
-            h = np.zeros(N, dtype=np.float32)
-            dt_buf = np.empty(chunk, dtype=np.float32)
-            dt_grad_buf = np.empty(chunk, dtype=np.float32)
-            gate = np.empty(chunk, dtype=np.float32)
-            decay = np.empty(chunk * N, dtype=np.float32)
-            for c in range(n_chunks):
-                t0 = c * chunk
-                n_steps = min(chunk, L - t0)
-                for n in range(N):
-                    checkpoints[b, d, c, n] = h[n]
-                _chunk_decay(delta, b, d, t0, n_steps, bias, softplus, False, A, dt_buf,
-                             dt_grad_buf, decay)
-                if has_z:
-                    for k in range(n_steps):
-                        gate[k] = z[b, d, t0 + k]
-                    _sigmoid_inplace(gate, n_steps)
-                for k in range(n_steps):
-                    t = t0 + k
-                    x = u[b, d, t]
-                    dt_x = dt_buf[k] * x
-                    y = _ZERO
-                    for n in range(N):
-                        h_n = decay[k * N + n] * h[n] + dt_x * Bm[b, g, t, n]
-                        h[n] = h_n
-                        y += h_n * Cm[b, g, t, n]
-                    y += skip * x
-                    if has_z:
-                        y = y * (gate[k] * z[b, d, t])  # y * silu(z)
-                    out[b, d, t] = y
-            for n in range(N):
-                last_state[b, d, n] = h[n]
-
-    @njit(parallel=True, cache=True, fastmath=_KERNEL_MATH)
-    def _scan_backward_kernel(u, delta, A, Bm, Cm, D, z, delta_bias, has_D, has_z, has_bias,
-                              softplus, chunk, checkpoints, dout, dlast, has_dlast, n_blocks,
-                              du, ddelta, dz, dA_lane, dD_lane, dbias_lane, dB_part, dC_part):
-        """Backward scan: recompute each chunk's states from its checkpoint, then sweep in reverse.
-
-        Work is split into tasks (b, g, block): each task handles one block of the channels of
-        group g, one after another, and owns dB_part[b, g, block] / dC_part[b, g, block]
-        ((L, N) each), so no two threads write the same memory. Per-channel gradients of
-        parameters are written per lane (dA_lane (batch, dim, N), dD_lane / dbias_lane
-        (batch, dim)) and summed over batch (and blocks) by the caller.
-
-        With adj = dLoss/dh_t (from y_t and, through the decay, from h_{t+1}):
-        dC_t += dy_t h_t, dB_t += adj dt_t u_t, du_t = dy_t D + dt_t <adj, B_t>,
-        d dt_t = <adj, A decay_t h_{t-1}> + u_t <adj, B_t>, dA += dt_t adj decay_t h_{t-1},
-        and dLoss/dh_{t-1} = adj decay_t.
-        """
-        batch, dim, L = u.shape
-        N = A.shape[1]
-        groups = Bm.shape[1]
-        channels_per_group = dim // groups
-        block_size = (channels_per_group + n_blocks - 1) // n_blocks
-        n_chunks = checkpoints.shape[2]
-        for task in prange(batch * groups * n_blocks):
-            b = task // (groups * n_blocks)
-            g = (task // n_blocks) % groups
-            block = task % n_blocks
-            first = g * channels_per_group + block * block_size
-            last = min(first + block_size, (g + 1) * channels_per_group)
-            states = np.empty((chunk + 1) * N, dtype=np.float32)
-            h = np.empty(N, dtype=np.float32)
-            dt_buf = np.empty(chunk, dtype=np.float32)
-            dt_grad_buf = np.empty(chunk, dtype=np.float32)
-            gate = np.empty(chunk, dtype=np.float32)
-            decay = np.empty(chunk * N, dtype=np.float32)
-            adjoint = np.empty(N, dtype=np.float32)
-            dA_acc = np.empty(N, dtype=np.float32)
-            for d in range(first, last):
-                bias = delta_bias[d] if has_bias else _ZERO
-                skip = D[d] if has_D else _ZERO
-                for n in range(N):
-                    adjoint[n] = dlast[b, d, n] if has_dlast else _ZERO
-                    dA_acc[n] = _ZERO
-                dD_acc = _ZERO
-                dbias_acc = _ZERO
-                for c in range(n_chunks - 1, -1, -1):
-                    t0 = c * chunk
-                    n_steps = min(chunk, L - t0)
-                    _chunk_decay(delta, b, d, t0, n_steps, bias, softplus, True, A, dt_buf,
-                                 dt_grad_buf, decay)
-                    if has_z:
-                        for k in range(n_steps):
-                            gate[k] = z[b, d, t0 + k]
-                        _sigmoid_inplace(gate, n_steps)  # sigmoid(z)
-                    # Recompute the chunk's states: states[k + 1] = h after step t0 + k.
-                    for n in range(N):
-                        h[n] = checkpoints[b, d, c, n]
-                        states[n] = h[n]
-                    for k in range(n_steps):
-                        t = t0 + k
-                        dt_x = dt_buf[k] * u[b, d, t]
-                        for n in range(N):
-                            h_n = decay[k * N + n] * h[n] + dt_x * Bm[b, g, t, n]
-                            h[n] = h_n
-                            states[(k + 1) * N + n] = h_n
-                    # Reverse sweep; adjoint holds dLoss/dh_t coming from step t + 1.
-                    for k in range(n_steps - 1, -1, -1):
-                        t = t0 + k
-                        x = u[b, d, t]
-                        dt = dt_buf[k]
-                        dt_x = dt * x
-                        grad_out = dout[b, d, t]
-                        if has_z:
-                            y = skip * x
-                            for n in range(N):
-                                y += states[(k + 1) * N + n] * Cm[b, g, t, n]
-                            zt = z[b, d, t]
-                            sig = gate[k]
-                            dz[b, d, t] = grad_out * y * sig * (_ONE + zt * (_ONE - sig))
-                            dy = grad_out * zt * sig
-                        else:
-                            dy = grad_out
-                        # (Several short loops over n rather than one: each touches few
-                        # arrays, so LLVM vectorises them without a pile of alias checks.)
-                        for n in range(N):  # adjoint := dLoss/dh_t, all paths
-                            adjoint[n] += dy * Cm[b, g, t, n]
-                        for n in range(N):
-                            dC_part[b, g, block, t, n] += dy * states[(k + 1) * N + n]
-                        for n in range(N):
-                            dB_part[b, g, block, t, n] += adjoint[n] * dt_x
-                        adj_B = _ZERO
-                        A_adj_decay_h = _ZERO
-                        for n in range(N):
-                            adj = adjoint[n]
-                            decay_n = decay[k * N + n]
-                            adj_B += adj * Bm[b, g, t, n]
-                            through_decay = adj * decay_n * states[k * N + n]
-                            A_adj_decay_h += A[d, n] * through_decay
-                            dA_acc[n] += dt * through_decay
-                            adjoint[n] = adj * decay_n  # dLoss/dh_{t-1} through the decay
-                        dD_acc += dy * x
-                        du[b, d, t] = dy * skip + dt * adj_B
-                        ddelta_t = (A_adj_decay_h + x * adj_B) * dt_grad_buf[k]
-                        ddelta[b, d, t] = ddelta_t
-                        dbias_acc += ddelta_t
-                for n in range(N):
-                    dA_lane[b, d, n] = dA_acc[n]
-                dD_lane[b, d] = dD_acc
-                dbias_lane[b, d] = dbias_acc
-
-
     # Scalar forms of the helpers above (with _expf), for loops that fuse them with other work. Compiled
     # strictly (their instructions keep strict semantics when LLVM inlines them into a kernel
     # compiled with fastmath flags), branch-free and with numpy's error model (a float division
@@ -398,6 +214,353 @@ if numba is not None:
     def _silu1(x):
         """x * sigmoid(x)."""
         return x / (_ONE + _expf(-x))
+
+    # The kernels below are compiled with reassociation and FMA contraction (and nothing else:
+    # no nnan/ninf/approximate functions), which lets LLVM vectorise their length-N reductions
+    # over the state. The precision-sensitive helpers above (exp, log1p, softplus) are separate
+    # functions compiled strictly, so their Cody-Waite and Kahan tricks are not reassociated away.
+    _KERNEL_MATH = {"reassoc", "contract"}
+
+    # Training kernels: channel-major (batch, dim, L) data, vectorised across the channels of a group. A task works on
+    # blocks of TRAIN_BLOCK channels of one (batch, group); the state of a block is an (N, TRAIN_BLOCK) buffer, so every
+    # inner loop runs over the block's channels with a trip count known when compiling (LLVM emits whole vectors, no
+    # remainder loop). A group whose channel count is not a multiple of the block ends with a padded block: its padding
+    # lanes hold zeros (u = 0, dout = 0, A = 0, zero state), stay exactly zero through the recurrence and contribute
+    # nothing to the dB / dC sums; they are never written out. Decays are 2 ** (dt * A log2(e)) (`_exp2f`), the same
+    # expression in the forward and in the backward's recomputation.
+
+    @njit(parallel=True, cache=True, fastmath=_KERNEL_MATH, error_model="numpy")
+    def _scan_forward_kernel(u, delta, A_t, Bm, Cm, D, z, delta_bias, has_D, has_z, has_bias,
+                             softplus, chunk, out, last_state, checkpoints):
+        """Forward scan that saves the state every ``chunk`` steps.
+
+        u, delta, z, out: (batch, dim, L); A_t: (N, dim) (A transposed); Bm, Cm: (batch, G, L, N) (time-major);
+        D, delta_bias: (dim,) (ignored unless has_*); last_state: (batch, dim, N);
+        checkpoints: (batch, ceil(L / chunk), N, dim), the state before each chunk's first step.
+        Tasks are (batch, group, block of TRAIN_BLOCK channels).
+        """
+        W = TRAIN_BLOCK
+        batch, dim, L = u.shape
+        N = A_t.shape[0]
+        groups = Bm.shape[1]
+        cpg = dim // groups
+        bpg = (cpg + W - 1) // W
+        n_chunks = checkpoints.shape[1]
+        for task in prange(batch * groups * bpg):
+            b = task // (groups * bpg)
+            g = (task // bpg) % groups
+            c0 = g * cpg + (task % bpg) * W
+            w = min(W, (g + 1) * cpg - c0)
+            h = np.zeros((N, W), dtype=np.float32)
+            a_loc = np.zeros((N, W), dtype=np.float32)
+            bias_loc = np.zeros(W, dtype=np.float32)
+            skip_loc = np.zeros(W, dtype=np.float32)
+            dt_flat = np.zeros(chunk * W, dtype=np.float32)  # flat, for the vectorised softplus
+            dt_t = dt_flat.reshape((chunk, W))
+            scratch = np.empty(chunk * W, dtype=np.float32)
+            dtx_t = np.zeros((chunk, W), dtype=np.float32)
+            y_t = np.zeros((chunk, W), dtype=np.float32)
+            gate_t = np.zeros((chunk, W), dtype=np.float32)
+            for n in range(N):  # A * log2(e): the decays are 2 ** (dt * a_loc)
+                for c in range(w):
+                    a_loc[n, c] = A_t[n, c0 + c] * _LOG2E
+            for c in range(w):
+                bias_loc[c] = delta_bias[c0 + c] if has_bias else _ZERO
+                skip_loc[c] = D[c0 + c] if has_D else _ZERO
+            for ci in range(n_chunks):
+                t0 = ci * chunk
+                n_steps = min(chunk, L - t0)
+                for n in range(N):
+                    h_row = h[n]
+                    for c in range(w):
+                        checkpoints[b, ci, n, c0 + c] = h_row[c]
+                # Gather the chunk (channel-major -> (step, channel)); padding lanes read zeros.
+                for c in range(W):
+                    if c < w:
+                        delta_ch = delta[b, c0 + c]
+                        u_ch = u[b, c0 + c]
+                        for k in range(n_steps):
+                            dt_t[k, c] = delta_ch[t0 + k]
+                            dtx_t[k, c] = u_ch[t0 + k]
+                        if has_z:
+                            z_ch = z[b, c0 + c]
+                            for k in range(n_steps):
+                                gate_t[k, c] = z_ch[t0 + k]
+                    else:
+                        for k in range(n_steps):
+                            dt_t[k, c] = _ZERO
+                            dtx_t[k, c] = _ZERO
+                            gate_t[k, c] = _ZERO
+                for k in range(n_steps):
+                    dt_row = dt_t[k]
+                    for c in range(W):
+                        dt_row[c] += bias_loc[c]
+                if softplus:
+                    _softplus_inplace(dt_flat, scratch, scratch, n_steps * W, False)
+                for k in range(n_steps):
+                    dt_row = dt_t[k]
+                    dtx_row = dtx_t[k]
+                    y_row = y_t[k]
+                    for c in range(W):
+                        x = dtx_row[c]
+                        dtx_row[c] = dt_row[c] * x
+                        y_row[c] = skip_loc[c] * x
+                    if has_z:
+                        gate_row = gate_t[k]
+                        for c in range(W):
+                            gate_row[c] = _silu1(gate_row[c])
+                for k in range(n_steps):
+                    t = t0 + k
+                    dt_row = dt_t[k]
+                    dtx_row = dtx_t[k]
+                    y_row = y_t[k]
+                    B_row = Bm[b, g, t]
+                    C_row = Cm[b, g, t]
+                    for n in range(N):
+                        b_n = B_row[n]
+                        c_n = C_row[n]
+                        h_row = h[n]
+                        a_row = a_loc[n]
+                        for c in range(W):
+                            h_n = _exp2f(dt_row[c] * a_row[c]) * h_row[c] + dtx_row[c] * b_n
+                            h_row[c] = h_n
+                            y_row[c] += h_n * c_n
+                    if has_z:
+                        gate_row = gate_t[k]
+                        for c in range(W):
+                            y_row[c] = y_row[c] * gate_row[c]
+                for c in range(w):
+                    out_ch = out[b, c0 + c]
+                    for k in range(n_steps):
+                        out_ch[t0 + k] = y_t[k, c]
+            for n in range(N):
+                h_row = h[n]
+                for c in range(w):
+                    last_state[b, c0 + c, n] = h_row[c]
+
+    @njit(parallel=True, cache=True, fastmath=_KERNEL_MATH, error_model="numpy")
+    def _scan_backward_kernel(u, delta, A_t, Bm, Cm, D, z, delta_bias, has_D, has_z, has_bias,
+                              softplus, chunk, checkpoints, dout, dlast, has_dlast, n_parts,
+                              du, ddelta, dz, dA_lane, dD_lane, dbias_lane, dB_part, dC_part):
+        """Backward scan: recompute each chunk's states from its checkpoint, then sweep it in reverse.
+
+        Layouts as in `_scan_forward_kernel`. Tasks are (b, g, part): each part handles consecutive blocks of
+        TRAIN_BLOCK channels of group g, one after another, and owns dB_part[b, g, part] / dC_part[b, g, part]
+        ((L, N) each), so no two threads write the same memory. Per-channel gradients of parameters are written per
+        lane (dA_lane (batch, dim, N), dD_lane / dbias_lane (batch, dim)) and summed over batch (and parts) by the
+        caller.
+
+        With adj = dLoss/dh_t (from y_t and, through the decay, from h_{t+1}):
+        dC_t += dy_t h_t, dB_t += adj dt_t u_t, du_t = dy_t D + dt_t <adj, B_t>,
+        d dt_t = <adj, A decay_t h_{t-1}> + u_t <adj, B_t>, dA += dt_t adj decay_t h_{t-1},
+        and dLoss/dh_{t-1} = adj decay_t. The sums over the state (<., .>) are per channel, so they run along the
+        vector lanes; only dB_t and dC_t sum across channels.
+        """
+        W = TRAIN_BLOCK
+        batch, dim, L = u.shape
+        N = A_t.shape[0]
+        groups = Bm.shape[1]
+        cpg = dim // groups
+        bpg = (cpg + W - 1) // W
+        blocks_per_part = (bpg + n_parts - 1) // n_parts
+        n_chunks = checkpoints.shape[1]
+        for task in prange(batch * groups * n_parts):
+            b = task // (groups * n_parts)
+            g = (task // n_parts) % groups
+            part = task % n_parts
+            states = np.zeros((chunk + 1, N, W), dtype=np.float32)  # states[k + 1] = h after step t0 + k
+            decay = np.zeros((chunk, N, W), dtype=np.float32)
+            a_loc = np.zeros((N, W), dtype=np.float32)  # A * log2(e)
+            a_raw = np.zeros((N, W), dtype=np.float32)
+            adjoint = np.zeros((N, W), dtype=np.float32)
+            dA_acc = np.zeros((N, W), dtype=np.float32)
+            dt_flat = np.zeros(chunk * W, dtype=np.float32)  # flat, for the vectorised softplus
+            dt_t = dt_flat.reshape((chunk, W))
+            dtg_flat = np.zeros(chunk * W, dtype=np.float32)  # d dt / d delta
+            dtg_t = dtg_flat.reshape((chunk, W))
+            scratch = np.empty(chunk * W, dtype=np.float32)
+            x_t = np.zeros((chunk, W), dtype=np.float32)
+            dtx_t = np.zeros((chunk, W), dtype=np.float32)
+            dy_t = np.zeros((chunk, W), dtype=np.float32)  # dout, then dLoss/dy (before the gate)
+            y_t = np.zeros((chunk, W), dtype=np.float32)
+            z_t = np.zeros((chunk, W), dtype=np.float32)
+            sig_flat = np.zeros(chunk * W, dtype=np.float32)  # sigmoid(z), flat for the vectorised helper
+            sig_t = sig_flat.reshape((chunk, W))
+            du_t = np.zeros((chunk, W), dtype=np.float32)
+            dd_t = np.zeros((chunk, W), dtype=np.float32)
+            dz_t = np.zeros((chunk, W), dtype=np.float32)
+            adj_B = np.zeros(W, dtype=np.float32)
+            a_adh = np.zeros(W, dtype=np.float32)
+            bias_loc = np.zeros(W, dtype=np.float32)
+            skip_loc = np.zeros(W, dtype=np.float32)
+            dD_acc = np.zeros(W, dtype=np.float32)
+            dbias_acc = np.zeros(W, dtype=np.float32)
+            for blk in range(part * blocks_per_part, min(bpg, (part + 1) * blocks_per_part)):
+                c0 = g * cpg + blk * W
+                w = min(W, (g + 1) * cpg - c0)
+                for n in range(N):
+                    for c in range(W):
+                        a_raw[n, c] = A_t[n, c0 + c] if c < w else _ZERO
+                        a_loc[n, c] = a_raw[n, c] * _LOG2E
+                        adjoint[n, c] = dlast[b, c0 + c, n] if (has_dlast and c < w) else _ZERO
+                        dA_acc[n, c] = _ZERO
+                for c in range(W):
+                    bias_loc[c] = delta_bias[c0 + c] if (has_bias and c < w) else _ZERO
+                    skip_loc[c] = D[c0 + c] if (has_D and c < w) else _ZERO
+                    dD_acc[c] = _ZERO
+                    dbias_acc[c] = _ZERO
+                for ci in range(n_chunks - 1, -1, -1):
+                    t0 = ci * chunk
+                    n_steps = min(chunk, L - t0)
+                    # Gather the chunk; padding lanes read zeros.
+                    for c in range(W):
+                        if c < w:
+                            delta_ch = delta[b, c0 + c]
+                            u_ch = u[b, c0 + c]
+                            dout_ch = dout[b, c0 + c]
+                            for k in range(n_steps):
+                                dt_t[k, c] = delta_ch[t0 + k]
+                                x_t[k, c] = u_ch[t0 + k]
+                                dy_t[k, c] = dout_ch[t0 + k]
+                            if has_z:
+                                z_ch = z[b, c0 + c]
+                                for k in range(n_steps):
+                                    z_t[k, c] = z_ch[t0 + k]
+                        else:
+                            for k in range(n_steps):
+                                dt_t[k, c] = _ZERO
+                                x_t[k, c] = _ZERO
+                                dy_t[k, c] = _ZERO
+                                z_t[k, c] = _ZERO
+                    for k in range(n_steps):
+                        dt_row = dt_t[k]
+                        for c in range(W):
+                            dt_row[c] += bias_loc[c]
+                    if softplus:
+                        _softplus_inplace(dt_flat, scratch, dtg_flat, n_steps * W, True)
+                    else:
+                        dtg_flat[:] = _ONE
+                    for k in range(n_steps):
+                        dt_row = dt_t[k]
+                        x_row = x_t[k]
+                        dtx_row = dtx_t[k]
+                        y_row = y_t[k]
+                        for c in range(W):
+                            dtx_row[c] = dt_row[c] * x_row[c]
+                            y_row[c] = skip_loc[c] * x_row[c]
+                    # Recompute the chunk's states (and, with a gate, its outputs before the gate).
+                    for n in range(N):
+                        s_row = states[0, n]
+                        for c in range(w):
+                            s_row[c] = checkpoints[b, ci, n, c0 + c]
+                        for c in range(w, W):
+                            s_row[c] = _ZERO
+                    for k in range(n_steps):
+                        t = t0 + k
+                        dt_row = dt_t[k]
+                        dtx_row = dtx_t[k]
+                        y_row = y_t[k]
+                        B_row = Bm[b, g, t]
+                        C_row = Cm[b, g, t]
+                        for n in range(N):
+                            b_n = B_row[n]
+                            c_n = C_row[n]
+                            a_row = a_loc[n]
+                            prev = states[k, n]
+                            cur = states[k + 1, n]
+                            dec_row = decay[k, n]
+                            if has_z:
+                                for c in range(W):
+                                    dec = _exp2f(dt_row[c] * a_row[c])
+                                    dec_row[c] = dec
+                                    h_n = dec * prev[c] + dtx_row[c] * b_n
+                                    cur[c] = h_n
+                                    y_row[c] += h_n * c_n
+                            else:
+                                for c in range(W):
+                                    dec = _exp2f(dt_row[c] * a_row[c])
+                                    dec_row[c] = dec
+                                    cur[c] = dec * prev[c] + dtx_row[c] * b_n
+                    if has_z:  # out = y silu(z): dz, and dy := dLoss/dy
+                        for k in range(n_steps):
+                            z_row = z_t[k]
+                            sig_row = sig_t[k]
+                            for c in range(W):
+                                sig_row[c] = z_row[c]
+                        _sigmoid_inplace(sig_flat, n_steps * W)
+                        for k in range(n_steps):
+                            dy_row = dy_t[k]
+                            y_row = y_t[k]
+                            z_row = z_t[k]
+                            sig_row = sig_t[k]
+                            dz_row = dz_t[k]
+                            for c in range(W):
+                                zt = z_row[c]
+                                sig = sig_row[c]
+                                grad_out = dy_row[c]
+                                dz_row[c] = grad_out * y_row[c] * sig * (_ONE + zt * (_ONE - sig))
+                                dy_row[c] = grad_out * zt * sig
+                    # Reverse sweep; adjoint holds dLoss/dh_t coming from step t + 1.
+                    for k in range(n_steps - 1, -1, -1):
+                        t = t0 + k
+                        dt_row = dt_t[k]
+                        dtx_row = dtx_t[k]
+                        dy_row = dy_t[k]
+                        B_row = Bm[b, g, t]
+                        C_row = Cm[b, g, t]
+                        dB_row = dB_part[b, g, part, t]
+                        dC_row = dC_part[b, g, part, t]
+                        for c in range(W):
+                            adj_B[c] = _ZERO
+                            a_adh[c] = _ZERO
+                        for n in range(N):
+                            b_n = B_row[n]
+                            c_n = C_row[n]
+                            adj_row = adjoint[n]
+                            prev = states[k, n]
+                            cur = states[k + 1, n]
+                            dec_row = decay[k, n]
+                            a_row = a_raw[n]
+                            dA_row = dA_acc[n]
+                            sum_B = _ZERO
+                            sum_C = _ZERO
+                            for c in range(W):
+                                adj = adj_row[c] + dy_row[c] * c_n  # dLoss/dh_t, all paths
+                                sum_C += dy_row[c] * cur[c]
+                                sum_B += adj * dtx_row[c]
+                                adj_B[c] += adj * b_n
+                                through_decay = adj * dec_row[c] * prev[c]
+                                a_adh[c] += a_row[c] * through_decay
+                                dA_row[c] += dt_row[c] * through_decay
+                                adj_row[c] = adj * dec_row[c]  # dLoss/dh_{t-1} through the decay
+                            dB_row[n] += sum_B
+                            dC_row[n] += sum_C
+                        x_row = x_t[k]
+                        dtg_row = dtg_t[k]
+                        du_row = du_t[k]
+                        dd_row = dd_t[k]
+                        for c in range(W):
+                            du_row[c] = dy_row[c] * skip_loc[c] + dt_row[c] * adj_B[c]
+                            ddelta_c = (a_adh[c] + x_row[c] * adj_B[c]) * dtg_row[c]
+                            dd_row[c] = ddelta_c
+                            dbias_acc[c] += ddelta_c
+                            dD_acc[c] += dy_row[c] * x_row[c]
+                    for c in range(w):
+                        du_ch = du[b, c0 + c]
+                        dd_ch = ddelta[b, c0 + c]
+                        for k in range(n_steps):
+                            du_ch[t0 + k] = du_t[k, c]
+                            dd_ch[t0 + k] = dd_t[k, c]
+                        if has_z:
+                            dz_ch = dz[b, c0 + c]
+                            for k in range(n_steps):
+                                dz_ch[t0 + k] = dz_t[k, c]
+                for c in range(w):
+                    for n in range(N):
+                        dA_lane[b, c0 + c, n] = dA_acc[n, c]
+                    dD_lane[b, c0 + c] = dD_acc[c]
+                    dbias_lane[b, c0 + c] = dbias_acc[c]
+
 
     # Inference kernels (no autograd): time-major (batch, L, dim) data, vectorised across channels.
     # Compiled with FMA contraction only (no reassociation): the exp below is inlined, and its
@@ -722,11 +885,13 @@ def _time_major_groups(M: torch.Tensor) -> np.ndarray:
     return M.detach().to(torch.float32).transpose(2, 3).contiguous().numpy()
 
 
-def _n_blocks(batch: int, groups: int, channels_per_group: int) -> int:
-    """Channel blocks per (batch, group) so that the backward has ~4 tasks per thread."""
+def _n_parts(batch: int, groups: int, channels_per_group: int) -> int:
+    """Parts per (batch, group) in the backward (each a run of TRAIN_BLOCK-channel blocks with its own dB / dC
+    partial sums), so that it has ~4 tasks per thread."""
     tasks_wanted = 4 * numba.get_num_threads()
     per_pair = -(-tasks_wanted // (batch * groups))
-    return max(1, min(channels_per_group, per_pair))
+    blocks = -(-channels_per_group // TRAIN_BLOCK)
+    return max(1, min(blocks, per_pair))
 
 
 # Most channels per task of the inference scan ((N, block) float32 state: 24 KiB at N = 16).
@@ -871,7 +1036,8 @@ class _SelectiveScanCPU(torch.autograd.Function):
         batch, dim, length = u.shape
         n_state = A.shape[1]
         n_chunks = -(-length // chunk)
-        u_np, delta_np, A_np = _f32_numpy(u), _f32_numpy(delta), _f32_numpy(A)
+        u_np, delta_np = _f32_numpy(u), _f32_numpy(delta)
+        A_np = np.ascontiguousarray(_f32_numpy(A).T)  # (N, dim): rows run along the channels
         B_np, C_np = _time_major_groups(B), _time_major_groups(C)
         D_np = _f32_numpy(D) if D is not None else _EMPTY1
         z_np = _f32_numpy(z) if z is not None else _EMPTY3
@@ -879,7 +1045,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
 
         out = np.empty((batch, dim, length), dtype=np.float32)
         last_state = np.empty((batch, dim, n_state), dtype=np.float32)
-        checkpoints = np.empty((batch, dim, n_chunks, n_state), dtype=np.float32)
+        checkpoints = np.empty((batch, n_chunks, n_state, dim), dtype=np.float32)
         _scan_forward_kernel(u_np, delta_np, A_np, B_np, C_np, D_np, z_np, bias_np,
                              D is not None, z is not None, delta_bias is not None,
                              bool(delta_softplus), chunk, out, last_state, checkpoints)
@@ -902,7 +1068,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         batch, dim, length = u.shape
         n_state = A.shape[1]
         groups = B_np.shape[1]
-        n_blocks = _n_blocks(batch, groups, dim // groups)
+        n_parts = _n_parts(batch, groups, dim // groups)
 
         dout_np = _f32_numpy(dout) if dout is not None else np.zeros((batch, dim, length),
                                                                        dtype=np.float32)
@@ -915,12 +1081,12 @@ class _SelectiveScanCPU(torch.autograd.Function):
         dA_lane = np.empty((batch, dim, n_state), dtype=np.float32)
         dD_lane = np.empty((batch, dim), dtype=np.float32)
         dbias_lane = np.empty((batch, dim), dtype=np.float32)
-        dB_part = np.zeros((batch, groups, n_blocks, length, n_state), dtype=np.float32)
-        dC_part = np.zeros((batch, groups, n_blocks, length, n_state), dtype=np.float32)
+        dB_part = np.zeros((batch, groups, n_parts, length, n_state), dtype=np.float32)
+        dC_part = np.zeros((batch, groups, n_parts, length, n_state), dtype=np.float32)
         _scan_backward_kernel(u_np, delta_np, A_np, B_np, C_np, D_np, z_np, bias_np,
                               D is not None, z is not None, delta_bias is not None,
                               ctx.delta_softplus, ctx.chunk, ctx.checkpoints, dout_np, dlast_np,
-                              has_dlast, n_blocks, du, ddelta, dz, dA_lane, dD_lane, dbias_lane,
+                              has_dlast, n_parts, du, ddelta, dz, dA_lane, dD_lane, dbias_lane,
                               dB_part, dC_part)
         _restore_torch_threads(torch_threads)
 
