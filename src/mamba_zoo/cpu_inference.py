@@ -22,11 +22,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import weakref
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
+from .cpu_scan_kernels import _restore_torch_threads, _set_threads
+from .cpu_scan_kernels import is_available as _numba_available
 from .kernel_backends import cpu_kernels, resolve_backend
 from .sequence_utils import mask_padding, sequence_reversal_index
 
@@ -253,3 +257,372 @@ def _branch_chunk(mixer, hidden_states, start, end, suffix, state, backward, wor
 def _reversal(batch: int, length: int) -> torch.Tensor:
     """`(batch, length)` index visiting the steps from the last to the first."""
     return torch.arange(length - 1, -1, -1).expand(batch, length)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Paired blocks (Vim's layer pairing, SSAMBA): blocks that read the same residual stream and whose outputs are summed
+# ----------------------------------------------------------------------------------------------------------------------
+
+# A group of paired blocks runs this many tokens (rows x length) at a time: its stacked intermediates take ~18 KiB a
+# token at d_model 192 (the blocks' in_proj outputs, every branch's conv output, the gated scan outputs side by side).
+PAIRED_CHUNK_TOKENS = 4096
+# Whether `paired_blocks_cpu_applies` may say yes (False: each block runs alone, for A/B benchmarks and tests).
+PAIRED_BLOCKS = True
+
+if _numba_available():
+    from numba import njit, prange
+
+    from .cpu_scan_kernels import _LOG2E, _exp2f, _silu1, _softplus1
+
+    _MATH = {"contract"}  # FMA contraction only, as the scan kernels: their inlined exp must not be reassociated
+
+    @njit(parallel=True, cache=True, fastmath=_MATH, error_model="numpy")
+    def _stream_layer_norms_kernel(hidden, stream, has_stream, stream_weight, weight, bias, eps, mask, has_mask,
+                                   stream_out, out):
+        """stream_out = hidden + stream_weight * stream (hidden alone without `has_stream`), then out[m] =
+        LayerNorm_m(stream_out) * mask for each of the M norms. hidden, stream, stream_out: (rows, D) (stream_out may
+        be stream); weight, bias: (M, D); mask: (rows,) 0/1; out: (M, rows, D). Mean and variance in float64."""
+        rows, dim = hidden.shape
+        for r in prange(rows):
+            s = stream_out[r]
+            h = hidden[r]
+            if has_stream:
+                st = stream[r]
+                for c in range(dim):
+                    s[c] = h[c] + stream_weight * st[c]
+            else:
+                for c in range(dim):
+                    s[c] = h[c]
+            total = 0.0
+            for c in range(dim):
+                total += s[c]
+            mean = total / dim
+            var = 0.0
+            for c in range(dim):
+                d = s[c] - mean
+                var += d * d
+            rstd = np.float32(1.0 / np.sqrt(var / dim + eps))
+            mean32 = np.float32(mean)
+            keep = mask[r] if has_mask else np.float32(1.0)
+            for m in range(weight.shape[0]):
+                o = out[m, r]
+                w = weight[m]
+                b = bias[m]
+                for c in range(dim):
+                    o[c] = ((s[c] - mean32) * rstd * w[c] + b[c]) * keep
+
+    @njit(parallel=True, cache=True, fastmath=_MATH, error_model="numpy")
+    def _branch_convs_kernel(xz, weight_t, bias, has_bias, mixer_of, backward, walk, mask, has_mask, t_block, out):
+        """Every branch's causal depthwise conv + SiLU (then the padding mask). xz: (M, batch, L, 2 * dim), mixer m's
+        conv input is xz[m, ..., :dim]; weight_t: (J, width, dim); bias: (J, dim); branch j reads mixer mixer_of[j]
+        and walks time through `walk` (batch, L) when backward[j] (position p reads the steps at walk[b, p - width + 1
+        .. p] and writes time walk[b, p]), else in order; out: (J, batch, L, dim)."""
+        branches, batch, length, dim = out.shape
+        width = weight_t.shape[1]
+        n_tb = (length + t_block - 1) // t_block
+        for task in prange(branches * batch * n_tb):
+            j = task // (batch * n_tb)
+            b = (task // n_tb) % batch
+            p0 = (task % n_tb) * t_block
+            p1 = min(p0 + t_block, length)
+            m = mixer_of[j]
+            back = backward[j]
+            acc = np.empty(dim, dtype=np.float32)
+            bias_loc = np.zeros(dim, dtype=np.float32)
+            if has_bias:
+                bias_loc[:] = bias[j]
+            for p in range(p0, p1):
+                for c in range(dim):
+                    acc[c] = bias_loc[c]
+                for k in range(width):
+                    q = p - width + 1 + k
+                    if q >= 0:
+                        x_row = xz[m, b, walk[b, q] if back else q]
+                        w_row = weight_t[j, k]
+                        for c in range(dim):
+                            acc[c] += w_row[c] * x_row[c]
+                t = walk[b, p] if back else p
+                keep = mask[b, t] if has_mask else np.float32(1.0)
+                out_row = out[j, b, t]
+                for c in range(dim):
+                    out_row[c] = _silu1(acc[c]) * keep
+
+    @njit(parallel=True, cache=True, fastmath=_MATH, error_model="numpy")
+    def _branch_scans_kernel(u, xdbl, dt_weight_t, dt_bias, A_t, D, xz, mixer_of, backward, first, last, scale, walk,
+                             block, tile, out):
+        """Every branch's selective scan, gated by its mixer's z, summed per mixer (and scaled: divide_out) into that
+        mixer's columns of `out`. u: (J, batch, L, dim) conv outputs; xdbl: (J, batch, L, R + 2N) x_proj outputs
+        [dt (low rank) | B | C]; dt_weight_t: (J, R, dim), dt_bias: (J, dim) (the time-step projection, computed here
+        per tile); A_t: (J, N, dim) (A transposed); D: (J, dim); xz: (M, batch, L, 2 * dim), mixer m's gate z is
+        xz[m, ..., dim:]; first[j] / last[j]: branch j is its mixer's first / last; out: (batch, L, M * dim).
+        Tasks are (batch row, block of channels) and run all branches, so the branches of a mixer add up without
+        races; within a branch the kernel is `_scan_inference_kernel`'s (tiles of steps, channels as vector lanes)."""
+        branches, batch, length, dim = u.shape
+        rank = dt_weight_t.shape[1]
+        n_state = A_t.shape[1]
+        n_blocks = (dim + block - 1) // block
+        for task in prange(batch * n_blocks):
+            b = task // n_blocks
+            c0 = (task % n_blocks) * block
+            w = min(block, dim - c0)
+            c1 = c0 + w
+            h = np.empty((n_state, w), dtype=np.float32)
+            a_loc = np.empty((n_state, w), dtype=np.float32)
+            wdt = np.empty((rank, w), dtype=np.float32)
+            bias_loc = np.empty(w, dtype=np.float32)
+            skip_loc = np.empty(w, dtype=np.float32)
+            dt_t = np.empty((tile, w), dtype=np.float32)
+            dtx_t = np.empty((tile, w), dtype=np.float32)
+            y_t = np.empty((tile, w), dtype=np.float32)
+            gate_t = np.empty((tile, w), dtype=np.float32)
+            times = np.empty(tile, dtype=np.int64)
+            for j in range(branches):
+                m = mixer_of[j]
+                back = backward[j]
+                o0 = m * dim + c0
+                for n in range(n_state):
+                    h_row = h[n]
+                    a_row = a_loc[n]
+                    for c in range(w):
+                        h_row[c] = np.float32(0.0)
+                        a_row[c] = A_t[j, n, c0 + c] * _LOG2E
+                for r in range(rank):
+                    wdt[r, :] = dt_weight_t[j, r, c0:c1]
+                bias_loc[:] = dt_bias[j, c0:c1]
+                skip_loc[:] = D[j, c0:c1]
+                for p0 in range(0, length, tile):
+                    n_steps = min(tile, length - p0)
+                    for k in range(n_steps):
+                        times[k] = walk[b, p0 + k] if back else p0 + k
+                    for k in range(n_steps):
+                        t = times[k]
+                        proj = xdbl[j, b, t]
+                        dt_row = dt_t[k]
+                        for c in range(w):
+                            dt_row[c] = bias_loc[c]
+                        for r in range(rank):
+                            v = proj[r]
+                            w_row = wdt[r]
+                            for c in range(w):
+                                dt_row[c] += v * w_row[c]
+                        x_row = u[j, b, t, c0:c1]
+                        z_row = xz[m, b, t, dim + c0:dim + c1]
+                        dtx_row = dtx_t[k]
+                        y_row = y_t[k]
+                        gate_row = gate_t[k]
+                        for c in range(w):
+                            dt = _softplus1(dt_row[c])
+                            x = x_row[c]
+                            dt_row[c] = dt
+                            dtx_row[c] = dt * x
+                            y_row[c] = skip_loc[c] * x
+                            gate_row[c] = _silu1(z_row[c])
+                    for k in range(n_steps):
+                        proj = xdbl[j, b, times[k]]
+                        dt_row = dt_t[k]
+                        dtx_row = dtx_t[k]
+                        y_row = y_t[k]
+                        for n in range(n_state):
+                            b_n = proj[rank + n]
+                            c_n = proj[rank + n_state + n]
+                            h_row = h[n]
+                            a_row = a_loc[n]
+                            for c in range(w):
+                                h_n = _exp2f(dt_row[c] * a_row[c]) * h_row[c] + dtx_row[c] * b_n
+                                h_row[c] = h_n
+                                y_row[c] += h_n * c_n
+                        gate_row = gate_t[k]
+                        out_row = out[b, times[k], o0:o0 + w]
+                        if first[j]:
+                            for c in range(w):
+                                out_row[c] = y_row[c] * gate_row[c]
+                        else:
+                            for c in range(w):
+                                out_row[c] += y_row[c] * gate_row[c]
+                        if last[j] and scale[m] != np.float32(1.0):
+                            for c in range(w):
+                                out_row[c] *= scale[m]
+
+
+def _plain(module: nn.Module, kind: type) -> bool:
+    """`module` is exactly `kind` (not a LoRA wrapper or subclass) and has no hooks."""
+    return type(module) is kind and not module._forward_hooks and not module._forward_pre_hooks
+
+
+def paired_blocks_cpu_applies(blocks: Sequence[nn.Module], hidden_states: torch.Tensor) -> bool:
+    """Whether `paired_blocks_cpu_forward` computes these blocks (`MambaBlock`s with LayerNorm and a `MambaMixer`,
+    of equal sizes) on `hidden_states` `(batch, L, d_model)`: each mixer takes the fused CPU inference path, every
+    projection, conv and norm is a plain module without hooks, stochastic depth is off, and L is at most
+    `PAIRED_CHUNK_TOKENS`. Anything else runs block by block."""
+    from .mamba_layers import MambaBlock, MambaMixer  # mamba_layers imports this module
+
+    if not PAIRED_BLOCKS or not _numba_available() or hidden_states.shape[1] > PAIRED_CHUNK_TOKENS:
+        return False
+    first = blocks[0].mixer
+    for block in blocks:
+        mixer = block.mixer
+        if not (_plain(block, MambaBlock) and _plain(mixer, MambaMixer) and _plain(block.norm, nn.LayerNorm)):
+            return False
+        if block.training and block.drop_path.drop_prob > 0:
+            return False
+        if block.norm.weight is None or block.norm.bias is None or not cpu_inference_applies(mixer, hidden_states):
+            return False
+        if (mixer.d_model, mixer.d_inner, mixer.d_state, mixer.dt_rank, mixer.d_conv, mixer.bidirectional) != (
+                first.d_model, first.d_inner, first.d_state, first.dt_rank, first.d_conv, first.bidirectional):
+            return False
+        modules = [mixer.in_proj, mixer.out_proj]
+        for suffix in ("", "_b") if mixer.bidirectional else ("",):
+            conv1d, x_proj, dt_proj, _, _ = mixer._branch(suffix)
+            if not _plain(conv1d, nn.Conv1d):
+                return False
+            modules += [x_proj, dt_proj]
+        if not all(_plain(module, nn.Linear) for module in modules):
+            return False
+    return True
+
+
+# Stacked parameters of a group of paired blocks, keyed by its first block, rebuilt when any parameter changes.
+_PAIRED_PARAMETERS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _paired_parameters(blocks, reverses) -> dict:
+    """The blocks' parameters stacked per mixer (norms, in_proj, out_proj) and per branch (conv, x_proj, dt_proj, A,
+    D), in the layouts the kernels read. Cached: rebuilt when a parameter is replaced or changed in place."""
+    mixers = [block.mixer for block in blocks]
+    params = [p for block in blocks for p in block.parameters()]
+    key = (tuple(reverses), tuple((p.data_ptr(), p._version, p.shape) for p in params))
+    cached = _PAIRED_PARAMETERS.get(blocks[0])
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    branches = []  # (mixer index, suffix, walks backward)
+    for m, (mixer, reverse) in enumerate(zip(mixers, reverses)):
+        branches.append((m, "", reverse))
+        if mixer.bidirectional:
+            branches.append((m, "_b", not reverse))
+    with torch.inference_mode(False), torch.no_grad():
+        parts = [mixers[m]._branch(suffix) for m, suffix, _ in branches]
+        in_bias = [mixer.in_proj.bias for mixer in mixers]
+        out_bias = [mixer.out_proj.bias for mixer in mixers]
+        conv_bias = [conv1d.bias for conv1d, *_ in parts]
+        stacked = {
+            "norm_weight": torch.stack([block.norm.weight for block in blocks]).contiguous(),
+            "norm_bias": torch.stack([block.norm.bias for block in blocks]).contiguous(),
+            "norm_eps": float(blocks[0].norm.eps),
+            "in_weight_t": torch.stack([mixer.in_proj.weight for mixer in mixers]).transpose(1, 2),
+            "in_bias": None if any(b is None for b in in_bias) else torch.stack(in_bias)[:, None, :].contiguous(),
+            # out_proj of the mixers side by side: sum_m W_m y_m = [W_0 | W_1 | ...] [y_0; y_1; ...]
+            "out_weight_t": torch.cat([mixer.out_proj.weight for mixer in mixers], dim=1).t(),
+            "out_bias": None if all(b is None for b in out_bias) else sum(b for b in out_bias if b is not None),
+            "conv_weight_t": torch.stack([conv1d.weight[:, 0, :].t() for conv1d, *_ in parts]).contiguous(),
+            "conv_bias": None if any(b is None for b in conv_bias) else torch.stack(conv_bias).contiguous(),
+            "x_weight_t": torch.stack([x_proj.weight for _, x_proj, *_ in parts]).transpose(1, 2),
+            "dt_weight_t": torch.stack([dt_proj.weight.t() for _, _, dt_proj, _, _ in parts]).contiguous(),
+            "dt_bias": torch.stack([dt_proj.bias for _, _, dt_proj, _, _ in parts]).contiguous(),
+            "A_t": torch.stack([(-torch.exp(A_log.float())).t() for *_, A_log, _ in parts]).contiguous(),
+            "D": torch.stack([D.float() for *_, D in parts]).contiguous(),
+            "mixer_of": np.array([m for m, _, _ in branches], dtype=np.int64),
+            "backward": np.array([back for _, _, back in branches], dtype=np.bool_),
+            "first": np.array([j == 0 or branches[j - 1][0] != m for j, (m, _, _) in enumerate(branches)]),
+            "last": np.array([j == len(branches) - 1 or branches[j + 1][0] != m
+                              for j, (m, _, _) in enumerate(branches)]),
+            "scale": np.array([0.5 if mixer.bidirectional and mixer.divide_out else 1.0 for mixer in mixers],
+                              dtype=np.float32),
+        }
+    _PAIRED_PARAMETERS[blocks[0]] = (key, stacked)
+    return stacked
+
+
+def paired_blocks_cpu_forward(blocks, reverses, hidden_states, stream, stream_weight, attention_mask):
+    """Blocks that read the same residual stream, their outputs summed (Vim's layer pairing: SSAMBA's layers 2i and
+    2i+1, the second reading the sequence reversed), computed together on the fused CPU kernels.
+
+    The stream is `r = hidden_states + stream_weight * stream` (`hidden_states` when `stream` is None): each block
+    `k` computes `residual = residual + hidden_states` from the same inputs, so the blocks' residuals are all `r` and
+    their sum is `len(blocks) * r`, which the caller passes back as `stream=r, stream_weight=len(blocks)`. Returns
+    `(sum_k blocks[k].mixer(blocks[k].norm(r), attention_mask, reverse=reverses[k]), r)`, both `(batch, L, d_model)`.
+
+    One kernel call or GEMM per step for all blocks and branches at once: the residual add and every norm; the input
+    projections (one batched GEMM); every branch's conv; every branch's x_proj (one batched GEMM); every branch's
+    scan with its dt projection, gated and summed per mixer; the output projections as one GEMM over the mixers'
+    outputs side by side. A long batch runs `PAIRED_CHUNK_TOKENS` tokens of rows at a time."""
+    batch, seq_len, d_model = hidden_states.shape
+    params = _paired_parameters(blocks, reverses)
+    hidden_states = hidden_states.contiguous()
+    r = torch.empty_like(hidden_states) if stream is None else stream  # the stream is updated in place
+    output = hidden_states.new_empty(batch, seq_len, d_model)
+    rows = max(1, PAIRED_CHUNK_TOKENS // max(seq_len, 1))
+    walk = sequence_reversal_index(attention_mask, None, seq_len)
+    walk = (_reversal(batch, seq_len) if walk is None else walk).to(torch.int64).contiguous()
+    mask = None if attention_mask is None else attention_mask.to(torch.float32).contiguous()
+    workspace = _ACTIVE_WORKSPACE.get() or InferenceWorkspace()
+    for start in range(0, batch, rows):
+        chunk = slice(start, min(start + rows, batch))
+        _paired_rows(blocks, params, hidden_states[chunk], None if stream is None else stream[chunk], stream_weight,
+                     walk[chunk], None if mask is None else mask[chunk], r[chunk], output[chunk], workspace)
+    return output, r
+
+
+def _paired_rows(blocks, params, hidden_states, stream, stream_weight, walk, mask, stream_out, output, workspace):
+    """`paired_blocks_cpu_forward` on a few rows; writes the stream into `stream_out` and the summed outputs into
+    `output` (contiguous row slices)."""
+    batch, seq_len, d_model = hidden_states.shape
+    mixer = blocks[0].mixer
+    n_mixers, dim, tokens = len(blocks), mixer.d_inner, hidden_states.shape[0] * hidden_states.shape[1]
+    n_branches = len(params["mixer_of"])
+    width = mixer.dt_rank + 2 * mixer.d_state
+    normed = workspace.buffer("paired_normed", (n_mixers, tokens, d_model))
+    xz = workspace.buffer("paired_xz", (n_mixers, tokens, 2 * dim))
+    conv = workspace.buffer("paired_conv", (n_branches, batch, seq_len, dim))
+    xdbl = workspace.buffer("paired_xdbl", (n_branches, tokens, width))
+    y = workspace.buffer("paired_y", (tokens, n_mixers * dim))
+    torch_threads = _set_threads()
+    no_mask = np.zeros((1, 1), dtype=np.float32)
+    # 1. the residual add and every block's norm (padded steps zeroed: the mixers' input masking)
+    _stream_layer_norms_kernel(
+        hidden_states.view(tokens, d_model).numpy(),
+        no_mask if stream is None else stream.view(tokens, d_model).numpy(), stream is not None,
+        np.float32(stream_weight), params["norm_weight"].numpy(), params["norm_bias"].numpy(),
+        params["norm_eps"], no_mask[0] if mask is None else mask.reshape(-1).numpy(), mask is not None,
+        stream_out.view(tokens, d_model).numpy(), normed.numpy())
+    _restore_torch_threads(torch_threads)
+    # 2. the input projections, one batched GEMM: (M, tokens, d_model) -> (M, tokens, 2 * d_inner) = [x | z]
+    if params["in_bias"] is None:
+        torch.bmm(normed, params["in_weight_t"], out=xz)
+    else:
+        torch.baddbmm(params["in_bias"], normed, params["in_weight_t"], out=xz)
+    torch_threads = _set_threads()
+    # 3. every branch's conv + SiLU along its walk
+    _branch_convs_kernel(
+        xz.view(n_mixers, batch, seq_len, 2 * dim).numpy(), params["conv_weight_t"].numpy(),
+        params["conv_bias"].numpy() if params["conv_bias"] is not None else no_mask, params["conv_bias"] is not None,
+        params["mixer_of"], params["backward"], walk.numpy(), no_mask if mask is None else mask.numpy(),
+        mask is not None, 256, conv.numpy())
+    _restore_torch_threads(torch_threads)
+    # 4. every branch's x_proj, one batched GEMM: (J, tokens, d_inner) -> (J, tokens, dt_rank + 2 d_state)
+    torch.bmm(conv.view(n_branches, tokens, dim), params["x_weight_t"], out=xdbl)
+    torch_threads = _set_threads()
+    # 5. every branch's dt projection and scan, gated by its mixer's z, summed (and halved: divide_out) per mixer
+    blocks_per_row = -(-_numba_threads() // batch)  # channel blocks per row that keep every thread busy
+    block = min(dim, _round_up(-(-dim // blocks_per_row), 16))  # 16 float32 lanes: whole 512-bit vectors
+    _branch_scans_kernel(
+        conv.numpy(), xdbl.view(n_branches, batch, seq_len, width).numpy(), params["dt_weight_t"].numpy(),
+        params["dt_bias"].numpy(), params["A_t"].numpy(), params["D"].numpy(),
+        xz.view(n_mixers, batch, seq_len, 2 * dim).numpy(), params["mixer_of"], params["backward"], params["first"],
+        params["last"], params["scale"], walk.numpy(), block, 16, y.view(batch, seq_len, n_mixers * dim).numpy())
+    _restore_torch_threads(torch_threads)
+    # 6. the output projections as one GEMM over the mixers' outputs side by side (their sum)
+    out_rows = output.view(tokens, d_model)
+    if params["out_bias"] is None:
+        torch.mm(y, params["out_weight_t"], out=out_rows)
+    else:
+        torch.addmm(params["out_bias"], y, params["out_weight_t"], out=out_rows)
+
+
+def _numba_threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple

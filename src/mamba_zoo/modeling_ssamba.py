@@ -22,7 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceCl
 from transformers.utils import ModelOutput
 
 from .configuration_ssamba import SSAMBAConfig, patch_grid, patch_shape
-from .cpu_inference import inference_workspace
+from .cpu_inference import inference_workspace, paired_blocks_cpu_applies, paired_blocks_cpu_forward
 from .mamba_layers import DropPath, MambaBlock, MambaMixer, build_mixer, build_norm
 from .sequence_utils import check_attention_mask, floating_input, lengths_from_attention_mask
 
@@ -426,6 +426,15 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         residual = None
         with inference_workspace():  # no-grad CPU mixers share their scratch buffers across layers
+            if (self.config.bidirectional_layer_pairing and not output_hidden_states
+                    and paired_blocks_cpu_applies(self.layers, hidden_states)):
+                # the fused CPU path computes each pair at once; both layers' residual streams are the same `stream`
+                stream = None
+                for i in range(len(self.layers) // 2):
+                    hidden_states, stream = paired_blocks_cpu_forward(
+                        self.layers[2 * i:2 * i + 2], (False, True), hidden_states, stream, 2.0, sequence_mask
+                    )
+                return hidden_states, stream.mul_(2), None  # the last pair's residuals, summed
             if self.config.bidirectional_layer_pairing:
                 num_pairs = len(self.layers) // 2
                 for i in range(num_pairs):

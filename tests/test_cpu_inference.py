@@ -1,0 +1,131 @@
+"""The fused no-grad CPU paths of `cpu_inference.py` that models call directly: paired blocks (Vim's layer pairing, as
+SSAMBA's layers 2i and 2i+1) computed at once equal the same blocks run one by one and the autograd path."""
+
+import pytest
+import torch
+
+from mamba_zoo import SSAMBAConfig, SSAMBAModel, cpu_inference
+from mamba_zoo.kernel_backends import cpu_kernels
+
+pytestmark = pytest.mark.skipif(cpu_kernels() is None, reason="the fused CPU kernels need numba")
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def random_ssamba(seed, **kwargs):
+    config = dict(hidden_size=32, num_hidden_layers=4, num_mel_bins=32, max_length=80, patch_size=16,
+                  frequency_stride=16, time_stride=16, drop_path_rate=0.0)
+    model = SSAMBAModel(SSAMBAConfig(**{**config, **kwargs})).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "A_log" in name or "A_b_log" in name:
+                p.copy_(torch.rand(p.shape, generator=g) * 2 - 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (1.0 if "norm" in name and "weight" in name else 0))
+    return model
+
+
+@pytest.fixture
+def paired_calls(monkeypatch):
+    calls = []
+    original = cpu_inference.paired_blocks_cpu_forward
+
+    def counting(blocks, reverses, hidden_states, *args):
+        calls.append((len(blocks), tuple(reverses), tuple(hidden_states.shape)))
+        return original(blocks, reverses, hidden_states, *args)
+
+    monkeypatch.setattr(cpu_inference, "paired_blocks_cpu_forward", counting)
+    import mamba_zoo.modeling_ssamba as modeling
+
+    monkeypatch.setattr(modeling, "paired_blocks_cpu_forward", counting)
+    return calls
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"divide_out": False, "use_bias": True},
+                                    {"use_conv_bias": False, "bidirectional_mixer": False}])
+@pytest.mark.parametrize("frames", [80, 61])  # 5 x 2 patches + cls; an odd number of frames (3 columns)
+def test_paired_blocks_equal_block_by_block_and_autograd(monkeypatch, paired_calls, kwargs, frames):
+    """Both layers of each pair (forward and reversed reading, both directions of each mixer) computed at once equal
+    the layers run one by one on the per-mixer fused path and the autograd path, with and without a padding mask that
+    leaves each row a different length."""
+    seed = frames + len(kwargs)
+    model = random_ssamba(seed, **kwargs)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, frames, 32, generator=g)
+    mask = torch.ones(3, frames, dtype=torch.long)
+    mask[1, 40:] = 0  # 2 columns of 2 frequency patches
+    mask[2, 20:] = 0  # 1 column
+    for extra in ({}, {"attention_mask": mask}):
+        paired_calls.clear()
+        with torch.inference_mode():
+            paired = model(x, **extra).last_hidden_state
+        length = 1 + 2 * ((frames - 16) // 16 + 1)
+        assert paired_calls == [(2, (False, True), (3, length, 32))] * 2
+        monkeypatch.setattr(cpu_inference, "PAIRED_BLOCKS", False)
+        with torch.no_grad():
+            one_by_one = model(x, **extra).last_hidden_state
+        monkeypatch.setattr(cpu_inference, "PAIRED_BLOCKS", True)
+        autograd = model(x, **extra).last_hidden_state.detach()
+        assert len(paired_calls) == 2  # neither of those took the paired path
+        assert rel_err(paired, one_by_one) < 1e-5, extra
+        assert rel_err(paired, autograd) < 1e-5, extra
+        if extra:  # zeros at the padded patches; a padded row equals the row alone
+            token_mask = model.token_mask(mask, (2, (length - 1) // 2)).bool()
+            assert (paired[~token_mask] == 0).all() and paired[token_mask].abs().min() > 0
+            with torch.no_grad():
+                alone = model(x[2:3, :20]).last_hidden_state
+            assert rel_err(paired[2][token_mask[2]], alone[0]) < 1e-5
+
+
+def test_paired_blocks_see_reversal_and_both_layers(paired_calls):
+    """The second layer of a pair reads the sequence reversed and each layer counts: swapping a pair's layers, or
+    zeroing one layer's out_proj, changes the paired path's output exactly as it changes the autograd path's."""
+    model = random_ssamba(3)
+    x = torch.randn(2, 80, 32)
+    with torch.no_grad():
+        base = model(x).last_hidden_state
+        model.layers[0], model.layers[1] = model.layers[1], model.layers[0]
+        swapped = model(x).last_hidden_state
+        model.layers[0].mixer.out_proj.weight.zero_()  # changed in place: the stacked parameters are rebuilt
+        zeroed = model(x).last_hidden_state
+    assert rel_err(swapped, base) > 1e-3 and rel_err(zeroed, swapped) > 1e-3
+    assert rel_err(zeroed, model(x).last_hidden_state.detach()) < 1e-5
+    assert len(paired_calls) == 6
+
+
+def test_paired_blocks_run_long_batches_in_row_chunks(monkeypatch, paired_calls):
+    model = random_ssamba(4)
+    x = torch.randn(5, 80, 32)
+    mask = (torch.arange(80)[None, :] < torch.tensor([80, 33, 80, 16, 64])[:, None]).long()
+    for extra in ({}, {"attention_mask": mask}):
+        with torch.no_grad():
+            whole = model(x, **extra).last_hidden_state
+            monkeypatch.setattr(cpu_inference, "PAIRED_CHUNK_TOKENS", 22)  # 2 rows of 11 tokens
+            rows = []
+            original = cpu_inference._paired_rows
+            monkeypatch.setattr(cpu_inference, "_paired_rows", lambda b, p, h, *a: rows.append(h.shape[0])
+                                or original(b, p, h, *a))
+            chunked = model(x, **extra).last_hidden_state
+            monkeypatch.undo()
+        assert rows == [2, 2, 1] * 2
+        assert rel_err(chunked, whole) < 1e-6, extra
+
+
+def test_paired_path_only_where_it_applies(paired_calls):
+    """Hidden states of every layer, gradients, hooks or a longer sequence than PAIRED_CHUNK_TOKENS: block by block."""
+    model = random_ssamba(5)
+    x = torch.randn(2, 80, 32)
+    with torch.no_grad():
+        model(x, output_hidden_states=True)
+    model(x)  # parameters require grad
+    model.layers[3].mixer.x_proj_b.register_forward_hook(lambda *args: None)
+    with torch.no_grad():
+        model(x)
+    assert paired_calls == []
+    model.layers[3].mixer.x_proj_b._forward_hooks.clear()
+    with torch.no_grad():
+        model(x)
+    assert len(paired_calls) == 2
