@@ -8,9 +8,11 @@ bidirectional Mamba layers, D 192) unless --ssamba-layers says otherwise; AST is
 
 How things are measured: every (tokens) row runs in a fresh subprocess that builds both models; after one warm-up call
 each (numba JIT / cache load), the two models are timed round-robin (SSAMBA, AST, SSAMBA, AST, ...) so that load from
-elsewhere hits both alike, and the best (minimum) wall time is reported. Peak memory = the growth of the process'
-resident set during one forward call: the kernel's high-water mark is reset through /proc/self/clear_refs before the
-call and `VmHWM - VmRSS(before)` read after it (on CUDA: torch.cuda.max_memory_allocated growth).
+elsewhere hits both alike, and the best (minimum) wall time is reported. Peak memory, each model alone in a fresh
+process: "MiB" = the growth of the process' resident set during one forward call (the kernel's high-water mark is reset
+through /proc/self/clear_refs before the call and `VmHWM - VmRSS(before)` read after it; on CUDA:
+torch.cuda.max_memory_allocated growth); "RSS MiB" = the whole process' peak resident set (imports, model, warm-up
+and the call: the larger of VmHWM before the reset and after the call), what a user sees.
 
     python benchmarks/bench_ssamba_vs_ast.py                 # 512, 1024, 2048, 4096, 8192 tokens
     python benchmarks/bench_ssamba_vs_ast.py --long          # + 22k tokens (the SSAMBA paper's efficiency point)
@@ -39,19 +41,23 @@ def _read_status(field):
 
 
 def _peak_growth(fn):
-    """Bytes the resident set grows by during fn() (reset high-water mark, read VmHWM)."""
+    """(bytes the resident set grows by during fn(), the whole process' peak resident set in bytes): reset the
+    high-water mark, read VmHWM after the call; the process peak is the larger of VmHWM before the reset and after."""
+    import resource
+
     try:
+        process_peak = _read_status("VmHWM")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         before = _read_status("VmRSS")
         fn()
-        return _read_status("VmHWM") - before
+        peak = _read_status("VmHWM")
+        return peak - before, max(process_peak, peak)
     except OSError:
-        import resource
-
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         fn()
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return after - before, after
 
 
 def build(name, tokens, ssamba_layers, device, ast_attn="sdpa"):
@@ -102,7 +108,9 @@ def worker(tokens, mode, ssamba_layers, threads, repeats, device, ast_attn):
             call(name)
             result[f"{name}_peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
         else:
-            result[f"{name}_peak_mib"] = _peak_growth(lambda: call(name)) / 2**20
+            growth, process_peak = _peak_growth(lambda: call(name))
+            result[f"{name}_peak_mib"] = growth / 2**20
+            result[f"{name}_rss_mib"] = process_peak / 2**20
     else:
         for name in names:
             call(name)  # warm-up at full size
@@ -152,7 +160,7 @@ def main():
           f"batch 2, "
           f"{args.device}, {args.threads} threads, best of {args.repeats}")
     header = (f"{'tokens':>7} {'frames':>7} | {'SSAMBA s':>9} {'AST s':>9} {'AST/SSAMBA':>10} | "
-              f"{'SSAMBA MiB':>10} {'AST MiB':>9} {'AST/SSAMBA':>10}")
+              f"{'SSAMBA MiB':>10} {'AST MiB':>9} {'AST/SSAMBA':>10} | {'SSAMBA RSS MiB':>14} {'AST RSS MiB':>11}")
     print(header + "\n" + "-" * len(header))
     rows = []
     for n in tokens:
@@ -166,7 +174,9 @@ def main():
         rows.append(row)
         print(f"{row['tokens']:>7} {row['frames']:>7} | {row['ssamba_s']:>9.3f} {row['ast_s']:>9.3f} "
               f"{row['ast_s'] / row['ssamba_s']:>9.2f}x | {row['ssamba_peak_mib']:>10.0f} {row['ast_peak_mib']:>9.0f} "
-              f"{row['ast_peak_mib'] / max(row['ssamba_peak_mib'], 1e-9):>9.2f}x", flush=True)
+              f"{row['ast_peak_mib'] / max(row['ssamba_peak_mib'], 1e-9):>9.2f}x | "
+              f"{row.get('ssamba_rss_mib', float('nan')):>14.0f} {row.get('ast_rss_mib', float('nan')):>11.0f}",
+              flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -15,6 +15,12 @@ path (tests/test_golden_outputs.py and tests/test_mamba_layers.py say so) but
   forward visits the chunks from the start and the one that walks backward from the end, each carrying its scan
   state and its conv window across chunk boundaries, so the intermediates stay O(chunk) and the result equals the
   one-pass forward.
+
+Models with Vim's layer pairing (SSAMBA: layers 2i and 2i+1 read the same residual stream, the second reversed, and
+their outputs are summed) call `paired_blocks_cpu_forward` for each pair instead: the same function, one kernel call
+or GEMM per step for both blocks and all four branches (about 7 parallel regions a pair instead of 26). Small inputs
+are bound by those regions, not arithmetic: each one waits for every thread, and on a busy machine for a thread that
+was descheduled.
 """
 
 from __future__ import annotations
