@@ -3,7 +3,11 @@
 
 Scan table (batch 4, dim 384, N 16, fp32 by default), forward and forward+backward, for:
 
-- ``cpu``: mamba-zoo's fused numba kernel (``selective_scan_fn(..., backend="cpu")``);
+- ``cpu``: mamba-zoo's fused numba kernel (``selective_scan_fn(..., backend="cpu")``). Its ``fwd`` row runs without
+  grad, i.e. the forward-only inference kernel; a training step runs the checkpointing training forward instead, so the
+  ``fwd+bwd`` row also times that forward alone (``cpu train fwd``: inputs that require grad, no backward) and
+  reports ``cpu bwd/fwd`` = (``fwd+bwd`` - ``train fwd``) / ``train fwd``, the backward's cost relative to the
+  forward a training step actually runs;
 - ``reference``: mamba-zoo's PyTorch reference (a loop over time, autograd for the backward);
 - ``ref_algo``: mamba-ssm's ``selective_scan_ref`` algorithm, re-implemented below: it
   materialises ``deltaA`` and ``deltaB_u`` as ``(batch, dim, L, N)`` and loops over L in Python.
@@ -203,15 +207,18 @@ def _scan_callable(method: str):
 
 
 def scan_worker(spec: dict) -> dict:
-    """All requested scan methods at one (L, pass), side by side in this process."""
+    """All requested scan methods at one (L, pass), side by side in this process. ``cpu_train_fwd``: the cpu
+    kernel's forward on inputs that require grad (the training forward, with checkpoints), without the backward."""
     backward = spec["mode"] == "fwd+bwd"
     shape = (spec["batch"], spec["dim"], spec["n_state"])
     warm = make_scan_inputs(*shape, 8, requires_grad=backward)
     inputs = make_scan_inputs(*shape, spec["length"], requires_grad=backward)
 
-    def runner(fn, kw):
+    def runner(fn, kw, forward_only=False):
         def run():
-            if backward:
+            if forward_only:
+                fn(**kw)
+            elif backward:
                 for t in kw.values():
                     t.grad = None
                 fn(**kw).sum().backward()
@@ -224,9 +231,10 @@ def scan_worker(spec: dict) -> dict:
 
     calls = {}
     for method in spec["methods"]:
-        fn = _scan_callable(method)
+        train_forward = method == "cpu_train_fwd"
+        fn = _scan_callable("cpu" if train_forward else method)
         runner(fn, warm)()  # numba JIT / cache load, lazy imports
-        calls[method] = runner(fn, inputs)
+        calls[method] = runner(fn, inputs, forward_only=train_forward)
     return measure_side_by_side(calls, spec["repeats"])
 
 
@@ -402,6 +410,13 @@ def _fmt_mem(r):
     return f"{r['peak_mib']:8.1f}{'' if r['peak_exact'] else '*'}"
 
 
+def _backward_ratio(forward_backward, forward):
+    """(forward+backward - forward) / forward: the backward's cost in forwards."""
+    if not forward_backward or not forward or "error" in forward_backward or "error" in forward:
+        return "-"
+    return f"{(forward_backward['time_s'] - forward['time_s']) / forward['time_s']:.2f}"
+
+
 def _ratio(slow, fast):
     if not slow or not fast or "error" in slow or "error" in fast:
         return "-"
@@ -440,7 +455,9 @@ def bench_scan(args) -> None:
             run_methods = [m for m in methods if m == "cpu" or length <= limit]
             if mode == "fwd+bwd" and length > args.ref_algo_bwd_max_length:
                 run_methods = [m for m in run_methods if m != "ref_algo"]
-            repeats = {m: args.repeats if m == "cpu" else args.slow_repeats for m in run_methods}
+            if mode == "fwd+bwd":
+                run_methods.insert(1, "cpu_train_fwd")
+            repeats = {m: args.repeats if m.startswith("cpu") else args.slow_repeats for m in run_methods}
             spec = dict(methods=run_methods, repeats=repeats, mode=mode, length=length,
                         batch=args.batch, dim=args.dim, n_state=args.state)
             results = _cell_results("scan", run_methods, spec, args)
@@ -449,6 +466,8 @@ def bench_scan(args) -> None:
             get = results.get
             rows.append([length, mode]
                         + [_fmt_time(get(m)) for m in methods]
+                        + [_fmt_time(get("cpu_train_fwd")) if mode == "fwd+bwd" else "-",
+                           _backward_ratio(get("cpu"), get("cpu_train_fwd")) if mode == "fwd+bwd" else "-"]
                         + [_fmt_mem(get(m)) for m in methods]
                         + [_ratio(get("ref_algo"), get("cpu")),
                            _ratio(get("reference"), get("cpu"))])
@@ -459,6 +478,9 @@ def bench_scan(args) -> None:
                  f" and forward above L={args.slow_fwd_max_length} (--slow-max-length, "
                  "--slow-fwd-max-length); ref_algo builds 2 (batch, dim, L, N) float32 tensors "
                  "(plus their gradients in the backward).")
+    notes.append("cpu fwd: no grad, the forward-only inference kernel; cpu train fwd: the training forward (inputs "
+                 "require grad: checkpoints, autograd graph) without backward; cpu bwd/fwd: (cpu fwd+bwd - cpu "
+                 "train fwd) / cpu train fwd.")
     notes.append(f"time: best of {args.repeats} (cpu) / {args.slow_repeats} (others) calls, all "
                  "methods of a row in one fresh process, repeats interleaved; MiB: growth of the "
                  "resident set during the first call (VmHWM reset via /proc/self/clear_refs).")
@@ -466,7 +488,8 @@ def bench_scan(args) -> None:
     print_table(
         f"selective scan, batch {args.batch}, dim {args.dim}, N {args.state}, fp32, "
         f"{args.threads} threads (torch {torch.__version__})",
-        ["L", "pass", "cpu", "reference", "ref_algo", "cpu MiB", "reference MiB", "ref_algo MiB",
+        ["L", "pass", "cpu", "reference", "ref_algo", "cpu train fwd", "cpu bwd/fwd", "cpu MiB", "reference MiB",
+         "ref_algo MiB",
          "ref_algo/cpu", "reference/cpu"],
         rows, notes)
 

@@ -103,6 +103,58 @@ def test_cpu_matches_reference_outputs_and_all_gradients(batch, dim, n_state, le
         assert relative_error(grads_c[name], grads_r[name]) < 1e-5, name
 
 
+# (batch, dim, N, L, groups, D, z, delta_bias, softplus): channel counts per group that are not multiples of the
+# training kernels' block (TRAIN_BLOCK), lengths that are not multiples of the checkpoint interval.
+BLOCK_CASES = [
+    pytest.param(2, 70, 4, 150, 2, True, True, True, True, id="G2-35-channels-per-group"),
+    pytest.param(1, 150, 3, 97, None, False, True, False, True, id="150-channels-z-only"),
+    pytest.param(2, 96, 5, 66, 3, True, False, True, True, id="G3-32-channels-no-z"),
+    pytest.param(1, 130, 2, 64, None, False, False, False, False, id="bare-130-channels"),
+]
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("batch,dim,n_state,length,groups,with_D,with_z,with_bias,softplus", BLOCK_CASES)
+def test_cpu_channel_blocks_match_reference(batch, dim, n_state, length, groups, with_D, with_z, with_bias,
+                                            softplus):
+    """The training kernels run blocks of TRAIN_BLOCK channels; a group's last block is zero-padded, and its padding
+    must neither leak into dB / dC nor be written out."""
+    inputs = make_inputs(batch, dim, n_state, length, groups, with_D, with_z, with_bias, seed=11)
+    out_c, last_c, grads_c = run_with_grads(inputs, "cpu", softplus)
+    out_r, last_r, grads_r = run_with_grads(inputs, "reference", softplus)
+    assert relative_error(out_c, out_r) < 1e-5
+    assert relative_error(last_c, last_r) < 1e-5
+    assert set(grads_c) == set(grads_r)
+    for name in grads_r:
+        assert relative_error(grads_c[name], grads_r[name]) < 1e-5, name
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_backward_parts_with_several_blocks_and_bit_identical_reruns(threads):
+    """330 channels are 6 blocks; with 1 thread the backward splits them into parts of 2 blocks (one part empty), so
+    a part sums dB / dC over several blocks. Reruns with the same thread count give the same bits."""
+    from mamba_zoo import cpu_scan_kernels as kernels
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        inputs = make_inputs(1, 330, 4, 70, seed=12)
+        out_c, last_c, grads_c = run_with_grads(inputs, "cpu", True)
+        out_again, last_again, grads_again = run_with_grads(inputs, "cpu", True)
+        if threads == 1:  # (numba's thread count follows torch's once a kernel has run)
+            assert kernels._n_parts(1, 1, 330) < -(-330 // kernels.TRAIN_BLOCK)
+    finally:
+        torch.set_num_threads(previous)
+    out_r, last_r, grads_r = run_with_grads(inputs, "reference", True)
+    assert relative_error(out_c, out_r) < 1e-5
+    for name in grads_r:
+        assert relative_error(grads_c[name], grads_r[name]) < 1e-5, name
+    assert torch.equal(out_c, out_again) and torch.equal(last_c, last_again)
+    for name in grads_c:
+        assert torch.equal(grads_c[name], grads_again[name]), name
+
+
 @needs_cpu_kernel
 @pytest.mark.parametrize("chunk", [1, 5, 16])
 def test_cpu_checkpoint_interval_does_not_change_results(chunk):

@@ -48,8 +48,8 @@ __all__ = ["is_available", "selective_scan_cpu", "selective_state_update_cpu", "
 DEFAULT_CHUNK = 64
 
 # Channels per block of the training kernels (their vector lanes; a compile-time constant, so the loops over a block
-# have a known trip count): 2 AVX-512 or 4 AVX2 float32 vectors.
-TRAIN_BLOCK = 32
+# have a known trip count): 4 AVX-512 or 8 AVX2 float32 vectors.
+TRAIN_BLOCK = 64
 
 # Whether calls that need no gradient run the forward-only kernels (no checkpoints, vectorised
 # across channels; MambaMixer's time-major path). False runs the training kernels instead (for
