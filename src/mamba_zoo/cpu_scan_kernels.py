@@ -448,7 +448,23 @@ if numba is not None:
                         for c in range(W):
                             dtx_row[c] = dt_row[c] * x_row[c]
                             y_row[c] = skip_loc[c] * x_row[c]
-                    # Recompute the chunk's states (and, with a gate, its outputs before the gate).
+                    if has_z:  # out = y silu(z): dy := dLoss/dy = dout silu(z) needs no state
+                        for k in range(n_steps):
+                            z_row = z_t[k]
+                            sig_row = sig_t[k]
+                            for c in range(W):
+                                sig_row[c] = z_row[c]
+                        _sigmoid_inplace(sig_flat, n_steps * W)
+                        for k in range(n_steps):
+                            dy_row = dy_t[k]
+                            z_row = z_t[k]
+                            sig_row = sig_t[k]
+                            dz_row = dz_t[k]
+                            for c in range(W):
+                                dz_row[c] = dy_row[c]  # dout, until y is known
+                                dy_row[c] = dy_row[c] * z_row[c] * sig_row[c]
+                    # Recompute the chunk's states (and, with a gate, its outputs before the gate); dC_t = <dy_t, h_t>
+                    # sums across the block's channels.
                     for n in range(N):
                         s_row = states[0, n]
                         for c in range(w):
@@ -459,9 +475,11 @@ if numba is not None:
                         t = t0 + k
                         dt_row = dt_t[k]
                         dtx_row = dtx_t[k]
+                        dy_row = dy_t[k]
                         y_row = y_t[k]
                         B_row = Bm[b, g, t]
                         C_row = Cm[b, g, t]
+                        dC_row = dC_part[b, g, part, t]
                         for n in range(N):
                             b_n = B_row[n]
                             c_n = C_row[n]
@@ -469,6 +487,7 @@ if numba is not None:
                             prev = states[k, n]
                             cur = states[k + 1, n]
                             dec_row = decay[k, n]
+                            sum_C = _ZERO
                             if has_z:
                                 for c in range(W):
                                     dec = _exp2f(dt_row[c] * a_row[c])
@@ -476,20 +495,17 @@ if numba is not None:
                                     h_n = dec * prev[c] + dtx_row[c] * b_n
                                     cur[c] = h_n
                                     y_row[c] += h_n * c_n
+                                    sum_C += dy_row[c] * h_n
                             else:
                                 for c in range(W):
                                     dec = _exp2f(dt_row[c] * a_row[c])
                                     dec_row[c] = dec
-                                    cur[c] = dec * prev[c] + dtx_row[c] * b_n
-                    if has_z:  # out = y silu(z): dz, and dy := dLoss/dy
+                                    h_n = dec * prev[c] + dtx_row[c] * b_n
+                                    cur[c] = h_n
+                                    sum_C += dy_row[c] * h_n
+                            dC_row[n] += sum_C
+                    if has_z:  # dz = dout y sigmoid(z) (1 + z (1 - sigmoid(z)))
                         for k in range(n_steps):
-                            z_row = z_t[k]
-                            sig_row = sig_t[k]
-                            for c in range(W):
-                                sig_row[c] = z_row[c]
-                        _sigmoid_inplace(sig_flat, n_steps * W)
-                        for k in range(n_steps):
-                            dy_row = dy_t[k]
                             y_row = y_t[k]
                             z_row = z_t[k]
                             sig_row = sig_t[k]
@@ -497,9 +513,7 @@ if numba is not None:
                             for c in range(W):
                                 zt = z_row[c]
                                 sig = sig_row[c]
-                                grad_out = dy_row[c]
-                                dz_row[c] = grad_out * y_row[c] * sig * (_ONE + zt * (_ONE - sig))
-                                dy_row[c] = grad_out * zt * sig
+                                dz_row[c] = dz_row[c] * y_row[c] * sig * (_ONE + zt * (_ONE - sig))
                     # Reverse sweep; adjoint holds dLoss/dh_t coming from step t + 1.
                     for k in range(n_steps - 1, -1, -1):
                         t = t0 + k
@@ -509,7 +523,6 @@ if numba is not None:
                         B_row = Bm[b, g, t]
                         C_row = Cm[b, g, t]
                         dB_row = dB_part[b, g, part, t]
-                        dC_row = dC_part[b, g, part, t]
                         for c in range(W):
                             adj_B[c] = _ZERO
                             a_adh[c] = _ZERO
@@ -518,23 +531,20 @@ if numba is not None:
                             c_n = C_row[n]
                             adj_row = adjoint[n]
                             prev = states[k, n]
-                            cur = states[k + 1, n]
                             dec_row = decay[k, n]
                             a_row = a_raw[n]
                             dA_row = dA_acc[n]
                             sum_B = _ZERO
-                            sum_C = _ZERO
                             for c in range(W):
                                 adj = adj_row[c] + dy_row[c] * c_n  # dLoss/dh_t, all paths
-                                sum_C += dy_row[c] * cur[c]
                                 sum_B += adj * dtx_row[c]
                                 adj_B[c] += adj * b_n
-                                through_decay = adj * dec_row[c] * prev[c]
+                                adj_decay = adj * dec_row[c]  # dLoss/dh_{t-1} through the decay
+                                through_decay = adj_decay * prev[c]
                                 a_adh[c] += a_row[c] * through_decay
                                 dA_row[c] += dt_row[c] * through_decay
-                                adj_row[c] = adj * dec_row[c]  # dLoss/dh_{t-1} through the decay
+                                adj_row[c] = adj_decay
                             dB_row[n] += sum_B
-                            dC_row[n] += sum_C
                         x_row = x_t[k]
                         dtg_row = dtg_t[k]
                         du_row = du_t[k]
