@@ -274,18 +274,19 @@ if numba is not None:
                     h_row = h[n]
                     for c in range(w):
                         checkpoints[b, ci, n, c0 + c] = h_row[c]
-                # Gather the chunk (channel-major -> (step, channel)); padding lanes read zeros.
+                # Gather the chunk (channel-major -> (step, channel)); padding lanes read zeros. (Slices indexed by
+                # the loop counter: no negative-index wraparound per element.)
                 for c in range(W):
                     if c < w:
-                        delta_ch = delta[b, c0 + c]
-                        u_ch = u[b, c0 + c]
+                        delta_ch = delta[b, c0 + c, t0:t0 + n_steps]
+                        u_ch = u[b, c0 + c, t0:t0 + n_steps]
                         for k in range(n_steps):
-                            dt_t[k, c] = delta_ch[t0 + k]
-                            dtx_t[k, c] = u_ch[t0 + k]
+                            dt_t[k, c] = delta_ch[k]
+                            dtx_t[k, c] = u_ch[k]
                         if has_z:
-                            z_ch = z[b, c0 + c]
+                            z_ch = z[b, c0 + c, t0:t0 + n_steps]
                             for k in range(n_steps):
-                                gate_t[k, c] = z_ch[t0 + k]
+                                gate_t[k, c] = z_ch[k]
                     else:
                         for k in range(n_steps):
                             dt_t[k, c] = _ZERO
@@ -330,9 +331,9 @@ if numba is not None:
                         for c in range(W):
                             y_row[c] = y_row[c] * gate_row[c]
                 for c in range(w):
-                    out_ch = out[b, c0 + c]
+                    out_ch = out[b, c0 + c, t0:t0 + n_steps]
                     for k in range(n_steps):
-                        out_ch[t0 + k] = y_t[k, c]
+                        out_ch[k] = y_t[k, c]
             for n in range(N):
                 h_row = h[n]
                 for c in range(w):
@@ -415,17 +416,17 @@ if numba is not None:
                     # Gather the chunk; padding lanes read zeros.
                     for c in range(W):
                         if c < w:
-                            delta_ch = delta[b, c0 + c]
-                            u_ch = u[b, c0 + c]
-                            dout_ch = dout[b, c0 + c]
+                            delta_ch = delta[b, c0 + c, t0:t0 + n_steps]
+                            u_ch = u[b, c0 + c, t0:t0 + n_steps]
+                            dout_ch = dout[b, c0 + c, t0:t0 + n_steps]
                             for k in range(n_steps):
-                                dt_t[k, c] = delta_ch[t0 + k]
-                                x_t[k, c] = u_ch[t0 + k]
-                                dy_t[k, c] = dout_ch[t0 + k]
+                                dt_t[k, c] = delta_ch[k]
+                                x_t[k, c] = u_ch[k]
+                                dy_t[k, c] = dout_ch[k]
                             if has_z:
-                                z_ch = z[b, c0 + c]
+                                z_ch = z[b, c0 + c, t0:t0 + n_steps]
                                 for k in range(n_steps):
-                                    z_t[k, c] = z_ch[t0 + k]
+                                    z_t[k, c] = z_ch[k]
                         else:
                             for k in range(n_steps):
                                 dt_t[k, c] = _ZERO
@@ -556,15 +557,15 @@ if numba is not None:
                             dbias_acc[c] += ddelta_c
                             dD_acc[c] += dy_row[c] * x_row[c]
                     for c in range(w):
-                        du_ch = du[b, c0 + c]
-                        dd_ch = ddelta[b, c0 + c]
+                        du_ch = du[b, c0 + c, t0:t0 + n_steps]
+                        dd_ch = ddelta[b, c0 + c, t0:t0 + n_steps]
                         for k in range(n_steps):
-                            du_ch[t0 + k] = du_t[k, c]
-                            dd_ch[t0 + k] = dd_t[k, c]
+                            du_ch[k] = du_t[k, c]
+                            dd_ch[k] = dd_t[k, c]
                         if has_z:
-                            dz_ch = dz[b, c0 + c]
+                            dz_ch = dz[b, c0 + c, t0:t0 + n_steps]
                             for k in range(n_steps):
-                                dz_ch[t0 + k] = dz_t[k, c]
+                                dz_ch[k] = dz_t[k, c]
                 for c in range(w):
                     for n in range(N):
                         dA_lane[b, c0 + c, n] = dA_acc[n, c]
