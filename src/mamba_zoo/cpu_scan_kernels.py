@@ -261,6 +261,7 @@ if numba is not None:
             dtx_t = np.zeros((chunk, W), dtype=np.float32)
             y_t = np.zeros((chunk, W), dtype=np.float32)
             gate_t = np.zeros((chunk, W), dtype=np.float32)
+            sink = np.zeros(1, dtype=np.float32)  # keeps the prefetching loads below
             for n in range(N):  # A * log2(e): the decays are 2 ** (dt * a_loc)
                 for c in range(w):
                     a_loc[n, c] = A_t[n, c0 + c] * _LOG2E
@@ -292,6 +293,15 @@ if numba is not None:
                             dt_t[k, c] = _ZERO
                             dtx_t[k, c] = _ZERO
                             gate_t[k, c] = _ZERO
+                if ci + 2 < n_chunks:  # touch the next chunk's inputs (see the backward kernel)
+                    touched = _ZERO
+                    t_next = t0 + chunk
+                    for c in range(w):
+                        for k in range(0, chunk, 16):
+                            touched += delta[b, c0 + c, t_next + k] + u[b, c0 + c, t_next + k]
+                            if has_z:
+                                touched += z[b, c0 + c, t_next + k]
+                    sink[0] += touched
                 for k in range(n_steps):
                     dt_row = dt_t[k]
                     for c in range(W):
@@ -396,6 +406,7 @@ if numba is not None:
             skip_loc = np.zeros(W, dtype=np.float32)
             dD_acc = np.zeros(W, dtype=np.float32)
             dbias_acc = np.zeros(W, dtype=np.float32)
+            sink = np.zeros(1, dtype=np.float32)  # keeps the prefetching loads below
             for blk in range(part * blocks_per_part, min(bpg, (part + 1) * blocks_per_part)):
                 c0 = g * cpg + blk * W
                 w = min(W, (g + 1) * cpg - c0)
@@ -433,6 +444,19 @@ if numba is not None:
                                 x_t[k, c] = _ZERO
                                 dy_t[k, c] = _ZERO
                                 z_t[k, c] = _ZERO
+                    if ci > 0:
+                        # Touch one float per cache line of the next chunk's inputs, so that their loads from memory
+                        # overlap this chunk's work: the sweep runs backwards in time, against the hardware
+                        # prefetchers, across a row of memory per channel.
+                        touched = _ZERO
+                        t_next = t0 - chunk
+                        for c in range(w):
+                            for k in range(0, chunk, 16):
+                                touched += delta[b, c0 + c, t_next + k] + u[b, c0 + c, t_next + k]
+                                touched += dout[b, c0 + c, t_next + k]
+                                if has_z:
+                                    touched += z[b, c0 + c, t_next + k]
+                        sink[0] += touched
                     for k in range(n_steps):
                         dt_row = dt_t[k]
                         for c in range(W):
