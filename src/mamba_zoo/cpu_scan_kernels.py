@@ -22,7 +22,9 @@ kernels can run. Kernels are compiled on first use and cached on disk (``cache=T
 (``_expf``, ``_exp2f``, ...) are not cached themselves: a kernel compiled against a helper loaded from the disk
 cache gets different machine code (different last bits) from one compiled against the same helper compiled in
 memory, so results would depend on what earlier processes happened to compile first. Uncached, a helper is always
-compiled in memory, and a kernel's code is the same whatever ran before; a cached kernel carries its helpers' code.
+compiled in memory, and a kernel's code is the same whatever ran before; a cached kernel carries its helpers' code. The
+helpers' fastmath flags are set explicitly (``_HELPER_MATH``) for the same reason: numba compiles a callee that sets none
+with the flags of the first kernel that calls it.
 """
 
 from __future__ import annotations
@@ -84,6 +86,11 @@ if numba is not None:
     _ONE = _f32(1.0)
     _ZERO = _f32(0.0)
     _SOFTPLUS_THRESHOLD = _f32(20.0)  # torch.nn.functional.softplus: x > 20 -> x
+    # The helpers' own math flags, set explicitly: a jitted callee without them inherits the fastmath flags of the
+    # first kernel that compiles it, so the helpers' code (and every kernel's bits and speed) would depend on which
+    # kernel happened to be compiled first in the process. FMA contraction only: no reassociation, which would undo
+    # the Cody-Waite and Kahan tricks below.
+    _HELPER_MATH = {"contract"}
 
     @intrinsic
     def _bits_to_f32(typingctx, bits):
@@ -95,11 +102,11 @@ if numba is not None:
 
         return sig, codegen
 
-    @njit(error_model="numpy")
+    @njit(fastmath=_HELPER_MATH, error_model="numpy")
     def _expf(x):
         """exp(x) in float32 (Cephes expf): exp(r) on the Cody-Waite reduced r, times 2**k from the exponent bits.
-        Compiled strictly (its instructions keep strict semantics when LLVM inlines it into a kernel compiled with
-        fastmath flags), branch-free and with numpy's error model, so loops over it vectorise."""
+        Compiled without reassociation (_HELPER_MATH; its instructions keep those flags when LLVM inlines it into a
+        kernel compiled with others), branch-free and with numpy's error model, so loops over it vectorise."""
         x = min(max(x, _EXP_LO), _EXP_HI)
         k = np.floor(x * _LOG2E + _HALF)
         r = x - k * _LN2_HI
@@ -107,7 +114,7 @@ if numba is not None:
         p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
         return (p * (r * r) + r + _ONE) * _bits_to_f32((np.int32(k) + 127) << 23)
 
-    @njit
+    @njit(fastmath=_HELPER_MATH)
     def _exp_inplace(values, count):
         """values[:count] = exp(values[:count]) in float32."""
         for i in range(count):
@@ -125,7 +132,7 @@ if numba is not None:
     _L7 = _f32(-2.4999993993e-1)
     _L8 = _f32(3.3333331174e-1)
 
-    @njit(error_model="numpy")
+    @njit(fastmath=_HELPER_MATH, error_model="numpy")
     def _log1p_unit(e):
         """log1p(e) for e in [0, 1] in float32 (branch-free, so loops over it vectorise)."""
         w = _ONE + e
@@ -142,13 +149,13 @@ if numba is not None:
         denom = w - _ONE
         return e if denom == _ZERO else log_w * (e / denom)
 
-    @njit
+    @njit(fastmath=_HELPER_MATH)
     def _log1p_unit_inplace(values, count):
         """values[:count] = log1p(values[:count]) for values in [0, 1] (float32, vectorisable)."""
         for i in range(count):
             values[i] = _log1p_unit(values[i])
 
-    @njit
+    @njit(fastmath=_HELPER_MATH)
     def _softplus_inplace(values, scratch, grad, count, want_grad):
         """values[:count] = softplus(values[:count]) (torch semantics: x > 20 -> x).
 
@@ -169,7 +176,7 @@ if numba is not None:
             x = values[i]
             values[i] = x if x > _SOFTPLUS_THRESHOLD else max(x, _ZERO) + scratch[i]
 
-    @njit
+    @njit(fastmath=_HELPER_MATH)
     def _sigmoid_inplace(values, count):
         """values[:count] = sigmoid(values[:count])."""
         for i in range(count):
@@ -179,8 +186,8 @@ if numba is not None:
             values[i] = _ONE / (_ONE + values[i])
 
     # Scalar forms of the helpers above (with _expf), for loops that fuse them with other work. Compiled
-    # strictly (their instructions keep strict semantics when LLVM inlines them into a kernel
-    # compiled with fastmath flags), branch-free and with numpy's error model (a float division
+    # without reassociation (_HELPER_MATH; their instructions keep those flags when LLVM inlines them into a
+    # kernel compiled with others), branch-free and with numpy's error model (a float division
     # by zero gives inf instead of a ZeroDivisionError check, which would stop vectorisation).
     # 2**f = exp(f ln 2) on [-1/2, 1/2]: Taylor terms (ln 2)**i / i!, truncation error < 1.2e-7.
     _E2_0 = _f32(1.0)
@@ -193,7 +200,7 @@ if numba is not None:
     _EXP2_LO = _f32(-126.0)
     _EXP2_HI = _f32(127.0)
 
-    @njit(error_model="numpy")
+    @njit(fastmath=_HELPER_MATH, error_model="numpy")
     def _exp2f(v):
         """2**v in float32: 2**round(v) from the exponent bits times a degree-6 polynomial in the rest.
         Cheaper than :func:`_expf` (no Cody-Waite reduction); exp(x) = _exp2f(x * log2(e)), where the extra
@@ -204,13 +211,13 @@ if numba is not None:
         p = (((((_E2_6 * f + _E2_5) * f + _E2_4) * f + _E2_3) * f + _E2_2) * f + _E2_1) * f + _E2_0
         return p * _bits_to_f32((np.int32(k) + 127) << 23)
 
-    @njit(error_model="numpy")
+    @njit(fastmath=_HELPER_MATH, error_model="numpy")
     def _softplus1(x):
         """softplus(x), torch semantics (x > 20 -> x)."""
         sp = max(x, _ZERO) + _log1p_unit(_expf(-abs(x)))
         return x if x > _SOFTPLUS_THRESHOLD else sp
 
-    @njit(error_model="numpy")
+    @njit(fastmath=_HELPER_MATH, error_model="numpy")
     def _silu1(x):
         """x * sigmoid(x)."""
         return x / (_ONE + _expf(-x))
@@ -218,7 +225,7 @@ if numba is not None:
     # The kernels below are compiled with reassociation and FMA contraction (and nothing else:
     # no nnan/ninf/approximate functions), which lets LLVM vectorise their length-N reductions
     # over the state. The precision-sensitive helpers above (exp, log1p, softplus) are separate
-    # functions compiled strictly, so their Cody-Waite and Kahan tricks are not reassociated away.
+    # functions compiled without reassociation (_HELPER_MATH), so their Cody-Waite and Kahan tricks stay.
     _KERNEL_MATH = {"reassoc", "contract"}
 
     # Training kernels: channel-major (batch, dim, L) data, vectorised across the channels of a group. A task works on
