@@ -109,6 +109,23 @@ if numba is not None:
             acc += a[i] * b[i]
         return acc
 
+    @njit(fastmath={"contract"}, error_model="numpy")
+    def _conv_window_step(window, weight, bias, has_bias, x, out):
+        """One step of a depthwise causal conv + SiLU for every channel: each window `(channels, width)` (oldest
+        first) shifts in `x[c]`; `out[c] = silu(bias[c] + weight[c] . window[c])`. `x` may be longer than the
+        channels (the conv input is a prefix of the projection row)."""
+        channels, width = weight.shape
+        for c in range(channels):
+            row = window[c]
+            acc = bias[c] if has_bias else _ZERO
+            for k in range(width - 1):
+                row[k] = row[k + 1]
+                acc += weight[c, k] * row[k]
+            row[width - 1] = x[c]
+            out[c] = acc + weight[c, width - 1] * x[c]
+        for c in range(channels):
+            out[c] = _silu1(out[c])
+
     @njit(cache=True, fastmath={"contract"}, error_model="numpy")
     def _mamba_step_kernel(xz, conv_state, conv_weight, conv_bias, has_conv_bias, x_proj, dt_proj, dt_bias, A, D,
                            ssm_state, accumulate, out):
@@ -121,7 +138,7 @@ if numba is not None:
         (the exp and SiLU helpers are branch-free).
         """
         rows = xz.shape[0]
-        d_inner, d_conv = conv_weight.shape
+        d_inner = conv_weight.shape[0]
         n_state = A.shape[1]
         rank = dt_proj.shape[1]
         x_conv = np.empty(d_inner, dtype=np.float32)
@@ -130,16 +147,7 @@ if numba is not None:
         proj = np.empty(rank + 2 * n_state, dtype=np.float32)
         for r in range(rows):
             # 1. causal conv window: shift in the new input, convolve, then SiLU
-            for c in range(d_inner):
-                window = conv_state[r, c]
-                acc = conv_bias[c] if has_conv_bias else _ZERO
-                for k in range(d_conv - 1):
-                    window[k] = window[k + 1]
-                    acc += conv_weight[c, k] * window[k]
-                window[d_conv - 1] = xz[r, c]
-                x_conv[c] = acc + conv_weight[c, d_conv - 1] * xz[r, c]
-            for c in range(d_inner):
-                x_conv[c] = _silu1(x_conv[c])
+            _conv_window_step(conv_state[r], conv_weight, conv_bias, has_conv_bias, xz[r], x_conv)
             # 2. selective projection [dt_low | B | C] = x_proj @ x_conv
             for j in range(rank + 2 * n_state):
                 proj[j] = _dot(x_proj[j], x_conv, d_inner)
@@ -174,21 +182,11 @@ if numba is not None:
         D: (nheads,); ssm_state: (rows, nheads, headdim, N); out: (rows, d_inner), written or (accumulate) added to.
         """
         rows, conv_dim = xbc.shape
-        d_conv = conv_weight.shape[1]
         n_heads, head_dim, n_state = ssm_state.shape[1], ssm_state.shape[2], ssm_state.shape[3]
         heads_per_group = n_heads // n_groups
         conv_out = np.empty(conv_dim, dtype=np.float32)
         for r in range(rows):
-            for c in range(conv_dim):
-                window = conv_state[r, c]
-                acc = conv_bias[c] if has_conv_bias else _ZERO
-                for k in range(d_conv - 1):
-                    window[k] = window[k + 1]
-                    acc += conv_weight[c, k] * window[k]
-                window[d_conv - 1] = xbc[r, c]
-                conv_out[c] = acc + conv_weight[c, d_conv - 1] * xbc[r, c]
-            for c in range(conv_dim):
-                conv_out[c] = _silu1(conv_out[c])
+            _conv_window_step(conv_state[r], conv_weight, conv_bias, has_conv_bias, xbc[r], conv_out)
             for h in range(n_heads):
                 g = h // heads_per_group
                 B = conv_out[d_inner + g * n_state:d_inner + (g + 1) * n_state]

@@ -507,14 +507,18 @@ _PITCH_RANGE_HZ = (60.0, 400.0)
 _VOICING_THRESHOLD = 0.35
 
 
+def _autocorrelation(frames: np.ndarray, lags: int) -> np.ndarray:
+    """Autocorrelation of each frame ``(num_frames, frame)`` at lags ``0 .. lags`` (zero-padded FFT)."""
+    n_fft = 1 << int(np.ceil(np.log2(2 * frames.shape[1])))
+    return np.fft.irfft(np.abs(np.fft.rfft(frames, n_fft, axis=1)) ** 2, n_fft, axis=1)[:, : lags + 1]
+
+
 def _lpc_analysis(frames: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
     """Autocorrelation LPC of windowed frames ``(num_frames, frame)``: coefficients ``(num_frames, order + 1)``
     with ``a[:, 0] = 1`` and the prediction-error energy per frame ``(num_frames,)`` (Levinson-Durbin, vectorised over
     frames; a tiny white-noise floor keeps silent frames well-posed)."""
-    num_frames, frame = frames.shape
-    n_fft = 1 << int(np.ceil(np.log2(2 * frame)))
-    power = np.abs(np.fft.rfft(frames, n_fft, axis=1)) ** 2
-    ac = np.fft.irfft(power, n_fft, axis=1)[:, : order + 1]
+    num_frames = frames.shape[0]
+    ac = _autocorrelation(frames, order)
     ac[:, 0] = ac[:, 0] * (1 + 1e-6) + 1e-9
     a = np.zeros((num_frames, order + 1))
     a[:, 0] = 1.0
@@ -530,8 +534,7 @@ def _lpc_analysis(frames: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarra
 def _pitch_track(frames: np.ndarray, sampling_rate: int) -> tuple[np.ndarray, np.ndarray]:
     """F0 (Hz) and voicing (bool) per windowed frame from the normalised autocorrelation peak in _PITCH_RANGE_HZ."""
     frame = frames.shape[1]
-    n_fft = 1 << int(np.ceil(np.log2(2 * frame)))
-    ac = np.fft.irfft(np.abs(np.fft.rfft(frames, n_fft, axis=1)) ** 2, n_fft, axis=1)
+    ac = _autocorrelation(frames, frame - 1)
     low = max(1, int(sampling_rate / _PITCH_RANGE_HZ[1]))
     high = min(frame - 1, int(sampling_rate / _PITCH_RANGE_HZ[0]))
     if high <= low:
