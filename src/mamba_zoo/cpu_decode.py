@@ -350,12 +350,9 @@ def _state_array(state: torch.Tensor) -> Optional[np.ndarray]:
     return state.detach().numpy()
 
 
-def mamba_mixer_decode_step(mixer: nn.Module, hidden_states: torch.Tensor, attention_mask, reverse_lengths,
-                            cache) -> Optional[torch.Tensor]:
-    """`mixer(hidden_states, attention_mask, cache, reverse_lengths)` for one cached token per row (`(rows, 1,
-    d_model)` -> `(rows, 1, d_model)`) on the fused kernels, stepping every branch's states in place and advancing the
-    cache at layer 0 like the general path; `None` when the step is not for them (see the module docstring; also no
-    cached state yet, a padded step, or `reverse_lengths`)."""
+def _step_applies(mixer: nn.Module, hidden_states: torch.Tensor, attention_mask, reverse_lengths, cache) -> bool:
+    """Whether a mixer call is a cached one-token, unpadded, no-grad float32 CPU step that the fused kernels serve
+    (the branches' modules and states are checked by `_branch_states`)."""
     if (
         cache is None
         or hidden_states.ndim != 3
@@ -364,45 +361,72 @@ def mamba_mixer_decode_step(mixer: nn.Module, hidden_states: torch.Tensor, atten
         or mixer.backend not in ("auto", "cpu")
         or not decode_applies(hidden_states)
     ):
-        return None
-    if attention_mask is not None and not bool(attention_mask.bool().all()):
-        return None
-    suffixes = ("", "_b") if mixer.bidirectional else ("",)
-    branches = []
-    for state_idx, suffix in enumerate(suffixes):
+        return False
+    return attention_mask is None or bool(attention_mask.bool().all())
+
+
+def _branch_states(mixer: nn.Module, cache, conv_shape: tuple, ssm_shape: tuple) -> Optional[list]:
+    """The cache's `(conv_state, ssm_state)` numpy views of every branch (forward, then backward), to update in place;
+    None when a branch has no state yet or a state is not float32 contiguous CPU memory of the expected shape."""
+    states = []
+    for state_idx in range(2 if mixer.bidirectional else 1):
         if not cache.has_state(mixer.layer_idx, state_idx):
-            return None
-        conv1d, x_proj, dt_proj, A_log, D = mixer._branch(suffix)
-        if not (_plain(conv1d, nn.Conv1d) and _plain(x_proj, nn.Linear) and _plain(dt_proj, nn.Linear)
-                and dt_proj.bias is not None and A_log.dtype == torch.float32 and D.dtype == torch.float32):
             return None
         conv_state = _state_array(cache.get_conv_state(mixer.layer_idx, state_idx))
         ssm_state = _state_array(cache.get_recurrent_state(mixer.layer_idx, state_idx))
-        rows = hidden_states.shape[0]
-        if (conv_state is None or ssm_state is None or conv_state.shape != (rows, mixer.d_inner, mixer.d_conv)
-                or ssm_state.shape != (rows, mixer.d_inner, mixer.d_state)):
+        if conv_state is None or ssm_state is None or conv_state.shape != conv_shape or ssm_state.shape != ssm_shape:
             return None
-        branches.append((conv1d, x_proj, dt_proj, A_log, D, conv_state, ssm_state))
+        states.append((conv_state, ssm_state))
+    return states
+
+
+def _conv_arrays(conv1d: nn.Conv1d) -> tuple[np.ndarray, np.ndarray, bool]:
+    """A depthwise `nn.Conv1d`'s weight as `(channels, width)`, its bias (or an empty array) and whether it has one."""
+    weight = _weight_array(conv1d.weight)
+    weight = weight.reshape(weight.shape[0], weight.shape[-1])
+    has_bias = conv1d.bias is not None
+    return weight, _weight_array(conv1d.bias) if has_bias else _EMPTY1, has_bias
+
+
+def _finish_step(mixer: nn.Module, output: torch.Tensor, hidden_states: torch.Tensor, cache) -> torch.Tensor:
+    """`(rows, d_model)` -> `(rows, 1, d_model)` in the input's dtype; the cache counts the token at layer 0, as the
+    general path does."""
+    if mixer.layer_idx == 0:
+        cache.advance(1)
+    return output[:, None].to(hidden_states.dtype)
+
+
+def mamba_mixer_decode_step(mixer: nn.Module, hidden_states: torch.Tensor, attention_mask, reverse_lengths,
+                            cache) -> Optional[torch.Tensor]:
+    """`mixer(hidden_states, attention_mask, cache, reverse_lengths)` for one cached token per row (`(rows, 1,
+    d_model)` -> `(rows, 1, d_model)`) on the fused kernels, stepping every branch's states in place and advancing the
+    cache at layer 0 like the general path; `None` when the step is not for them (see the module docstring; also no
+    cached state yet, a padded step, or `reverse_lengths`)."""
+    if not _step_applies(mixer, hidden_states, attention_mask, reverse_lengths, cache):
+        return None
+    rows = hidden_states.shape[0]
+    branches = [mixer._branch(suffix) for suffix in (("", "_b") if mixer.bidirectional else ("",))]
+    for conv1d, x_proj, dt_proj, A_log, D in branches:
+        if not (_plain(conv1d, nn.Conv1d) and _plain(x_proj, nn.Linear) and _plain(dt_proj, nn.Linear)
+                and dt_proj.bias is not None and A_log.dtype == torch.float32 and D.dtype == torch.float32):
+            return None
+    states = _branch_states(mixer, cache, (rows, mixer.d_inner, mixer.d_conv), (rows, mixer.d_inner, mixer.d_state))
+    if states is None:
+        return None
 
     xz = decode_linear(mixer.in_proj, hidden_states[:, 0])  # (rows, 2 * d_inner)
     if xz.dtype != torch.float32:
         return None
     xz = _array(xz)
-    y = np.empty((xz.shape[0], mixer.d_inner), dtype=np.float32)
-    for i, (conv1d, x_proj, dt_proj, A_log, D, conv_state, ssm_state) in enumerate(branches):
-        has_conv_bias = conv1d.bias is not None
+    y = np.empty((rows, mixer.d_inner), dtype=np.float32)
+    for i, ((conv1d, x_proj, dt_proj, A_log, D), (conv_state, ssm_state)) in enumerate(zip(branches, states)):
         _mamba_step_kernel(
-            xz, conv_state, _weight_array(conv1d.weight).reshape(mixer.d_inner, mixer.d_conv),
-            _weight_array(conv1d.bias) if has_conv_bias else _EMPTY1, has_conv_bias,
-            _weight_array(x_proj.weight), _weight_array(dt_proj.weight), _weight_array(dt_proj.bias),
-            _negative_exp(A_log), _weight_array(D), ssm_state, i > 0, y,
+            xz, conv_state, *_conv_arrays(conv1d), _weight_array(x_proj.weight), _weight_array(dt_proj.weight),
+            _weight_array(dt_proj.bias), _negative_exp(A_log), _weight_array(D), ssm_state, i > 0, y,
         )
     if len(branches) == 2 and mixer.divide_out:
         y *= np.float32(0.5)
-    output = decode_linear(mixer.out_proj, torch.from_numpy(y))
-    if mixer.layer_idx == 0:
-        cache.advance(1)
-    return output[:, None].to(hidden_states.dtype)
+    return _finish_step(mixer, decode_linear(mixer.out_proj, torch.from_numpy(y)), hidden_states, cache)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -416,32 +440,17 @@ def mamba2_mixer_decode_step(mixer: nn.Module, hidden_states: torch.Tensor, atte
     projection, one kernel call per branch (conv update + SiLU + softplus time step + state update + D), the mixer's
     own gated norm and the output projection; `None` when the step is not for the kernels (as
     `mamba_mixer_decode_step`)."""
-    if (
-        cache is None
-        or hidden_states.ndim != 3
-        or hidden_states.shape[1] != 1
-        or reverse_lengths is not None
-        or mixer.backend not in ("auto", "cpu")
-        or not decode_applies(hidden_states)
-    ):
-        return None
-    if attention_mask is not None and not bool(attention_mask.bool().all()):
+    if not _step_applies(mixer, hidden_states, attention_mask, reverse_lengths, cache):
         return None
     rows = hidden_states.shape[0]
-    suffixes = ("", "_b") if mixer.bidirectional else ("",)
-    branches = []
-    for state_idx, suffix in enumerate(suffixes):
-        if not cache.has_state(mixer.layer_idx, state_idx):
-            return None
-        conv1d, dt_bias, A_log, D = mixer._branch(suffix)
+    branches = [mixer._branch(suffix) for suffix in (("", "_b") if mixer.bidirectional else ("",))]
+    for conv1d, dt_bias, A_log, D in branches:
         if not (_plain(conv1d, nn.Conv1d) and all(p.dtype == torch.float32 for p in (dt_bias, A_log, D))):
             return None
-        conv_state = _state_array(cache.get_conv_state(mixer.layer_idx, state_idx))
-        ssm_state = _state_array(cache.get_recurrent_state(mixer.layer_idx, state_idx))
-        if (conv_state is None or ssm_state is None or conv_state.shape != (rows, mixer.conv_dim, mixer.d_conv)
-                or ssm_state.shape != (rows, mixer.nheads, mixer.headdim, mixer.d_state)):
-            return None
-        branches.append((conv1d, dt_bias, A_log, D, conv_state, ssm_state))
+    states = _branch_states(mixer, cache, (rows, mixer.conv_dim, mixer.d_conv),
+                            (rows, mixer.nheads, mixer.headdim, mixer.d_state))
+    if states is None:
+        return None
 
     projected = decode_linear(mixer.in_proj, hidden_states[:, 0])  # (rows, [z | xBC | dt])
     if projected.dtype != torch.float32:
@@ -449,16 +458,12 @@ def mamba2_mixer_decode_step(mixer: nn.Module, hidden_states: torch.Tensor, atte
     z, xbc, dt = torch.split(projected, [mixer.d_inner, mixer.conv_dim, mixer.nheads], dim=-1)
     xbc, dt = _array(xbc), _array(dt)
     y = np.empty((rows, mixer.d_inner), dtype=np.float32)
-    for i, (conv1d, dt_bias, A_log, D, conv_state, ssm_state) in enumerate(branches):
-        has_conv_bias = conv1d.bias is not None
+    for i, ((conv1d, dt_bias, A_log, D), (conv_state, ssm_state)) in enumerate(zip(branches, states)):
         _mamba2_step_kernel(
-            xbc, dt, conv_state, _weight_array(conv1d.weight).reshape(mixer.conv_dim, mixer.d_conv),
-            _weight_array(conv1d.bias) if has_conv_bias else _EMPTY1, has_conv_bias, _weight_array(dt_bias),
-            _negative_exp(A_log), _weight_array(D), ssm_state, mixer.d_inner, mixer.ngroups, i > 0, y,
+            xbc, dt, conv_state, *_conv_arrays(conv1d), _weight_array(dt_bias), _negative_exp(A_log),
+            _weight_array(D), ssm_state, mixer.d_inner, mixer.ngroups, i > 0, y,
         )
     if len(branches) == 2 and mixer.divide_out:
         y *= np.float32(0.5)
-    output = decode_linear(mixer.out_proj, mixer.norm(torch.from_numpy(y), z))
-    if mixer.layer_idx == 0:
-        cache.advance(1)
-    return output[:, None].to(hidden_states.dtype)
+    return _finish_step(mixer, decode_linear(mixer.out_proj, mixer.norm(torch.from_numpy(y), z)), hidden_states,
+                        cache)
