@@ -321,9 +321,11 @@ def decode_linear(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def add_rms_norm_decode(norm: nn.Module, hidden_states: torch.Tensor, residual: Optional[torch.Tensor]):
     """`(norm(r), r)` with `r = residual + hidden_states` (or `hidden_states` when `residual` is None) in one kernel
     call, for a decoding-sized no-grad float32 input and a plain `RMSNorm`; `None` otherwise. `(..., width)` each."""
-    from .mamba_layers import RMSNorm
+    if not decode_applies(hidden_states):  # training and large inputs leave here, before the import below
+        return None
+    from .mamba_layers import RMSNorm  # imports this module: importing it at the top would be circular
 
-    if not (decode_applies(hidden_states) and _plain(norm, RMSNorm)):
+    if not _plain(norm, RMSNorm):
         return None
     if residual is not None and (residual.shape != hidden_states.shape or residual.dtype != torch.float32
                                  or (torch.is_grad_enabled() and residual.requires_grad)):
