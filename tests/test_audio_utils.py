@@ -381,3 +381,26 @@ def test_long_utterances_are_normalised_in_blocks_with_the_same_result():
     assert np.all(blocked[:, 2] == 0)
     np.testing.assert_allclose(normalize_utterance(features, normalize_vars=False),
                                (features - features.astype(np.float64).mean(0)).astype(np.float32), atol=1e-5)
+
+
+def test_copy_false_reads_a_float32_clip_in_place_and_still_checks_it():
+    """`copy=False` (feature extractors, which only read): a C-contiguous float32 mono clip comes back as is, so a long
+    recording is not held twice; anything else (float64, strided, read-only) is still converted into a new array, and
+    NaN / inf samples are still refused with their count and first index."""
+    clip = np.linspace(-0.5, 0.5, 2000, dtype=np.float32)
+    assert validate_waveform(clip, copy=False) is clip
+    assert validate_audio(clip, 16000, 16000, copy=False)[0] is clip
+    assert validate_waveform(clip.astype(np.float64), copy=False).dtype == np.float32
+    strided = validate_waveform(clip[::2], copy=False)
+    assert strided.flags["C_CONTIGUOUS"] and np.array_equal(strided, clip[::2])
+    frozen = clip.copy()
+    frozen.flags.writeable = False
+    thawed = validate_waveform(frozen, copy=False)
+    assert thawed.flags.writeable and thawed is not frozen and np.array_equal(thawed, frozen)
+    for bad in (np.nan, np.inf, -np.inf):
+        broken = clip.copy()
+        broken[[700, 900]] = bad
+        with pytest.raises(ValueError, match=r"2 of 2000, first at index 700"):
+            validate_waveform(broken, copy=False)
+    huge = np.full(5000, np.finfo(np.float32).max, dtype=np.float32)  # finite: a float64 sum cannot overflow
+    assert validate_waveform(huge, copy=False) is huge

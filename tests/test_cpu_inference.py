@@ -129,3 +129,84 @@ def test_paired_path_only_where_it_applies(paired_calls):
     with torch.no_grad():
         model(x)
     assert len(paired_calls) == 2
+
+
+@pytest.fixture
+def chunked_calls(monkeypatch):
+    calls = []
+    original = cpu_inference.blocks_time_chunked_forward
+
+    def counting(blocks, reverses, hidden_states, *args, **kwargs):
+        calls.append((len(blocks), tuple(reverses), tuple(hidden_states.shape)))
+        return original(blocks, reverses, hidden_states, *args, **kwargs)
+
+    import mamba_zoo.modeling_ssamba as modeling
+
+    monkeypatch.setattr(modeling, "blocks_time_chunked_forward", counting)
+    return calls
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"bidirectional_layer_pairing": False},
+                                    {"divide_out": False, "use_bias": True, "use_cls_token": False},
+                                    {"use_conv_bias": False, "bidirectional_mixer": False},
+                                    {"bidirectional_layer_pairing": False, "bidirectional_mixer": False}])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_time_chunked_blocks_equal_one_pass(monkeypatch, chunked_calls, kwargs, batch):
+    """A sequence longer than PAIRED_CHUNK_TOKENS runs each layer (or pair) in time chunks, every branch carrying its
+    scan state and conv window across chunk boundaries in its own walking direction: equal to the block-by-block
+    fused path and the autograd path. 416 frames: 26 columns of 2 patches (+ cls), chunks of 13 steps, the last of one
+    step (the cls-free model: an even split)."""
+    model = random_ssamba(7 + batch + len(kwargs), max_length=416, **kwargs)
+    g = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, 416, 32, generator=g)
+    length = 52 + model.embeddings.num_prefix_tokens
+    monkeypatch.setattr(cpu_inference, "PAIRED_CHUNK_TOKENS", 40)
+    monkeypatch.setattr(cpu_inference, "TIME_CHUNK_TOKENS", 13 * batch)
+    with torch.no_grad():
+        chunked = model(x).last_hidden_state
+    group = 2 if model.config.bidirectional_layer_pairing else 1
+    assert chunked_calls == [(group, (False, True)[:group], (batch, length, 32))] * (4 // group)
+    monkeypatch.setattr(cpu_inference, "PAIRED_BLOCKS", False)
+    with torch.no_grad():
+        one_by_one = model(x).last_hidden_state
+    autograd = model(x).last_hidden_state.detach()
+    assert len(chunked_calls) == 4 // group  # neither of those was chunked
+    assert rel_err(chunked, one_by_one) < 1e-5
+    assert rel_err(chunked, autograd) < 1e-5
+
+
+def test_time_chunked_blocks_only_where_they_apply(monkeypatch, chunked_calls):
+    """Padding, hidden states of every layer or gradients keep the long sequence on the other paths."""
+    model = random_ssamba(8, max_length=416)
+    monkeypatch.setattr(cpu_inference, "PAIRED_CHUNK_TOKENS", 20)
+    x = torch.randn(2, 416, 32)
+    mask = torch.ones(2, 416, dtype=torch.long)
+    mask[1, 300:] = 0
+    with torch.no_grad():
+        padded = model(x, attention_mask=mask).last_hidden_state
+        with_states = model(x, output_hidden_states=True)
+    model(x)
+    assert chunked_calls == []
+    with torch.no_grad():
+        chunked = model(x).last_hidden_state
+    assert len(chunked_calls) == 2
+    assert rel_err(chunked, with_states.last_hidden_state) < 1e-5
+    assert rel_err(chunked[0], padded[0]) < 1e-5  # the unpadded row is the same on the padded batch's path
+
+
+def test_time_chunked_forward_reuses_its_inputs():
+    """Memory: the stream is updated in place and the output is written over the consumed hidden states, so a stack
+    of chunked blocks holds two sequence-sized tensors; the first block (no stream) takes its stream from the hidden
+    states."""
+    model = random_ssamba(9)
+    with torch.no_grad():
+        hidden = torch.randn(1, 60, 32)
+        first_out, stream = cpu_inference.blocks_time_chunked_forward(model.layers[0:2], (False, True), hidden, None,
+                                                                      2.0, chunk_tokens=16)
+        assert stream.data_ptr() == hidden.data_ptr() and first_out.data_ptr() != hidden.data_ptr()
+        stream_before = stream.clone()
+        hidden_before = first_out.clone()
+        out, r = cpu_inference.blocks_time_chunked_forward(model.layers[2:4], (False, True), first_out, stream, 2.0,
+                                                           chunk_tokens=16)
+        assert out.data_ptr() == first_out.data_ptr() and r.data_ptr() == stream.data_ptr()
+        assert torch.equal(r, hidden_before + 2.0 * stream_before)

@@ -566,3 +566,24 @@ def test_long_spectrograms_are_patch_embedded_in_blocks(monkeypatch, geometry):
         blocked, grid_blocked = patches(x)
     assert grid == grid_blocked and blocked.shape == whole.shape
     torch.testing.assert_close(blocked, whole, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("frames,interpolate", [(64, False), (40, False), (301, True)])
+@pytest.mark.parametrize("use_cls_token", [True, False])
+def test_embeddings_are_patches_plus_positions_written_in_place(frames, interpolate, use_cls_token):
+    """The embeddings are built in one tensor (cls, patches, positions added in place; an interpolated grid added
+    through a permuted view): equal to the cls token and patches concatenated plus `position_embeddings_for`'s
+    `(1, prefix + F * T, D)` sequence, for the configured grid, a shorter input and an interpolated one; and they
+    stay differentiable with respect to every embedding parameter."""
+    model = randomize(SSAMBAModel(tiny_config(max_length=64, use_cls_token=use_cls_token)), seed=frames).eval()
+    embeddings = model.embeddings
+    x = torch.randn(2, frames, 32)
+    out, grid = embeddings(x, interpolate_pos_encoding=interpolate)
+    patches, _ = embeddings.patch_embeddings(x)
+    parts = [patches] if not use_cls_token else [embeddings.cls_token.expand(2, -1, -1), patches]
+    expected = torch.cat(parts, dim=1) + embeddings.position_embeddings_for(grid, interpolate)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    out.square().sum().backward()
+    for name, p in embeddings.named_parameters():
+        if p.requires_grad and "mask_token" not in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name

@@ -141,6 +141,7 @@ def validate_waveform(
     max_samples: Optional[int] = None,
     name: str = "Audio",
     owner: str = "The model",
+    copy: bool = True,
 ) -> np.ndarray:
     """The rule for ONE clip (see the module docstring): a new C-contiguous float32 mono array `(num_samples,)`.
 
@@ -158,9 +159,11 @@ def validate_waveform(
             would be truncated anyway.
         name: how the clip is called in errors and warnings, e.g. `"Audio"` or `"Audio clip 3"`.
         owner: what expects `expected_rate`, for the sampling-rate error.
+        copy: `False` for callers that only read the clip (feature extractors): a clip that is already C-contiguous
+            float32 mono is returned as is (a view), so a long recording is not held twice.
 
     Returns:
-        `np.ndarray` float32 `(num_samples,)`, finite, never a view of the input.
+        `np.ndarray` float32 `(num_samples,)`, finite, never a view of the input (unless `copy=False`).
 
     Raises:
         ValueError: wrong sampling rate; non-numeric dtype (str, object, bool, complex); not 1-D or 2-D multi-channel;
@@ -194,9 +197,11 @@ def validate_waveform(
                 "1-D clips, not a 2-D array."
             )
         array = array.mean(axis=channel_axis, dtype=np.float64)
-    array = array.astype(np.float32, order="C")  # always a copy: the caller's buffer is never aliased
-    finite = np.isfinite(array)
-    if not finite.all():
+    # by default a copy: the caller's buffer is not aliased (nor, with copy=False, a read-only one: torch warns on it)
+    array = array.astype(np.float32, order="C", copy=copy or not array.flags.writeable)
+    # a float64 sum of float32 samples overflows only through inf or NaN: no mask as long as the clip unless one fails
+    if not np.isfinite(np.add.reduce(array, dtype=np.float64)):
+        finite = np.isfinite(array)
         first = int(np.argmin(finite))
         raise ValueError(
             f"{name} contains NaN or infinite samples ({int(array.size - finite.sum())} of {array.size}, first at "
@@ -242,6 +247,7 @@ def validate_audio(
     *,
     owner: str = "The model",
     max_samples: Optional[int] = None,
+    copy: bool = True,
 ) -> list[np.ndarray]:
     """THE audio-input rule (module docstring): one clip or a batch of clips -> a list of float32 mono `(samples,)`.
 
@@ -253,6 +259,7 @@ def validate_audio(
         expected_rate: the model's rate, Hz.
         owner: the class applying the rule (named in messages), e.g. `"SSAMBAFeatureExtractor"`.
         max_samples: crop every clip to its first `max_samples` samples before converting it (see `validate_waveform`).
+        copy: `False` for callers that only read the clips: clips already float32 C-contiguous mono are not copied.
 
     Returns:
         one float32 `(num_samples,)` array per clip (a list of one for a single clip).
@@ -265,7 +272,7 @@ def validate_audio(
     min_samples = min_audio_samples(expected_rate)
     return [
         validate_waveform(clip, expected_rate=expected_rate, min_samples=min_samples, max_samples=max_samples,
-                          name=f"Audio clip {i}" if is_batch else "Audio", owner=owner)
+                          name=f"Audio clip {i}" if is_batch else "Audio", owner=owner, copy=copy)
         for i, clip in enumerate(clips)
     ]
 

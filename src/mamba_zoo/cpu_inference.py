@@ -272,6 +272,9 @@ def _reversal(batch: int, length: int) -> torch.Tensor:
 # A group of paired blocks runs this many tokens (rows x length) at a time: its stacked intermediates take ~18 KiB a
 # token at d_model 192 (the blocks' in_proj outputs, every branch's conv output, the gated scan outputs side by side).
 PAIRED_CHUNK_TOKENS = 4096
+# A longer unpadded sequence runs its blocks in time chunks of this many tokens (rows x steps) each
+# (`blocks_time_chunked_forward`): their intermediates take ~15 MiB a chunk at d_model 192.
+TIME_CHUNK_TOKENS = 2048
 # Whether `paired_blocks_cpu_applies` may say yes (False: each block runs alone, for A/B benchmarks and tests).
 PAIRED_BLOCKS = True
 
@@ -355,15 +358,20 @@ if _numba_available():
 
     @njit(parallel=True, cache=True, fastmath=_MATH, error_model="numpy")
     def _branch_scans_kernel(u, xdbl, dt_weight_t, dt_bias, A_t, D, xz, mixer_of, backward, first, last, scale, walk,
-                             block, tile, out):
+                             block, tile, offset, state, has_state, out):
         """Every branch's selective scan, gated by its mixer's z, summed per mixer (and scaled: divide_out) into that
         mixer's columns of `out`. u: (J, batch, L, dim) conv outputs; xdbl: (J, batch, L, R + 2N) x_proj outputs
         [dt (low rank) | B | C]; dt_weight_t: (J, R, dim), dt_bias: (J, dim) (the time-step projection, computed here
         per tile); A_t: (J, N, dim) (A transposed); D: (J, dim); xz: (M, batch, L, 2 * dim), mixer m's gate z is
         xz[m, ..., dim:]; first[j] / last[j]: branch j is its mixer's first / last; out: (batch, L, M * dim).
         Tasks are (batch row, block of channels) and run all branches, so the branches of a mixer add up without
-        races; within a branch the kernel is `_scan_inference_kernel`'s (tiles of steps, channels as vector lanes)."""
-        branches, batch, length, dim = u.shape
+        races; within a branch the kernel is `_scan_inference_kernel`'s (tiles of steps, channels as vector lanes).
+
+        Time chunks: out holds `length = out.shape[1]` steps, read from u, xdbl and xz at `offset + t` (their extra
+        steps are a chunk's conv neighbours), walk is `(batch, length)`; with `has_state`, each branch starts from
+        state[j, b] `(N, dim)` and writes its last state back there (the state carried across chunks)."""
+        branches, batch, _, dim = u.shape
+        length = out.shape[1]
         rank = dt_weight_t.shape[1]
         n_state = A_t.shape[1]
         n_blocks = (dim + block - 1) // block
@@ -390,7 +398,7 @@ if _numba_available():
                     h_row = h[n]
                     a_row = a_loc[n]
                     for c in range(w):
-                        h_row[c] = np.float32(0.0)
+                        h_row[c] = state[j, b, n, c0 + c] if has_state else np.float32(0.0)
                         a_row[c] = A_t[j, n, c0 + c] * _LOG2E
                 for r in range(rank):
                     wdt[r, :] = dt_weight_t[j, r, c0:c1]
@@ -401,7 +409,7 @@ if _numba_available():
                     for k in range(n_steps):
                         times[k] = walk[b, p0 + k] if back else p0 + k
                     for k in range(n_steps):
-                        t = times[k]
+                        t = times[k] + offset
                         proj = xdbl[j, b, t]
                         dt_row = dt_t[k]
                         for c in range(w):
@@ -424,7 +432,7 @@ if _numba_available():
                             y_row[c] = skip_loc[c] * x
                             gate_row[c] = _silu1(z_row[c])
                     for k in range(n_steps):
-                        proj = xdbl[j, b, times[k]]
+                        proj = xdbl[j, b, times[k] + offset]
                         dt_row = dt_t[k]
                         dtx_row = dtx_t[k]
                         y_row = y_t[k]
@@ -448,6 +456,9 @@ if _numba_available():
                         if last[j] and scale[m] != np.float32(1.0):
                             for c in range(w):
                                 out_row[c] *= scale[m]
+                if has_state:
+                    for n in range(n_state):
+                        state[j, b, n, c0:c1] = h[n]
 
 
 def _plain(module: nn.Module, kind: type) -> bool:
@@ -459,10 +470,27 @@ def paired_blocks_cpu_applies(blocks: Sequence[nn.Module], hidden_states: torch.
     """Whether `paired_blocks_cpu_forward` computes these blocks (`MambaBlock`s with LayerNorm and a `MambaMixer`,
     of equal sizes) on `hidden_states` `(batch, L, d_model)`: each mixer takes the fused CPU inference path, every
     projection, conv and norm is a plain module without hooks, stochastic depth is off, and L is at most
-    `PAIRED_CHUNK_TOKENS`. Anything else runs block by block."""
+    `PAIRED_CHUNK_TOKENS` (longer unpadded sequences: `blocks_time_chunked_applies`). Anything else runs block by
+    block."""
+    return hidden_states.shape[1] <= PAIRED_CHUNK_TOKENS and _fusable_blocks(blocks, hidden_states)
+
+
+def blocks_time_chunked_applies(blocks: Sequence[nn.Module], hidden_states: torch.Tensor,
+                                attention_mask: Optional[torch.Tensor] = None) -> bool:
+    """Whether `blocks_time_chunked_forward` computes these blocks (one block, or blocks read from one residual
+    stream as in `paired_blocks_cpu_forward`) on `hidden_states` `(batch, L, d_model)`: the blocks are fusable (see
+    `paired_blocks_cpu_applies`), L is over `PAIRED_CHUNK_TOKENS` and no step is padding."""
+    return (
+        hidden_states.shape[1] > PAIRED_CHUNK_TOKENS
+        and (attention_mask is None or bool(attention_mask.bool().all()))
+        and _fusable_blocks(blocks, hidden_states)
+    )
+
+
+def _fusable_blocks(blocks: Sequence[nn.Module], hidden_states: torch.Tensor) -> bool:
     from .mamba_layers import MambaBlock, MambaMixer  # mamba_layers imports this module
 
-    if not PAIRED_BLOCKS or not _numba_available() or hidden_states.shape[1] > PAIRED_CHUNK_TOKENS:
+    if not PAIRED_BLOCKS or not _numba_available():
         return False
     first = blocks[0].mixer
     for block in blocks:
@@ -614,7 +642,8 @@ def _paired_rows(blocks, params, hidden_states, stream, stream_weight, walk, mas
         conv.numpy(), xdbl.view(n_branches, batch, seq_len, width).numpy(), params["dt_weight_t"].numpy(),
         params["dt_bias"].numpy(), params["A_t"].numpy(), params["D"].numpy(),
         xz.view(n_mixers, batch, seq_len, 2 * dim).numpy(), params["mixer_of"], params["backward"], params["first"],
-        params["last"], params["scale"], walk.numpy(), block, 16, y.view(batch, seq_len, n_mixers * dim).numpy())
+        params["last"], params["scale"], walk.numpy(), block, 16, 0, _NO_STATE, False,
+        y.view(batch, seq_len, n_mixers * dim).numpy())
     _restore_torch_threads(torch_threads)
     # 6. the output projections as one GEMM over the mixers' outputs side by side (their sum)
     out_rows = output.view(tokens, d_model)
@@ -622,6 +651,119 @@ def _paired_rows(blocks, params, hidden_states, stream, stream_weight, walk, mas
         torch.mm(y, params["out_weight_t"], out=out_rows)
     else:
         torch.addmm(params["out_bias"], y, params["out_weight_t"], out=out_rows)
+
+
+_NO_STATE = np.zeros((1, 1, 1, 1), dtype=np.float32)
+_NO_WALK = np.zeros((1, 1), dtype=np.int64)
+
+
+def blocks_time_chunked_forward(blocks, reverses, hidden_states, stream, stream_weight,
+                                chunk_tokens: Optional[int] = None):
+    """`paired_blocks_cpu_forward` for a long unpadded sequence (one block alone, or blocks reading one residual
+    stream), in time chunks: besides its inputs it needs O(chunk) memory, at any length.
+
+    Memory: the stream `r = hidden_states + stream_weight * stream` is written into `stream` (into `hidden_states`
+    when `stream` is None) and the summed block outputs into `hidden_states` (a new tensor when `stream` is None):
+    both inputs are consumed. A stack of blocks then holds two sequence-sized tensors however deep it is.
+
+    Every branch carries its scan state and its conv window across chunks. The branches that walk forward in time
+    (a block's forward branch, or the bimamba branch of a reversed block) visit the chunks from the start, the others
+    from the end; each chunk recomputes the norms and input projections of its steps plus the `d_conv - 1`
+    neighbours its convolutions read, and adds its branches' output projections into the output (the bias once).
+    `chunk_tokens`: rows x steps per chunk (default `TIME_CHUNK_TOKENS`). Returns `(output, r)`, both
+    `(batch, L, d_model)`."""
+    batch, seq_len, d_model = hidden_states.shape
+    chunk_tokens = TIME_CHUNK_TOKENS if chunk_tokens is None else chunk_tokens
+    params = _paired_parameters(blocks, reverses)
+    mixer = blocks[0].mixer
+    n_mixers, dim, reach = len(blocks), mixer.d_inner, mixer.d_conv - 1
+    width = mixer.dt_rank + 2 * mixer.d_state
+    hidden_states = hidden_states.contiguous()
+    if stream is None:
+        r, output = hidden_states, torch.empty_like(hidden_states)
+    else:
+        r, output = stream.mul_(stream_weight).add_(hidden_states), hidden_states  # hidden_states is not read again
+    workspace = _ACTIVE_WORKSPACE.get() or InferenceWorkspace()
+    length = max(chunk_tokens // batch, 4 * reach + 1)
+    starts = list(range(0, seq_len, length))
+    blocks_per_row = -(-_numba_threads() // batch)
+    block = min(dim, _round_up(-(-dim // blocks_per_row), 16))
+    written = False  # whether a sweep has written the output (the next ones add to it)
+    for backward in (False, True):
+        sel = np.flatnonzero(params["backward"] == backward)
+        if len(sel) == 0:
+            continue
+        part = _sweep_parameters(params, sel)
+        missing = [m for m in range(n_mixers) if m not in set(part["mixer_of"].tolist())]
+        state = np.zeros((len(sel), batch, mixer.d_state, dim), dtype=np.float32)
+        for start in (reversed(starts) if backward else starts):
+            end = min(start + length, seq_len)
+            low, high = (start, min(end + reach, seq_len)) if backward else (max(start - reach, 0), end)
+            steps, own = high - low, end - start
+            tokens = batch * steps
+            window = r[:, low:high].reshape(tokens, d_model)  # a view for one row
+            normed = workspace.buffer("chunk_normed", (n_mixers, tokens, d_model))
+            xz = workspace.buffer("chunk_xz", (n_mixers, tokens, 2 * dim))
+            conv = workspace.buffer("chunk_conv", (len(sel), batch, steps, dim))
+            xdbl = workspace.buffer("chunk_xdbl", (len(sel), tokens, width))
+            y = workspace.buffer("chunk_y", (batch * own, n_mixers * dim))
+            projected = workspace.buffer("chunk_out", (batch * own, d_model))
+            torch_threads = _set_threads()
+            no_mask = np.zeros((1, 1), dtype=np.float32)
+            window_np = window.numpy()
+            _stream_layer_norms_kernel(  # stream_out is the window itself: the norms only
+                window_np, no_mask, False, np.float32(1.0), params["norm_weight"].numpy(),
+                params["norm_bias"].numpy(), params["norm_eps"], no_mask[0], False, window_np, normed.numpy())
+            _restore_torch_threads(torch_threads)
+            if params["in_bias"] is None:
+                torch.bmm(normed, params["in_weight_t"], out=xz)
+            else:
+                torch.baddbmm(params["in_bias"], normed, params["in_weight_t"], out=xz)
+            conv_walk = _reversal(batch, steps).contiguous().numpy() if backward else _NO_WALK
+            torch_threads = _set_threads()
+            _branch_convs_kernel(
+                xz.view(n_mixers, batch, steps, 2 * dim).numpy(), part["conv_weight_t"],
+                part["conv_bias"] if part["conv_bias"] is not None else no_mask, part["conv_bias"] is not None,
+                part["mixer_of"], part["backward"], conv_walk, no_mask, False, 256, conv.numpy())
+            _restore_torch_threads(torch_threads)
+            torch.bmm(conv.view(len(sel), tokens, dim), part["x_weight_t"], out=xdbl)
+            for m in missing:  # a mixer without a branch walking this way adds nothing in this sweep
+                y[:, m * dim:(m + 1) * dim] = 0
+            scan_walk = _reversal(batch, own).contiguous().numpy() if backward else _NO_WALK
+            torch_threads = _set_threads()
+            _branch_scans_kernel(
+                conv.numpy(), xdbl.view(len(sel), batch, steps, width).numpy(), part["dt_weight_t"],
+                part["dt_bias"], part["A_t"], part["D"], xz.view(n_mixers, batch, steps, 2 * dim).numpy(),
+                part["mixer_of"], part["backward"], part["first"], part["last"], params["scale"], scan_walk, block,
+                16, start - low, state, True, y.view(batch, own, n_mixers * dim).numpy())
+            _restore_torch_threads(torch_threads)
+            torch.mm(y, params["out_weight_t"], out=projected)
+            target = output[:, start:end]
+            if not written:
+                target.copy_(projected.view(batch, own, d_model))
+                if params["out_bias"] is not None:
+                    target.add_(params["out_bias"])
+            else:
+                target.add_(projected.view(batch, own, d_model))
+        written = True
+    return output, r
+
+
+def _sweep_parameters(params: dict, sel: np.ndarray) -> dict:
+    """The per-branch parameters of the branches `sel` (numpy arrays for the kernels), with their mixers' first and
+    last branch recomputed among them."""
+    index = torch.from_numpy(sel)
+    mixer_of = params["mixer_of"][sel]
+    part = {name: params[name].index_select(0, index).contiguous().numpy()
+            for name in ("conv_weight_t", "x_weight_t", "dt_weight_t", "dt_bias", "A_t", "D")}
+    part["x_weight_t"] = torch.from_numpy(part["x_weight_t"])  # a GEMM operand
+    part["conv_bias"] = (None if params["conv_bias"] is None
+                         else params["conv_bias"].index_select(0, index).contiguous().numpy())
+    part["mixer_of"] = mixer_of
+    part["backward"] = params["backward"][sel]
+    part["first"] = np.array([j == 0 or mixer_of[j - 1] != m for j, m in enumerate(mixer_of)])
+    part["last"] = np.array([j == len(mixer_of) - 1 or mixer_of[j + 1] != m for j, m in enumerate(mixer_of)])
+    return part
 
 
 def _numba_threads() -> int:

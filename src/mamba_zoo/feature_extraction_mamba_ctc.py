@@ -145,7 +145,8 @@ class MambaCTCFeatureExtractor(SequenceFeatureExtractor):
             `(batch, frames)` (1 = frame, 0 = padding).
         """
         features = []
-        for waveform in validate_audio(raw_speech, sampling_rate, self.sampling_rate, owner=self.__class__.__name__):
+        for waveform in validate_audio(raw_speech, sampling_rate, self.sampling_rate, owner=self.__class__.__name__,
+                                       copy=False):  # only read: a long recording is not copied
             fbank = self._extract_fbank_features(waveform)
             features.append(self._normalize(fbank) if self.do_normalize else fbank)
             del fbank  # a long recording's un-normalised copy is not kept beside the rest

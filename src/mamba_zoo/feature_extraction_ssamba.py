@@ -33,7 +33,7 @@ SSAMBA_FEATURE_PRESETS: dict[str, dict[str, float | int]] = {
 
 _WINDOW = 400  # kaldi frame: 25 ms at 16 kHz
 _HOP = 160  # 10 ms at 16 kHz
-FBANK_BLOCK_FRAMES = 4096  # frames featurised per numpy call (40 s of audio)
+FBANK_BLOCK_FRAMES = 1024  # frames featurised per numpy call (10 s of audio; its float64 temporaries ~20 MB)
 
 
 class SSAMBAFeatureExtractor(ASTFeatureExtractor):
@@ -155,7 +155,7 @@ class SSAMBAFeatureExtractor(ASTFeatureExtractor):
         Returns a `BatchFeature` with `input_values` `(batch, max_length, num_mel_bins)` (and `attention_mask`
         `(batch, max_length)` when requested)."""
         clips = validate_audio(raw_speech, sampling_rate, self.sampling_rate, owner=type(self).__name__,
-                               max_samples=self.samples_for_max_length())
+                               max_samples=self.samples_for_max_length(), copy=False)  # only read
         for i, clip in enumerate(clips):
             peak = max(float(clip.max()), -float(clip.min()))  # no temporary as long as the clip
             if peak > 1.0 + 1e-3:

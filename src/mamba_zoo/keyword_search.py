@@ -32,7 +32,7 @@ def frame_probabilities(audio: np.ndarray, model, feature_extractor, sampling_ra
                         ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities per output column `(T, num_labels)` and each column's `(start, end)` in seconds `(T, 2)`
     for one recording (1-D float audio at the feature extractor's rate)."""
-    clip = validate_audio(audio, sampling_rate, feature_extractor.sampling_rate, owner="find_keywords")[0]
+    clip = validate_audio(audio, sampling_rate, feature_extractor.sampling_rate, owner="find_keywords", copy=False)[0]
     whole = copy.copy(feature_extractor)  # the recording's own length: nothing padded or cut
     whole.max_length = max(whole.num_frames(clip.size), model.config.time_patch_size)
     values = torch.from_numpy(whole.features_of_validated([clip]))  # no second copy of a long recording

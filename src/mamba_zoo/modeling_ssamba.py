@@ -22,7 +22,14 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceCl
 from transformers.utils import ModelOutput
 
 from .configuration_ssamba import SSAMBAConfig, patch_grid, patch_shape
-from .cpu_inference import inference_workspace, paired_blocks_cpu_applies, paired_blocks_cpu_forward
+from . import cpu_inference
+from .cpu_inference import (
+    blocks_time_chunked_applies,
+    blocks_time_chunked_forward,
+    inference_workspace,
+    paired_blocks_cpu_applies,
+    paired_blocks_cpu_forward,
+)
 from .mamba_layers import DropPath, MambaBlock, MambaMixer, build_mixer, build_norm
 from .sequence_utils import check_attention_mask, floating_input, lengths_from_attention_mask
 
@@ -128,24 +135,30 @@ class SSAMBAEmbeddings(nn.Module):
         ) if config.use_position_embeddings else None
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def position_embeddings_for(self, grid: tuple[int, int], interpolate_pos_encoding: bool) -> torch.Tensor:
+    def position_embeddings_for(self, grid: tuple[int, int], interpolate_pos_encoding: bool,
+                                with_prefix: bool = True) -> torch.Tensor:
         """Position embeddings `(1, prefix + F * T, D)` for an input whose patch grid is `grid = (F, T)`.
 
         The configured grid is used as is. Fewer time patches (a shorter input) take the first `T` columns, exactly the
         embeddings those patches get when the input is padded to `max_length`. Anything else needs
         `interpolate_pos_encoding=True` (bilinear interpolation of the grid).
+
+        `with_prefix=False`: the patches' embeddings only, `(1, F * T, D)`, or, when interpolated, the interpolated
+        grid `(1, D, F, T)` as `F.interpolate` returns it (no layout copy: the embeddings add it through a view).
         """
         config_grid = self.config.grid_size
-        if tuple(grid) == tuple(config_grid):
-            return self.position_embeddings
         prefix = self.position_embeddings[:, :self.num_prefix_tokens]
         patches = self.position_embeddings[:, self.num_prefix_tokens:]
         dim = patches.shape[-1]
+        if tuple(grid) == tuple(config_grid):
+            return self.position_embeddings if with_prefix else patches
         if grid[0] == config_grid[0] and grid[1] < config_grid[1] and not interpolate_pos_encoding:
             patches = patches.reshape(1, config_grid[0], config_grid[1], dim)[:, :, :grid[1]].reshape(1, -1, dim)
         elif interpolate_pos_encoding:
             patches = patches.reshape(1, *config_grid, dim).permute(0, 3, 1, 2)
             patches = F.interpolate(patches, size=tuple(grid), mode="bilinear", align_corners=False)
+            if not with_prefix:
+                return patches
             patches = patches.permute(0, 2, 3, 1).reshape(1, -1, dim)
         else:
             raise ValueError(
@@ -155,7 +168,7 @@ class SSAMBAEmbeddings(nn.Module):
                 f"max_length frames with {self.config.num_mel_bins} mel bins (the feature extractor does), pass "
                 "interpolate_pos_encoding=True, or adapt the model once with model.resize_position_embeddings(...)."
             )
-        return torch.cat([prefix, patches], dim=1)
+        return torch.cat([prefix, patches], dim=1) if with_prefix else patches
 
     def forward(
         self,
@@ -165,17 +178,27 @@ class SSAMBAEmbeddings(nn.Module):
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """input_values `(batch, time, mel)`; bool_masked_pos `(batch, F * T)` (True = replace by the mask token).
         Returns embeddings `(batch, prefix + F * T, D)` and the patch grid `(F, T)`."""
-        embeddings, grid = self.patch_embeddings(input_values)
-        batch = embeddings.shape[0]
+        patches, grid = self.patch_embeddings(input_values)
+        batch, num_patches, dim = patches.shape
         if bool_masked_pos is not None:
             if self.mask_token is None:
                 raise ValueError("bool_masked_pos needs a model built with a mask token (SSAMBAForPreTraining).")
-            masked = bool_masked_pos.unsqueeze(-1).to(embeddings.dtype)
-            embeddings = embeddings * (1.0 - masked) + self.mask_token.to(embeddings.dtype) * masked
+            masked = bool_masked_pos.unsqueeze(-1).to(patches.dtype)
+            patches = patches * (1.0 - masked) + self.mask_token.to(patches.dtype) * masked
+        # one (batch, prefix + F * T, D) tensor, written in place: a long recording holds at most two of its size here
+        prefix = self.num_prefix_tokens
+        embeddings = patches.new_empty(batch, prefix + num_patches, dim)
         if self.cls_token is not None:
-            embeddings = torch.cat([self.cls_token.expand(batch, -1, -1).to(embeddings.dtype), embeddings], dim=1)
+            embeddings[:, :prefix] = self.cls_token.to(patches.dtype)
+        embeddings[:, prefix:] = patches
+        del patches
         if self.position_embeddings is not None:
-            embeddings = embeddings + self.position_embeddings_for(grid, interpolate_pos_encoding).to(embeddings.dtype)
+            positions = self.position_embeddings_for(grid, interpolate_pos_encoding, with_prefix=False)
+            embeddings[:, :prefix] += self.position_embeddings[:, :prefix].to(embeddings.dtype)
+            if positions.dim() == 4:  # (1, D, F, T) interpolated: added through a permuted view, not copied
+                embeddings[:, prefix:].view(batch, *grid, dim).add_(positions.permute(0, 2, 3, 1).to(embeddings.dtype))
+            else:
+                embeddings[:, prefix:] += positions.to(embeddings.dtype)
         return self.dropout(embeddings), grid
 
 
@@ -366,7 +389,9 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
             order = torch.argsort((~token_mask).to(torch.int8), dim=1, stable=True)
             hidden_states = hidden_states.gather(1, order[:, :, None].expand_as(hidden_states))
         hidden_states, residual, all_hidden_states = self._run_layers(hidden_states, token_mask, output_hidden_states)
-        hidden_states = self._final_norm(hidden_states, residual)
+        hidden_states = self._final_norm(
+            hidden_states, residual, in_place=not torch.is_grad_enabled() and not output_hidden_states
+        )
         if order is not None:  # back to the grid order, zeros at the padded patches
             hidden_states = _scatter_tokens(hidden_states, order, token_mask)
             if output_hidden_states:
@@ -426,6 +451,17 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         residual = None
         with inference_workspace():  # no-grad CPU mixers share their scratch buffers across layers
+            if (sequence_mask is None and not output_hidden_states
+                    and blocks_time_chunked_applies(self.layers, hidden_states)):
+                # a long recording: each layer (or pair) in time chunks, in place in two sequence-sized buffers
+                group = 2 if self.config.bidirectional_layer_pairing else 1
+                reverses = (False, True)[:group]
+                stream = None
+                for i in range(0, len(self.layers), group):
+                    hidden_states, stream = blocks_time_chunked_forward(
+                        self.layers[i:i + group], reverses, hidden_states, stream, float(group)
+                    )
+                return hidden_states, (stream.mul_(group) if group > 1 else stream), None
             if (self.config.bidirectional_layer_pairing and not output_hidden_states
                     and paired_blocks_cpu_applies(self.layers, hidden_states)):
                 # the fused CPU path computes each pair at once; both layers' residual streams are the same `stream`
@@ -460,8 +496,18 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
                         all_hidden_states += (residual + hidden_states,)
         return hidden_states, residual, all_hidden_states
 
-    def _final_norm(self, hidden_states, residual) -> torch.Tensor:
-        """The last residual add and `norm_f` (applied twice with `double_final_norm`, as the released checkpoints)."""
+    def _final_norm(self, hidden_states, residual, in_place: bool = False) -> torch.Tensor:
+        """The last residual add and `norm_f` (applied twice with `double_final_norm`, as the released checkpoints).
+        `in_place` (inference, `residual` not needed afterwards): the add and the norms are written into `residual`,
+        `cpu_inference.PAIRED_CHUNK_TOKENS` tokens at a time, so a long input needs no further sequence-sized tensors."""
+        if in_place and residual is not None and residual.dtype == self.norm_f.weight.dtype:
+            residual = residual.add_(self.drop_path(hidden_states))
+            step = max(1, cpu_inference.PAIRED_CHUNK_TOKENS // max(residual.shape[0], 1))
+            for start in range(0, residual.shape[1], step):
+                part = residual[:, start:start + step]
+                normed = self.norm_f(part)
+                part.copy_(self.norm_f(normed) if self.config.double_final_norm else normed)
+            return residual
         residual = hidden_states if residual is None else residual + self.drop_path(hidden_states)
         hidden_states = self.norm_f(residual.to(dtype=self.norm_f.weight.dtype))
         if self.config.double_final_norm:
