@@ -41,6 +41,12 @@ Usage::
     python benchmarks/bench_scan.py --mixer              # also the MambaMixer table
     python benchmarks/bench_scan.py --inference --batch 2 --lengths 8192   # no-grad: old vs new
     python benchmarks/bench_scan.py --lengths 2048 --slow-max-length 8192
+    python benchmarks/bench_scan.py --compare-base HEAD --threads 1 --lengths 2048   # training kernels: REV vs tree
+
+``--compare-base REV``: the training forward and backward of REV's ``cpu_scan_kernels.py`` (copied by ``git show``
+into a temporary folder as the module ``base_kernels``) against the working tree's, in one fresh process per L,
+interleaved (base, new, base, new, ...); prints each one's best forward, backward and bwd/fwd, and the largest
+relative difference of the output and of every gradient (new vs base).
 """
 
 from __future__ import annotations
@@ -494,6 +500,67 @@ def bench_scan(args) -> None:
         rows, notes)
 
 
+def compare_worker(spec: dict) -> dict:
+    """``--compare-base``: REV's training kernels (``spec["base_dir"]/base_kernels.py``) vs the working tree's."""
+    sys.path.insert(0, spec["base_dir"])
+    import base_kernels
+    from mamba_zoo import cpu_scan_kernels
+
+    modules = {"base": base_kernels, "new": cpu_scan_kernels}
+    inputs = make_scan_inputs(spec["batch"], spec["dim"], spec["n_state"], spec["length"], requires_grad=True)
+    times = {name: {"fwd": [], "bwd": []} for name in modules}
+    results = {}
+    for round_index in range(spec["rounds"] + 1):  # round 0: JIT / cache load, not timed
+        for name, module in modules.items():
+            for t in inputs.values():
+                t.grad = None
+            gc.collect()
+            start = time.perf_counter()
+            out = module.selective_scan_cpu(**inputs, delta_softplus=True)
+            middle = time.perf_counter()
+            out.sum().backward()
+            end = time.perf_counter()
+            if round_index > 0:
+                times[name]["fwd"].append(middle - start)
+                times[name]["bwd"].append(end - middle)
+            results[name] = [out.detach()] + [inputs[k].grad.clone() for k in inputs]
+    diffs = {key: float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+             for key, a, b in zip(["out"] + list(inputs), results["new"], results["base"])}
+    return {"times": {name: {k: min(v) for k, v in t.items()} for name, t in times.items()}, "diffs": diffs}
+
+
+def bench_compare(args) -> None:
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = subprocess.run(["git", "-C", root, "show", f"{args.compare_base}:src/mamba_zoo/cpu_scan_kernels.py"],
+                            check=True, capture_output=True, text=True).stdout
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "base_kernels.py"), "w") as f:
+            f.write(source)
+        for length in args.lengths:
+            spec = dict(base_dir=folder, rounds=args.repeats, length=length, batch=args.batch, dim=args.dim,
+                        n_state=args.state)
+            out = run_in_subprocess("compare", spec, args.threads, args.timeout)
+            if "error" in out:
+                rows.append([length, "error", "-", "-", "-", "-", "-", "-"])
+                notes.append(f"L={length}: {out['error']}")
+                continue
+            base, new = out["times"]["base"], out["times"]["new"]
+            rows.append([length] + [f"{t * 1e3:.1f} ms" for t in (base["fwd"], base["bwd"])]
+                        + [f"{base['bwd'] / base['fwd']:.2f}"]
+                        + [f"{t * 1e3:.1f} ms" for t in (new["fwd"], new["bwd"])]
+                        + [f"{new['bwd'] / new['fwd']:.2f}", f"{max(out['diffs'].values()):.1e}"])
+    notes.append(f"base: {args.compare_base}'s cpu_scan_kernels.py, new: the working tree's; train fwd: forward on "
+                 f"inputs that require grad; bwd: out.sum().backward(); best of {args.repeats} interleaved rounds; "
+                 "max rel diff: largest relative difference of the output and all gradients, new vs base.")
+    print_table(f"training kernels, {args.compare_base} vs working tree, batch {args.batch}, dim {args.dim}, "
+                f"N {args.state}, fp32, {args.threads} threads",
+                ["L", "base train fwd", "base bwd", "base bwd/fwd", "new train fwd", "new bwd", "new bwd/fwd",
+                 "max rel diff"], rows, notes)
+
+
 def bench_mixer(args) -> None:
     """mamba-zoo MambaMixer vs transformers' MambaMixer (default CPU path and use_mambapy=True).
 
@@ -568,6 +635,8 @@ def main(argv=None) -> None:
     parser.add_argument("--mixer-only", action="store_true")
     parser.add_argument("--inference", action="store_true",
                         help="only the no-grad table: forward-only kernels vs training kernels")
+    parser.add_argument("--compare-base", metavar="REV",
+                        help="only the training kernels: REV's cpu_scan_kernels.py vs the working tree's, interleaved")
     parser.add_argument("--d-model", type=int, default=192)
     parser.add_argument("--mixer-lengths", type=int, nargs="+", default=[512, 2048, 8192])
     parser.add_argument("--hf-default-max-length", type=int, default=512)
@@ -578,7 +647,8 @@ def main(argv=None) -> None:
     if args._worker:
         kind, spec = args._worker[0], json.loads(args._worker[1])
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-        workers = {"scan": scan_worker, "mixer": mixer_worker, "inference": inference_worker}
+        workers = {"scan": scan_worker, "mixer": mixer_worker, "inference": inference_worker,
+                   "compare": compare_worker}
         result = workers[kind](spec)
         print(json.dumps(result))
         return
@@ -590,6 +660,9 @@ def main(argv=None) -> None:
         args.slow_repeats = 1
     if args.inference:
         bench_inference(args)
+        return
+    if args.compare_base:
+        bench_compare(args)
         return
     if not args.mixer_only:
         bench_scan(args)
