@@ -160,13 +160,15 @@ def test_time_chunked_blocks_equal_one_pass(monkeypatch, chunked_calls, kwargs, 
     g = torch.Generator().manual_seed(batch)
     x = torch.randn(batch, 416, 32, generator=g)
     length = 52 + model.embeddings.num_prefix_tokens
-    monkeypatch.setattr(cpu_inference, "PAIRED_CHUNK_TOKENS", 40)
-    monkeypatch.setattr(cpu_inference, "TIME_CHUNK_TOKENS", 13 * batch)
-    with torch.no_grad():
-        chunked = model(x).last_hidden_state
+    with monkeypatch.context() as patch:
+        patch.setattr(cpu_inference, "PAIRED_CHUNK_TOKENS", 40)
+        patch.setattr(cpu_inference, "INFERENCE_TIME_CHUNK", 40)
+        patch.setattr(cpu_inference, "TIME_CHUNK_TOKENS", 13 * batch)
+        with torch.no_grad():
+            chunked = model(x).last_hidden_state
     group = 2 if model.config.bidirectional_layer_pairing else 1
     assert chunked_calls == [(group, (False, True)[:group], (batch, length, 32))] * (4 // group)
-    monkeypatch.setattr(cpu_inference, "PAIRED_BLOCKS", False)
+    monkeypatch.setattr(cpu_inference, "PAIRED_BLOCKS", False)  # each mixer in one pass
     with torch.no_grad():
         one_by_one = model(x).last_hidden_state
     autograd = model(x).last_hidden_state.detach()
@@ -179,6 +181,7 @@ def test_time_chunked_blocks_only_where_they_apply(monkeypatch, chunked_calls):
     """Padding, hidden states of every layer or gradients keep the long sequence on the other paths."""
     model = random_ssamba(8, max_length=416)
     monkeypatch.setattr(cpu_inference, "PAIRED_CHUNK_TOKENS", 20)
+    monkeypatch.setattr(cpu_inference, "INFERENCE_TIME_CHUNK", 20)
     x = torch.randn(2, 416, 32)
     mask = torch.ones(2, 416, dtype=torch.long)
     mask[1, 300:] = 0

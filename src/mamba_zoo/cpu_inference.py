@@ -21,6 +21,11 @@ their outputs are summed) call `paired_blocks_cpu_forward` for each pair instead
 or GEMM per step for both blocks and all four branches (about 7 parallel regions a pair instead of 26). Small inputs
 are bound by those regions, not arithmetic: each one waits for every thread, and on a busy machine for a thread that
 was descheduled.
+
+A long unpadded recording (over `INFERENCE_TIME_CHUNK` tokens) runs each such block, alone or paired, through
+`blocks_time_chunked_forward`: the same kernels on time chunks of `TIME_CHUNK_TOKENS` tokens, every branch carrying its
+scan state and conv window in its own walking direction, in place in the residual stream and one output buffer. A
+stack of layers then needs two sequence-sized tensors plus O(chunk), whatever its depth or the recording's length.
 """
 
 from __future__ import annotations
@@ -479,9 +484,10 @@ def blocks_time_chunked_applies(blocks: Sequence[nn.Module], hidden_states: torc
                                 attention_mask: Optional[torch.Tensor] = None) -> bool:
     """Whether `blocks_time_chunked_forward` computes these blocks (one block, or blocks read from one residual
     stream as in `paired_blocks_cpu_forward`) on `hidden_states` `(batch, L, d_model)`: the blocks are fusable (see
-    `paired_blocks_cpu_applies`), L is over `PAIRED_CHUNK_TOKENS` and no step is padding."""
+    `paired_blocks_cpu_applies`), L is over `INFERENCE_TIME_CHUNK` and no step is padding. (Below that the one-pass
+    paths are faster: chunking computes every norm and input projection twice, once per walking direction.)"""
     return (
-        hidden_states.shape[1] > PAIRED_CHUNK_TOKENS
+        hidden_states.shape[1] > INFERENCE_TIME_CHUNK
         and (attention_mask is None or bool(attention_mask.bool().all()))
         and _fusable_blocks(blocks, hidden_states)
     )
