@@ -7,9 +7,14 @@ as a user's decoded file would be), warm the kernels on a 2 s clip, then time fe
 
 - `ctc`: `train_ctc.py`'s default MambaForCTC (width 96, 4 bidirectional blocks, 4x conv subsampling), CTC logits
   for every frame.
+- `ctc-mamba2`: the same MambaForCTC with Mamba-2 (SSD) mixers (`mixer_type="mamba2"`, head dim 32).
 - `ssamba`: the main job's SSAMBA (width 128, 8 layers, frame tokens of all mels x 4 frames), the whole recording as
   one token sequence (`interpolate_pos_encoding=True`), frame-level hidden states.
 - `ssamba-tiny`: SSAMBA-tiny (width 192, 24 layers, 16x16 patches).
+- `ast-tiny`: the Transformer SSAMBA replaces, at SSAMBA-tiny's token count: transformers' `ASTModel` (width 192, 12
+  layers, 3 heads, sdpa attention, 16x16 patches), built with position embeddings for the recording's length (AST
+  cannot read past `max_length`), so the whole recording is one attention sequence. A row that runs past `--timeout`
+  seconds or out of memory is reported as failed.
 
 Peak memory is the process's peak resident set (`ru_maxrss`); "growth" is that peak minus the resident set just
 before the timed call (model, recording and warm-up already in memory), i.e. what the forward itself needs.
@@ -52,8 +57,9 @@ def recording(minutes: float, seed: int = 0):
     return audio
 
 
-def build(model_name: str):
-    """(model, featurise(audio) -> model kwargs, read(outputs) -> the per-frame tensor)."""
+def build(model_name: str, frames: int):
+    """(model, featurise(audio) -> model kwargs, read(outputs) -> the per-frame tensor); `frames`: the recording's
+    filter-bank frames (AST's grid is fixed when it is built)."""
     import torch
 
     import mamba_zoo  # noqa: F401
@@ -61,9 +67,10 @@ def build(model_name: str):
                            SSAMBAFeatureExtractor, SSAMBAModel)
 
     torch.manual_seed(0)
-    if model_name == "ctc":
+    if model_name in ("ctc", "ctc-mamba2"):
+        mixer = {"mixer_type": "mamba2"} if model_name == "ctc-mamba2" else {}
         model = MambaForCTC(MambaCTCConfig(vocab_size=32, hidden_size=96, num_hidden_layers=4,
-                                           subsampling_conv_channels=32, intermediate_size=384)).eval()
+                                           subsampling_conv_channels=32, intermediate_size=384, **mixer)).eval()
         extractor = MambaCTCFeatureExtractor()
 
         def featurise(audio):
@@ -84,19 +91,32 @@ def build(model_name: str):
             return {"input_values": values, "interpolate_pos_encoding": True}
 
         return model, featurise, lambda out: out.last_hidden_state
-    raise ValueError(f"unknown model {model_name!r}: ctc, ssamba or ssamba-tiny")
+    if model_name == "ast-tiny":
+        from transformers import ASTConfig, ASTModel
+
+        extractor = SSAMBAFeatureExtractor(max_length=frames)  # the same kaldi filter banks as AST's own extractor
+        model = ASTModel(ASTConfig(
+            hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768, max_length=frames,
+            num_mel_bins=128, patch_size=16, frequency_stride=16, time_stride=16, attn_implementation="sdpa")).eval()
+
+        def featurise(audio):
+            return {"input_values": extractor(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt")["input_values"]}
+
+        return model, featurise, lambda out: out.last_hidden_state
+    raise ValueError(f"unknown model {model_name!r}: ctc, ctc-mamba2, ssamba, ssamba-tiny or ast-tiny")
 
 
 def run_one(model_name: str, minutes: float, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    model, featurise, read = build(model_name)
     audio = recording(minutes)
-    with torch.no_grad():
-        read(model(**featurise(recording(2 / 60, seed=1))))  # compile / warm the kernels, short and long paths
-        with forced_long_input_paths():
-            read(model(**featurise(recording(2 / 60, seed=1))))
+    model, featurise, read = build(model_name, 1 + (len(audio) - 400) // 160)
+    if model_name != "ast-tiny":  # (AST reads only its own length and has no kernels to compile)
+        with torch.no_grad():
+            read(model(**featurise(recording(2 / 60, seed=1))))  # compile / warm the kernels, short and long paths
+            with forced_long_input_paths():
+                read(model(**featurise(recording(2 / 60, seed=1))))
     before = rss_mb()
     started = time.perf_counter()
     with torch.no_grad():
@@ -117,6 +137,8 @@ def main(argv=None):
     parser.add_argument("--minutes", default="1,5,30")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds per row (a fresh process) before it is reported as timed out")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "MINUTES"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -127,7 +149,8 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|")
     for model_name in args.models.split(","):
         for minutes in (float(m) for m in args.minutes.split(",")):
-            row, error = run_fresh(__file__, ["--one", model_name, str(minutes), "--threads", str(args.threads)])
+            row, error = run_fresh(__file__, ["--one", model_name, str(minutes), "--threads", str(args.threads)],
+                                   timeout=args.timeout)
             if row is None:
                 print(f"| {model_name} | {minutes:g} min | failed: {error} |")
                 continue

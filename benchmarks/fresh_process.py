@@ -19,10 +19,14 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_fresh(script: str, args: list[str]) -> tuple[Optional[dict], str]:
+def run_fresh(script: str, args: list[str], timeout: Optional[float] = None) -> tuple[Optional[dict], str]:
     """Run `python script *args` in a new process; its last stdout line is a JSON row. Returns `(row, "")`, or
-    `(None, the last line of its stderr)` when it failed."""
-    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=ROOT)
+    `(None, the last line of its stderr)` when it failed (`(None, "timed out after N s")` past `timeout` seconds)."""
+    try:
+        done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=ROOT,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:g} s"
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines()
         return None, lines[-1] if lines else f"exit code {done.returncode}"

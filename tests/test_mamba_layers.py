@@ -361,6 +361,50 @@ def test_long_sequences_run_in_time_chunks_with_carried_state(monkeypatch, bidir
     assert rel_err(padded, reference_padded) < 1e-5
 
 
+@pytest.mark.parametrize("bidirectional,divide_out,bias", [(False, False, False), (True, False, True),
+                                                          (True, True, False)])
+@pytest.mark.parametrize("chunk", [2, 7, 40])
+def test_mamba2_long_sequences_run_in_time_chunks_with_carried_state(monkeypatch, bidirectional, divide_out, bias,
+                                                                     chunk):
+    """Mamba-2 over a sequence longer than INFERENCE_TIME_CHUNK (no gradients): each branch chunk by chunk along time
+    with its SSD state and conv window carried, the branch walking backward first (its output kept for the gated norm,
+    which reads the sum of both), the forward walk finishing each chunk: equal to the one-pass forward, with layer-level
+    reversal, chunks shorter than the conv window and uneven last chunks (SSD chunk size 8). Padded batches and
+    anything needing gradients keep the one-pass path."""
+    torch.manual_seed(chunk)
+    mixer = Mamba2Mixer(16, d_state=4, headdim=8, chunk_size=8, bidirectional=bidirectional, divide_out=divide_out,
+                        bias=bias).eval()
+    _randomize(mixer, seed=chunk + 2)
+    x = torch.randn(2, 45, 16)
+    mask = (torch.arange(45)[None, :] < torch.tensor([45, 30])[:, None]).long()
+    with torch.no_grad():
+        whole, whole_reverse, whole_padded = mixer(x), mixer(x, reverse=True), mixer(x, attention_mask=mask)
+    chunk_calls = []
+    original = Mamba2Mixer._branch_chunk
+    monkeypatch.setattr(Mamba2Mixer, "_branch_chunk", lambda self, h, start, end, suffix, backward, *a, **k:
+                        chunk_calls.append((start, end, suffix)) or original(self, h, start, end, suffix, backward,
+                                                                             *a, **k))
+    monkeypatch.setattr(cpu_inference, "INFERENCE_TIME_CHUNK", chunk)
+    monkeypatch.setattr(cpu_inference, "TIME_CHUNK_TOKENS", 2 * chunk)  # chunks of `chunk` steps for 2 rows
+    with torch.no_grad():
+        chunked = mixer(x)
+        chunked_mask = mixer(x, attention_mask=torch.ones(2, 45, dtype=torch.long))
+        chunked_reverse = mixer(x, reverse=True)
+        padded = mixer(x, attention_mask=mask)
+    with_grad = mixer(x)
+    spans = [(s, min(s + chunk, 45)) for s in range(0, 45, chunk)]
+    forward = [span + ("",) for span in spans]
+    if bidirectional:
+        calls = [span + ("_b",) for span in spans[::-1]] + forward
+        calls_reverse = [span + ("",) for span in spans[::-1]] + [span + ("_b",) for span in spans]
+    else:
+        calls, calls_reverse = forward, [span + ("",) for span in spans[::-1]]
+    assert chunk_calls == calls * 2 + calls_reverse  # never the padded batch nor the call with gradients
+    assert rel_err(chunked, whole) < 1e-5 and rel_err(chunked_mask, whole) < 1e-5
+    assert rel_err(chunked_reverse, whole_reverse) < 1e-5 and rel_err(chunked_reverse, chunked) > 1e-3
+    assert torch.equal(padded, whole_padded) and rel_err(with_grad.detach(), whole) < 1e-5
+
+
 @pytest.mark.skipif(not _numba_available(), reason="the fused CPU kernels need numba")
 def test_inference_scan_kernel_carries_initial_state():
     """Scanning [0, k) and then [k, L) from the first part's last state equals one scan over [0, L), forwards and

@@ -25,6 +25,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .causal_conv1d import causal_conv1d_fn, causal_conv1d_update
 from .cpu_decode import add_rms_norm_decode, mamba2_mixer_decode_step, mamba_mixer_decode_step
+from . import cpu_inference
 from .cpu_inference import cpu_inference_applies, mamba_mixer_cpu_forward
 from .mamba_cache import MambaZooCache, resolve_cache_kwarg
 from .selective_scan import selective_scan_fn, selective_state_update
@@ -475,7 +476,78 @@ class Mamba2Mixer(_SelectiveMixerBase):
         # a cached one-token step without gradients on CPU: the fused decoding step (`cpu_decode.py`), same function
         if cache is not None and hidden_states.shape[1] == 1:
             return mamba2_mixer_decode_step(self, hidden_states, attention_mask, reverse_lengths, cache)
+        # a long unpadded sequence without gradients: chunk by chunk along time, on any backend
+        if cache is None and self._time_chunking_applies(hidden_states, attention_mask, reverse_lengths):
+            chunk = max(cpu_inference.TIME_CHUNK_TOKENS // hidden_states.shape[0], 1)
+            return self._forward_time_chunks(hidden_states, chunk, reverse)
         return None
+
+    def _time_chunking_applies(self, hidden_states, attention_mask, reverse_lengths) -> bool:
+        """Longer than `cpu_inference.INFERENCE_TIME_CHUNK` steps, unpadded (whole-sequence reversal), nothing needing
+        gradients. Every module is still called as itself (per-token: LoRA and hooks see the same rows)."""
+        if hidden_states.shape[1] <= cpu_inference.INFERENCE_TIME_CHUNK or reverse_lengths is not None:
+            return False
+        if attention_mask is not None and not bool(attention_mask.bool().all()):
+            return False
+        return not (torch.is_grad_enabled()
+                    and (hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())))
+
+    def _forward_time_chunks(self, hidden_states: torch.Tensor, chunk: int, reverse: bool = False) -> torch.Tensor:
+        """The mixer over an unpadded `(batch, L, d_model)` in time chunks of `chunk` steps, each branch carrying its
+        SSD state and conv window across chunk boundaries in its own walking direction (with `reverse` the
+        directions swap). The gated norm reads the sum of both branches, so the branch walking backward runs first
+        and keeps its output `(batch, L, d_inner)`; the forward walk then adds it per chunk and applies the norm and
+        `out_proj`. Each chunk recomputes `in_proj` over its steps and the `d_conv - 1` neighbours its conv reads.
+        Memory: that one branch output besides the input and output, instead of every intermediate at full length."""
+        batch, seq_len, _ = hidden_states.shape
+        branches = [("", reverse)] + ([("_b", not reverse)] if self.bidirectional else [])
+        branches.sort(key=lambda branch: not branch[1])  # the backward walker first, its output kept
+        starts = list(range(0, seq_len, chunk))
+        output = hidden_states.new_empty(batch, seq_len, self.d_model)
+        kept = None
+        for i, (suffix, backward) in enumerate(branches):
+            last = i == len(branches) - 1
+            state = None
+            for start in (reversed(starts) if backward else starts):
+                end = min(start + chunk, seq_len)
+                y, z, state = self._branch_chunk(hidden_states, start, end, suffix, backward, state, need_z=last)
+                if not last:
+                    if kept is None:
+                        kept = y.new_empty(batch, seq_len, self.d_inner)
+                    kept[:, start:end] = y
+                    continue
+                if kept is not None:
+                    y = y + kept[:, start:end]
+                    if self.divide_out:
+                        y = y / 2
+                output[:, start:end] = self.out_proj(self.norm(y, z).to(hidden_states.dtype))
+        return output
+
+    def _branch_chunk(self, hidden_states, start, end, suffix, backward, state, need_z):
+        """Branch `suffix` over the steps `[start, end)` from `state` `(batch, nheads, headdim, d_state)` (None:
+        zeros): `(y (batch, end - start, d_inner) in time order, z of those steps or None, the state after them)`."""
+        seq_len, reach = hidden_states.shape[1], self.d_conv - 1
+        low, high = (start, min(end + reach, seq_len)) if backward else (max(start - reach, 0), end)
+        z, xBC, dt = torch.split(self.in_proj(hidden_states[:, low:high]),
+                                 [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        if backward:  # walk the window from its end: the conv reads the steps after each one
+            xBC, dt = xBC.flip(1), dt.flip(1)
+        conv1d, dt_bias, A_log, D = self._branch(suffix)
+        own = end - start  # the window's last `own` (walked) steps are the chunk's
+        xBC = causal_conv1d_fn(xBC.transpose(1, 2), conv1d.weight.squeeze(1), conv1d.bias, activation="silu",
+                               backend=self.backend).transpose(1, 2)[:, -own:]
+        batch = xBC.shape[0]
+        x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        y, state = mamba_chunk_scan_combined(
+            x.reshape(batch, own, self.nheads, self.headdim), dt[:, -own:], -torch.exp(A_log.float()),
+            B.reshape(batch, own, self.ngroups, self.d_state), C.reshape(batch, own, self.ngroups, self.d_state),
+            chunk_size=self.chunk_size, D=D.float(), dt_bias=dt_bias.float(), dt_softplus=True,
+            initial_states=state, return_final_states=True, backend=self.backend,
+        )
+        y = y.reshape(batch, own, self.d_inner)
+        if backward:
+            y = y.flip(1)
+        return y, (z[:, start - low:end - low] if need_z else None), state
 
     def _mix(self, hidden_states, attention_mask, cache, reverse_lengths):
         # 1. one projection: gate z, conv input [x | B | C], per-head time step dt
