@@ -338,6 +338,7 @@ def test_long_sequences_run_in_time_chunks_with_carried_state(monkeypatch, bidir
     monkeypatch.setattr(cpu_inference, "_branch_chunk", lambda m, h, start, end, *a: chunk_calls.append((start, end))
                         or original(m, h, start, end, *a))
     monkeypatch.setattr(cpu_inference, "INFERENCE_TIME_CHUNK", chunk)
+    monkeypatch.setattr(cpu_inference, "TIME_CHUNK_TOKENS", 2 * chunk)  # chunks of `chunk` steps for 2 rows
     with torch.no_grad():
         chunked = mixer(x)
         whole_mask = mixer(x, attention_mask=torch.ones(2, 45, dtype=torch.long))

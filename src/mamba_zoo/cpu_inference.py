@@ -67,8 +67,10 @@ class InferenceWorkspace:
 # A batch runs a few rows at a time so that rows x length stays within this many tokens.
 INFERENCE_CHUNK_TOKENS = 2048
 # A sequence longer than this runs each mixer chunk by chunk along time, carrying the conv window and the scan state
-# across chunk boundaries (`_forward_time_chunks`), so a mixer's intermediates stay O(chunk) at any length.
-INFERENCE_TIME_CHUNK = 8192
+# across chunk boundaries (`_forward_time_chunks`, `blocks_time_chunked_forward`), so a mixer's intermediates stay
+# O(chunk) at any length. Chunking computes the input (and output) projections once per walking direction, about 20%
+# more time than one pass, so shorter sequences (up to 2 minutes of audio in SSAMBA-tiny's tokens) run in one pass.
+INFERENCE_TIME_CHUNK = 12288
 
 _ACTIVE_WORKSPACE: contextvars.ContextVar[Optional[InferenceWorkspace]] = contextvars.ContextVar(
     "mamba_zoo_inference_workspace", default=None
@@ -135,7 +137,7 @@ def mamba_mixer_cpu_forward(mixer, hidden_states, attention_mask, reverse_length
     `(batch, L, d_model)` -> `(batch, L, d_model)`."""
     batch, seq_len = hidden_states.shape[:2]
     if _time_chunking_applies(mixer, hidden_states, attention_mask, reverse_lengths, reverse):
-        return _forward_time_chunks(mixer, hidden_states, INFERENCE_TIME_CHUNK, reverse)
+        return _forward_time_chunks(mixer, hidden_states, max(TIME_CHUNK_TOKENS // batch, 1), reverse)
     rows = max(1, INFERENCE_CHUNK_TOKENS // max(seq_len, 1))
     if rows >= batch:
         return _forward_rows(mixer, hidden_states, attention_mask, reverse_lengths, reverse)
@@ -277,8 +279,8 @@ def _reversal(batch: int, length: int) -> torch.Tensor:
 # A group of paired blocks runs this many tokens (rows x length) at a time: its stacked intermediates take ~18 KiB a
 # token at d_model 192 (the blocks' in_proj outputs, every branch's conv output, the gated scan outputs side by side).
 PAIRED_CHUNK_TOKENS = 4096
-# A longer unpadded sequence runs its blocks in time chunks of this many tokens (rows x steps) each
-# (`blocks_time_chunked_forward`): their intermediates take ~15 MiB a chunk at d_model 192.
+# A sequence over INFERENCE_TIME_CHUNK runs in time chunks of this many tokens (rows x steps) each (each mixer alone,
+# or its blocks in `blocks_time_chunked_forward`): their intermediates take ~15 MiB a chunk at d_model 192.
 TIME_CHUNK_TOKENS = 2048
 # Whether `paired_blocks_cpu_applies` may say yes (False: each block runs alone, for A/B benchmarks and tests).
 PAIRED_BLOCKS = True
