@@ -61,12 +61,12 @@ def haystack(bank, minutes: float, needles_per_minute: float, seed: int):
 
 
 def run_one(checkpoint: str, minutes: float, needles_per_minute: float, threads: int, seed: int,
-            threshold: float | None = None, min_duration: float = 0.1, repeats: int = 1) -> dict:
+            threshold: float | None = None, min_duration: float | None = None, repeats: int = 1) -> dict:
     import torch
 
     from mamba_zoo import SSAMBAFeatureExtractor, SSAMBAForAudioFrameClassification
     from mamba_zoo.corpora import load_keywords
-    from mamba_zoo.keyword_search import find_keywords, match_recordings
+    from mamba_zoo.keyword_search import detection_settings, find_keywords, match_recordings
     from common import parse_engines
     from train_keyword_search import ClipBank
 
@@ -84,21 +84,20 @@ def run_one(checkpoint: str, minutes: float, needles_per_minute: float, threads:
     find_keywords(warm, model, extractor, sampling_rate=16000)  # warm the kernels, short and long paths
     with forced_long_input_paths():
         find_keywords(warm, model, extractor, sampling_rate=16000)
-    threshold = results.get("threshold", 0.5) if threshold is None else threshold
+    settings = detection_settings(model, threshold, min_duration)  # None: the checkpoint's own (validation-tuned)
     recordings = [haystack(bank, minutes, needles_per_minute, seed + 1000 * r) for r in range(repeats)]
     before = rss_mb()  # model and recordings in memory (the same total audio for every length)
     predicted, seconds = [], 0.0
     for audio, _ in recordings:
         started = time.perf_counter()
-        predicted.append(find_keywords(audio, model, extractor, sampling_rate=16000, threshold=threshold,
-                                       min_duration=min_duration))
+        predicted.append(find_keywords(audio, model, extractor, sampling_rate=16000, **settings))
         seconds += time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     scores = match_recordings(predicted, [needles for _, needles in recordings])
     return {"minutes": minutes, "recordings": repeats, "needles": scores["reference"],
             "detections": scores["predicted"],
             "f1": round(scores["f1"], 4), "precision": round(scores["precision"], 4),
-            "recall": round(scores["recall"], 4), "seconds": round(seconds / repeats, 2),
+            "recall": round(scores["recall"], 4), **settings, "seconds": round(seconds / repeats, 2),
             "real_time_factor": round(seconds / repeats / (60 * minutes), 4), "rss_before_mb": round(before),
             "peak_mb": round(peak), "growth_mb": round(peak - before)}
 
@@ -110,8 +109,10 @@ def main(argv=None):
     parser.add_argument("--needles_per_minute", type=float, default=6.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threshold", type=float, default=None, help="detection threshold (default: the recipe's)")
-    parser.add_argument("--min_duration", type=float, default=0.1, help="shortest event kept, seconds")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="detection threshold (default: the checkpoint's, tuned on validation scenes)")
+    parser.add_argument("--min_duration", type=float, default=None,
+                        help="shortest event kept, seconds (default: the checkpoint's)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--one", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=None, help=argparse.SUPPRESS)
@@ -132,8 +133,8 @@ def main(argv=None):
         repeats = max(1, int(round(max(durations) / minutes)))  # every length scores as many needles
         row, error = run_fresh(__file__, ["--one", str(minutes), "--repeats", str(repeats), "--checkpoint",
                                           args.checkpoint, "--needles_per_minute", str(args.needles_per_minute),
-                                          "--threads", str(args.threads), "--seed", str(args.seed),
-                                          "--min_duration", str(args.min_duration)]
+                                          "--threads", str(args.threads), "--seed", str(args.seed)]
+                               + ([] if args.min_duration is None else ["--min_duration", str(args.min_duration)])
                                + ([] if args.threshold is None else ["--threshold", str(args.threshold)]))
         if row is None:
             print(f"| {minutes:g} min | failed: {error} |")

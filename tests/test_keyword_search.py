@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from mamba_zoo import SSAMBAConfig, SSAMBAFeatureExtractor, SSAMBAForAudioFrameClassification
+from mamba_zoo import keyword_search
 from mamba_zoo.keyword_search import (
+    DEFAULT_DETECTION,
+    detection_settings,
     events_from_probabilities,
     find_keywords,
     match_events,
@@ -112,3 +115,42 @@ def test_find_keywords_reads_a_long_recording_whole():
     assert events[0]["start"] == 0.0 and events[0]["end"] == pytest.approx(40.0, abs=0.1)
     with pytest.raises(ValueError, match="sampling"):
         find_keywords(audio, model, extractor, sampling_rate=8000)
+
+
+def _config_model(**extra):
+    config = SSAMBAConfig(hidden_size=32, num_hidden_layers=2, num_labels=4, id2label=dict(enumerate(LABELS)),
+                          label2id={label: i for i, label in enumerate(LABELS)})
+    for name, value in extra.items():
+        setattr(config, name, value)
+    return SSAMBAForAudioFrameClassification(config)
+
+
+def test_detection_settings_come_from_arguments_then_checkpoint_then_defaults(tmp_path):
+    """Arguments win over the checkpoint's saved `config.keyword_search` (which survives save/load), which wins over
+    DEFAULT_DETECTION; bad saved values are a clear error."""
+    plain = _config_model()
+    assert detection_settings(plain) == DEFAULT_DETECTION
+    tuned = _config_model(keyword_search={"threshold": 0.7, "min_duration": 0.3})
+    tuned.save_pretrained(tmp_path)
+    loaded = SSAMBAForAudioFrameClassification.from_pretrained(tmp_path)
+    assert detection_settings(loaded) == {"threshold": 0.7, "min_duration": 0.3}
+    assert detection_settings(loaded, threshold=0.4) == {"threshold": 0.4, "min_duration": 0.3}
+    assert detection_settings(loaded, min_duration=0.0) == {"threshold": 0.7, "min_duration": 0.0}
+    with pytest.raises(ValueError, match="threshold"):
+        detection_settings(_config_model(keyword_search={"threshold": 1.5}))
+    with pytest.raises(ValueError, match="keyword_search must be a dict"):
+        detection_settings(_config_model(keyword_search=0.5))
+
+
+def test_find_keywords_uses_the_checkpoints_detection_settings(monkeypatch):
+    """A run at probability 0.6 lasting 0.2 s: found with the defaults (0.5, 0.1 s), dropped by a checkpoint that saved
+    threshold 0.7 or min_duration 0.3 s, found again when the call overrides the saved threshold."""
+    probs = _probabilities(100, [(2, 40, 45, 0.6)])
+    monkeypatch.setattr(keyword_search, "frame_probabilities", lambda *a, **k: (probs, _times(100)))
+    audio = np.zeros(16000, dtype=np.float32)
+    kwargs = dict(smoothing_seconds=0.0)
+    assert [e["label"] for e in find_keywords(audio, _config_model(), None, **kwargs)] == ["yes"]
+    strict = _config_model(keyword_search={"threshold": 0.7, "min_duration": 0.1})
+    assert find_keywords(audio, strict, None, **kwargs) == []
+    assert len(find_keywords(audio, strict, None, threshold=0.5, **kwargs)) == 1
+    assert find_keywords(audio, _config_model(keyword_search={"min_duration": 0.3}), None, **kwargs) == []

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
@@ -652,6 +653,7 @@ def test_keyword_search_defaults_and_tiny_run(tmp_path):
         400, 16, 8, None)
     out = tmp_path / "kws"
     result = keyword_search.main(["--num_per_class", "4", "--max_steps", "2", "--num_eval_scenes", "1",
+                                  "--num_tune_scenes", "2", "--min_duration", "0.2",
                                   "--scene_seconds", "3", "--hidden_size", "32", "--num_hidden_layers", "2",
                                   "--per_device_train_batch_size", "2", "--output_dir", str(out)] + _engines_here())
     assert result["steps"] == 2 and 0 <= result["test"]["f1"] <= 1 and 0 <= result["test"]["column_accuracy"] <= 1
@@ -659,3 +661,27 @@ def test_keyword_search_defaults_and_tiny_run(tmp_path):
         assert (out / name).is_file(), name
     model = SSAMBAForAudioFrameClassification.from_pretrained(out)
     assert model.config.use_position_embeddings is False and "yes" in model.config.id2label.values()
+    # detection settings: the threshold tuned on validation scenes (min_duration fixed by the flag), saved with the model
+    grid = result["detection_tuning"]["grid"]
+    assert [row["threshold"] for row in grid] == list(keyword_search.TUNING_THRESHOLDS)
+    assert {row["min_duration"] for row in grid} == {0.2} and result["min_duration"] == 0.2
+    assert result["detection_tuning"]["validation_f1"] == max(row["f1"] for row in grid)
+    assert model.config.keyword_search == {"threshold": result["threshold"], "min_duration": 0.2}
+    assert "validation scenes" in (out / "README.md").read_text()
+
+
+def test_keyword_search_tuning_picks_the_best_f1_on_validation_scenes():
+    """On scenes where every keyword peaks at 0.9 and a false alarm at 0.55, thresholds from 0.6 keep only the
+    keywords: the tuner picks 0.6 (the first of the equal best), and a fixed threshold is kept as given."""
+    labels = ["_silence_", "_unknown_", "yes"]
+    times = np.stack([np.arange(100) * 0.04, np.arange(100) * 0.04 + 0.04], axis=1)
+    probs = np.zeros((100, 3))
+    probs[:, 0] = 1.0
+    probs[25:50] = [0.05, 0.05, 0.9]  # "yes" in second 1 to 2 (columns 25-49)
+    probs[60:95] = [0.2, 0.25, 0.55]  # a long false alarm (no shortest-event setting drops it)
+    slots = np.array([0, 2, 0, 0])
+    outputs = [(probs, times, slots, [{"label": "yes", "start": 1.0, "end": 2.0}])]
+    best = keyword_search.tune_detection(outputs, labels)
+    assert (best["threshold"], best["min_duration"], best["f1"]) == (0.6, 0.1, 1.0)
+    assert len(best["grid"]) == len(keyword_search.TUNING_THRESHOLDS) * len(keyword_search.TUNING_MIN_DURATIONS)
+    assert keyword_search.tune_detection(outputs, labels, threshold=0.5)["f1"] < 1.0

@@ -17,8 +17,12 @@ recipe is fixed-length (`--max_steps`).
     python training/train_keyword_search.py                     # 400 steps
     python training/train_keyword_search.py --max_steps 50 --num_per_class 20 --output_dir /tmp/kws   # smoke test
 
-Writes the model, its feature extractor, `results.json` (column accuracy and detection precision / recall / F1 on
-test scenes and held-out-engine scenes) and a model card to `--output_dir`.
+After training, the detection settings (threshold x shortest event) are chosen on validation scenes (voices heard
+neither in training nor in test) by detection F1 and saved with the model (`config.keyword_search`), so that
+`find_keywords` uses them; `--threshold` / `--min_duration` fix either one instead.
+
+Writes the model, its feature extractor, `results.json` (the tuning grid, column accuracy and detection precision /
+recall / F1 on test scenes and held-out-engine scenes) and a model card to `--output_dir`.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from mamba_zoo import SSAMBAConfig, SSAMBAFeatureExtractor, SSAMBAForAudioFrameC
 from mamba_zoo.corpora import HELDOUT_SPLIT  # noqa: E402
 from mamba_zoo.keyword_search import (  # noqa: E402
     BACKGROUND_LABELS,
+    DEFAULT_DETECTION,
     SMOOTHING_SECONDS,
     events_from_probabilities,
     frame_probabilities,
@@ -65,7 +70,12 @@ class SceneArguments:
     num_eval_scenes: int = field(default=100, metadata={"help": "test (and held-out engine) scenes scored"})
     hidden_size: int = field(default=128, metadata={"help": "model width"})
     num_hidden_layers: int = field(default=8, metadata={"help": "model depth"})
-    threshold: float = field(default=0.5, metadata={"help": "detection threshold of find_keywords"})
+    threshold: Optional[float] = field(default=None, metadata={
+        "help": "detection threshold of find_keywords (default: tuned on validation scenes)"})
+    min_duration: Optional[float] = field(default=None, metadata={
+        "help": "shortest detection kept, seconds (default: tuned on validation scenes)"})
+    num_tune_scenes: int = field(default=100, metadata={
+        "help": "validation scenes the detection settings are tuned on (0: keep find_keywords' defaults)"})
     threads: Optional[int] = field(default=None, metadata={"help": "torch intra-op threads"})
     max_train_minutes: Optional[float] = max_train_minutes_field()
 
@@ -139,26 +149,45 @@ class SceneStream(torch.utils.data.Dataset):
         return {"input_values": values, "labels": torch.from_numpy(column_labels(slots, num_columns)).long()}
 
 
-def score_scenes(model, extractor, bank: ClipBank, count: int, seconds: int, keyword_share: float, seed: int,
-                 threshold: float) -> dict:
-    """Detection P/R/F1 (`find_keywords`' events, pooled over `count` scenes) and column accuracy, from one forward
-    per scene."""
+TUNING_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+TUNING_MIN_DURATIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def scene_outputs(model, extractor, bank: ClipBank, count: int, seconds: int, keyword_share: float, seed: int):
+    """`count` seeded scenes through the model, one forward each: `[(probabilities, times, slots, events)]`."""
     rng = np.random.default_rng(seed)
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    predicted, reference, correct, total = [], [], 0, 0
+    outputs = []
     for _ in range(count):
         audio, slots, events = make_scene(bank, rng, seconds, keyword_share)
         probabilities, times = frame_probabilities(audio, model, extractor, SAMPLING_RATE)
-        predicted.append(events_from_probabilities(probabilities, times, labels, threshold=threshold,
-                                                   smoothing_seconds=SMOOTHING_SECONDS))
-        reference.append(events)
-        columns = probabilities.argmax(-1)
-        correct += int((columns == column_labels(slots, len(columns))).sum())
-        total += len(columns)
-    scores = match_recordings(predicted, reference)
+        outputs.append((probabilities, times, slots, events))
+    return outputs
+
+
+def detection_scores(outputs, labels: list[str], threshold: float, min_duration: float) -> dict:
+    """Detection P/R/F1 (pooled over the scenes) and column accuracy of `scene_outputs` at these settings."""
+    predicted = [events_from_probabilities(probabilities, times, labels, threshold=threshold,
+                                           min_duration=min_duration, smoothing_seconds=SMOOTHING_SECONDS)
+                 for probabilities, times, _, _ in outputs]
+    scores = match_recordings(predicted, [events for *_, events in outputs])
+    correct = sum(int((p.argmax(-1) == column_labels(slots, len(p))).sum()) for p, _, slots, _ in outputs)
+    total = sum(len(p) for p, *_ in outputs)
     return {"precision": round(scores["precision"], 4), "recall": round(scores["recall"], 4),
-            "f1": round(scores["f1"], 4), "column_accuracy": round(correct / total, 4), "scenes": count,
-            "keywords": sum(map(len, reference))}
+            "f1": round(scores["f1"], 4), "column_accuracy": round(correct / max(total, 1), 4),
+            "scenes": len(outputs), "keywords": scores["reference"]}
+
+
+def tune_detection(outputs, labels: list[str], threshold: Optional[float] = None,
+                   min_duration: Optional[float] = None) -> dict:
+    """The (threshold, min_duration) of the grid with the best detection F1 on `outputs` (validation scenes; the
+    first of equal ones), either value fixed when given: `{"threshold", "min_duration", "f1", "grid"}`."""
+    grid = []
+    for t in (TUNING_THRESHOLDS if threshold is None else (threshold,)):
+        for d in (TUNING_MIN_DURATIONS if min_duration is None else (min_duration,)):
+            grid.append({"threshold": t, "min_duration": d, **detection_scores(outputs, labels, t, d)})
+    best = max(grid, key=lambda row: row["f1"])  # max keeps the first of equal rows
+    return {"threshold": best["threshold"], "min_duration": best["min_duration"], "f1": best["f1"],
+            "grid": [{k: row[k] for k in ("threshold", "min_duration", "f1", "precision", "recall")} for row in grid]}
 
 
 def write_card(output_dir: Path, result: dict) -> None:
@@ -177,6 +206,11 @@ def write_card(output_dir: Path, result: dict) -> None:
         f"{result['steps']} steps of {result['batch_size']} scenes of {result['scene_seconds']} s, "
         f"{result['train_minutes']} min.", "",
         "| scenes | detection F1 | precision | recall | column accuracy |", "|---|---|---|---|---|", *rows, "",
+        f"Detection settings saved with the model (`config.keyword_search`, `find_keywords`' defaults): threshold "
+        f"{result['threshold']}, shortest event {result['min_duration']} s"
+        + (f", chosen by detection F1 ({result['detection_tuning']['validation_f1']:.3f}) on "
+           f"{result['detection_tuning']['scenes']} validation scenes (voices in neither training nor test)."
+           if result["detection_tuning"]["validation_f1"] is not None else "."), "",
         "A detection is right when its label matches and its centre lies within 0.25 s of the keyword's one-second "
         "clip. Long recordings: `python benchmarks/bench_keyword_haystack.py`.",
     ]
@@ -224,19 +258,30 @@ def main(argv=None):
     trainer.train()
     train_minutes = round((time.time() - started) / 60, 2)
     model.eval()
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    scenes_of = lambda split, seed: scene_outputs(  # noqa: E731
+        model, extractor, ClipBank(corpus[split], label_names), args.num_eval_scenes if split != "validation"
+        else args.num_tune_scenes, args.scene_seconds, args.keyword_share, seed)
+    if args.num_tune_scenes > 0:
+        tuning = tune_detection(scenes_of("validation", training_args.seed + 3), labels, args.threshold,
+                                args.min_duration)
+    else:
+        tuning = {"threshold": DEFAULT_DETECTION["threshold"] if args.threshold is None else args.threshold,
+                  "min_duration": DEFAULT_DETECTION["min_duration"] if args.min_duration is None
+                  else args.min_duration, "f1": None, "grid": []}
+    settings = {"threshold": tuning["threshold"], "min_duration": tuning["min_duration"]}
+    model.config.keyword_search = settings  # saved with the model: find_keywords' defaults for this checkpoint
     result = {
         "hidden_size": args.hidden_size, "num_hidden_layers": args.num_hidden_layers, "steps": trainer.state.global_step,
         "batch_size": training_args.per_device_train_batch_size, "scene_seconds": args.scene_seconds,
         "train_minutes": train_minutes, **budget.summary(), "training_engines": list(engines),
         "heldout_engines": list(heldout), "engine_weights": list(weights) if weights else None,
-        "num_per_class": args.num_per_class, "corpus_seed": training_args.seed, "threshold": args.threshold,
-        "test": score_scenes(model, extractor, ClipBank(corpus["test"], label_names), args.num_eval_scenes,
-                             args.scene_seconds, args.keyword_share, training_args.seed + 1, args.threshold),
+        "num_per_class": args.num_per_class, "corpus_seed": training_args.seed, **settings,
+        "detection_tuning": {"scenes": args.num_tune_scenes, "validation_f1": tuning["f1"], "grid": tuning["grid"]},
+        "test": detection_scores(scenes_of("test", training_args.seed + 1), labels, **settings),
     }
     if HELDOUT_SPLIT in corpus:
-        result[HELDOUT_SPLIT] = score_scenes(model, extractor, ClipBank(corpus[HELDOUT_SPLIT], label_names),
-                                             args.num_eval_scenes, args.scene_seconds, args.keyword_share,
-                                             training_args.seed + 2, args.threshold)
+        result[HELDOUT_SPLIT] = detection_scores(scenes_of(HELDOUT_SPLIT, training_args.seed + 2), labels, **settings)
     print(json.dumps(result), flush=True)
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir)

@@ -6,7 +6,9 @@
 the model over it in one pass (the mixers walk long sequences chunk by chunk with carried state, so memory stays
 bounded; a model built with `use_position_embeddings=False` reads any length as it was trained), smooths the
 per-column class probabilities over a short window and returns one event per run of columns where a keyword's
-probability stays above `threshold`: `{"label", "start", "end", "score"}` with times in seconds.
+probability stays above `threshold`: `{"label", "start", "end", "score"}` with times in seconds. A checkpoint can
+carry its own detection settings (`config.keyword_search = {"threshold": ..., "min_duration": ...}`, which
+`training/train_keyword_search.py` tunes on validation scenes); `detection_settings(model)` reads them.
 
 `match_events(predicted, reference, tolerance)` scores detections against reference events (a prediction is a hit
 when its label matches and its centre lies within `tolerance` seconds of a reference's span; each reference is
@@ -25,6 +27,26 @@ from .audio_utils import validate_audio
 
 BACKGROUND_LABELS = ("_silence_", "_unknown_")
 SMOOTHING_SECONDS = 0.2  # find_keywords' moving average over the per-column probabilities
+# find_keywords' settings for a checkpoint that saves none of its own
+DEFAULT_DETECTION = {"threshold": 0.5, "min_duration": 0.1}
+
+
+def detection_settings(model, threshold: Optional[float] = None, min_duration: Optional[float] = None) -> dict:
+    """`{"threshold", "min_duration"}` for `model`: the arguments given, else the checkpoint's own
+    (`model.config.keyword_search`, tuned on validation scenes by the training recipe), else `DEFAULT_DETECTION`.
+    Raises a `ValueError` naming the key for a saved setting that is not a number in range."""
+    saved = getattr(model.config, "keyword_search", None) or {}
+    if not isinstance(saved, dict):
+        raise ValueError(f"config.keyword_search must be a dict like {DEFAULT_DETECTION}, got {saved!r}.")
+    settings = {**DEFAULT_DETECTION, **{k: v for k, v in saved.items() if k in DEFAULT_DETECTION}}
+    for name, value in (("threshold", threshold), ("min_duration", min_duration)):
+        if value is not None:
+            settings[name] = value
+        settings[name] = float(settings[name])
+    if not 0.0 <= settings["threshold"] < 1.0 or settings["min_duration"] < 0.0:
+        raise ValueError(f"keyword search needs 0 <= threshold < 1 and min_duration >= 0 (seconds), got {settings} "
+                         "(from the arguments or config.keyword_search).")
+    return settings
 
 
 @torch.no_grad()
@@ -85,8 +107,9 @@ def events_from_probabilities(probabilities: np.ndarray, times: np.ndarray, labe
 
 
 def find_keywords(audio: np.ndarray, model, feature_extractor, sampling_rate: Optional[int] = None,
-                  threshold: float = 0.5, smoothing_seconds: float = SMOOTHING_SECONDS, min_duration: float = 0.1,
-                  merge_gap: float = 0.2, ignore: Iterable[str] = BACKGROUND_LABELS) -> list[dict]:
+                  threshold: Optional[float] = None, smoothing_seconds: float = SMOOTHING_SECONDS,
+                  min_duration: Optional[float] = None, merge_gap: float = 0.2,
+                  ignore: Iterable[str] = BACKGROUND_LABELS) -> list[dict]:
     """Keyword (or event) occurrences in one recording of any length: a list of `{"label", "start", "end",
     "score"}` (seconds), sorted by start. Labels in `ignore` (background classes) are never reported.
 
@@ -94,14 +117,17 @@ def find_keywords(audio: np.ndarray, model, feature_extractor, sampling_rate: Op
         audio: 1-D float audio (a long recording), at `sampling_rate` (must be the feature extractor's).
         model: an `SSAMBAForAudioFrameClassification`. feature_extractor: its `SSAMBAFeatureExtractor` (its
             `max_length` is ignored: the whole recording is featurised).
-        threshold: minimum smoothed probability of the event's label (which must also be the top label).
+        threshold: minimum smoothed probability of the event's label (which must also be the top label); default:
+            the checkpoint's own (`detection_settings`), else 0.5.
         smoothing_seconds: moving-average window over the per-column probabilities.
-        min_duration / merge_gap: drop shorter events; merge runs of one label closer than this (seconds).
+        min_duration / merge_gap: drop shorter events (default: the checkpoint's own, else 0.1 s); merge runs of
+            one label closer than this (seconds).
     """
+    settings = detection_settings(model, threshold, min_duration)
     probabilities, times = frame_probabilities(audio, model, feature_extractor, sampling_rate)
     labels = [model.config.id2label[i] for i in range(probabilities.shape[1])]
-    return events_from_probabilities(probabilities, times, labels, threshold, min_duration, merge_gap, ignore,
-                                     smoothing_seconds)
+    return events_from_probabilities(probabilities, times, labels, settings["threshold"], settings["min_duration"],
+                                     merge_gap, ignore, smoothing_seconds)
 
 
 def match_events(predicted: Sequence[dict], reference: Sequence[dict], tolerance: float = 0.25) -> dict:
@@ -139,5 +165,5 @@ def _true_positives(predicted: Sequence[dict], reference: Sequence[dict], tolera
     return hits
 
 
-__all__ = ["find_keywords", "frame_probabilities", "smooth", "events_from_probabilities", "match_events",
+__all__ = ["DEFAULT_DETECTION", "detection_settings", "find_keywords", "frame_probabilities", "smooth", "events_from_probabilities", "match_events",
            "match_recordings"]
