@@ -72,6 +72,12 @@ INFERENCE_CHUNK_TOKENS = 2048
 # more time than one pass, so shorter sequences (up to 2 minutes of audio in SSAMBA-tiny's tokens) run in one pass.
 INFERENCE_TIME_CHUNK = 12288
 
+def time_chunking() -> tuple[int, int]:
+    """`(INFERENCE_TIME_CHUNK, TIME_CHUNK_TOKENS)` as they are set now, for the modules that chunk along time
+    (tests and benchmarks change them)."""
+    return INFERENCE_TIME_CHUNK, TIME_CHUNK_TOKENS
+
+
 _ACTIVE_WORKSPACE: contextvars.ContextVar[Optional[InferenceWorkspace]] = contextvars.ContextVar(
     "mamba_zoo_inference_workspace", default=None
 )

@@ -25,8 +25,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .causal_conv1d import causal_conv1d_fn, causal_conv1d_update
 from .cpu_decode import add_rms_norm_decode, mamba2_mixer_decode_step, mamba_mixer_decode_step
-from . import cpu_inference
-from .cpu_inference import cpu_inference_applies, mamba_mixer_cpu_forward
+from .cpu_inference import cpu_inference_applies, mamba_mixer_cpu_forward, time_chunking
 from .mamba_cache import MambaZooCache, resolve_cache_kwarg
 from .selective_scan import selective_scan_fn, selective_state_update
 from .sequence_utils import mask_padding, reverse_within_lengths, sequence_reversal_index
@@ -478,14 +477,14 @@ class Mamba2Mixer(_SelectiveMixerBase):
             return mamba2_mixer_decode_step(self, hidden_states, attention_mask, reverse_lengths, cache)
         # a long unpadded sequence without gradients: chunk by chunk along time, on any backend
         if cache is None and self._time_chunking_applies(hidden_states, attention_mask, reverse_lengths):
-            chunk = max(cpu_inference.TIME_CHUNK_TOKENS // hidden_states.shape[0], 1)
+            chunk = max(time_chunking()[1] // hidden_states.shape[0], 1)
             return self._forward_time_chunks(hidden_states, chunk, reverse)
         return None
 
     def _time_chunking_applies(self, hidden_states, attention_mask, reverse_lengths) -> bool:
         """Longer than `cpu_inference.INFERENCE_TIME_CHUNK` steps, unpadded (whole-sequence reversal), nothing needing
         gradients. Every module is still called as itself (per-token: LoRA and hooks see the same rows)."""
-        if hidden_states.shape[1] <= cpu_inference.INFERENCE_TIME_CHUNK or reverse_lengths is not None:
+        if hidden_states.shape[1] <= time_chunking()[0] or reverse_lengths is not None:
             return False
         if attention_mask is not None and not bool(attention_mask.bool().all()):
             return False

@@ -22,13 +22,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceCl
 from transformers.utils import ModelOutput
 
 from .configuration_ssamba import SSAMBAConfig, patch_grid, patch_shape
-from . import cpu_inference
 from .cpu_inference import (
     blocks_time_chunked_applies,
     blocks_time_chunked_forward,
     inference_workspace,
     paired_blocks_cpu_applies,
     paired_blocks_cpu_forward,
+    time_chunking,
 )
 from .mamba_layers import DropPath, MambaBlock, MambaMixer, build_mixer, build_norm
 from .sequence_utils import check_attention_mask, floating_input, lengths_from_attention_mask
@@ -499,10 +499,10 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
     def _final_norm(self, hidden_states, residual, in_place: bool = False) -> torch.Tensor:
         """The last residual add and `norm_f` (applied twice with `double_final_norm`, as the released checkpoints).
         `in_place` (inference, `residual` not needed afterwards): the add and the norms are written into `residual`,
-        `cpu_inference.PAIRED_CHUNK_TOKENS` tokens at a time, so a long input needs no further sequence-sized tensors."""
+        `cpu_inference.TIME_CHUNK_TOKENS` tokens at a time, so a long input needs no further sequence-sized tensors."""
         if in_place and residual is not None and residual.dtype == self.norm_f.weight.dtype:
             residual = residual.add_(self.drop_path(hidden_states))
-            step = max(1, cpu_inference.PAIRED_CHUNK_TOKENS // max(residual.shape[0], 1))
+            step = max(1, time_chunking()[1] // max(residual.shape[0], 1))
             for start in range(0, residual.shape[1], step):
                 part = residual[:, start:start + step]
                 normed = self.norm_f(part)
