@@ -682,6 +682,31 @@ def test_mixers_with_odd_widths(mixer_class, kwargs):
         assert_grad_close(params_dev[name].grad, p.grad, grad_tol, f"{mixer_class.__name__} gradient of {name}")
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_mamba2_time_chunks_on_device_match_one_pass_reference(monkeypatch, reverse):
+    """A bidirectional Mamba-2 mixer over a sequence longer than INFERENCE_TIME_CHUNK (no gradients) runs in time
+    chunks with the SSD state (`initial_states` / final states of the device's kernel) and conv window carried, the
+    backward walker first: on DEVICE with backend "auto" it matches the reference backend's one pass on CPU, with
+    uneven chunks (26 steps, SSD chunk 16) and the layer-level reversal."""
+    from mamba_zoo import cpu_inference
+
+    torch.manual_seed(0)
+    kwargs = dict(d_model=32, expand=2, headdim=SSD_HEADDIM, d_state=SSD_DSTATE, chunk_size=SSD_CHUNK,
+                  bidirectional=True)
+    ref = Mamba2Mixer(**kwargs, backend="reference").eval()
+    dev = Mamba2Mixer(**kwargs, backend="auto").eval()
+    dev.load_state_dict(ref.state_dict())
+    dev.to(DEVICE)
+    hidden = torch.randn(2, 100, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = ref(hidden, reverse=reverse)
+        monkeypatch.setattr(cpu_inference, "INFERENCE_TIME_CHUNK", 26)
+        monkeypatch.setattr(cpu_inference, "TIME_CHUNK_TOKENS", 52)  # 26 steps a chunk for 2 rows
+        chunked = dev(hidden.to(DEVICE), reverse=reverse)
+    tol = SSD_TF32_MODEL_FWD_TOL if ssd_runs_tf32("ssd", "auto") else FWD_TOL
+    assert_close(chunked, expected, tol, "time-chunked Mamba-2 output")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # bf16 autocast on CUDA
 # ----------------------------------------------------------------------------------------------------------------------
