@@ -177,6 +177,29 @@ def test_time_chunked_blocks_equal_one_pass(monkeypatch, chunked_calls, kwargs, 
     assert rel_err(chunked, autograd) < 1e-5
 
 
+def test_in_place_final_norm_runs_in_chunks_unless_hooked(monkeypatch):
+    """At inference the final norm is applied in place TIME_CHUNK_TOKENS tokens at a time (same output), but a hook
+    on norm_f sees the whole sequence in one call, as without the in-place path."""
+    model = random_ssamba(10, max_length=416)
+    x = torch.randn(1, 416, 32)
+    calls = []
+    model.norm_f.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[1]))
+    with torch.no_grad():
+        whole = model(x, output_hidden_states=True).last_hidden_state  # the out-of-place path
+        monkeypatch.setattr(cpu_inference, "TIME_CHUNK_TOKENS", 20)
+        hooked = model(x).last_hidden_state
+    assert calls == [53, 53] * 2  # double_final_norm: two calls, each over all 53 tokens
+    model.norm_f._forward_pre_hooks.clear()
+    chunks = []
+    original = model.norm_f.forward
+    monkeypatch.setattr(model.norm_f, "forward", lambda h: chunks.append(h.shape[1]) or original(h))
+    with torch.no_grad():
+        chunked = model(x).last_hidden_state
+    assert chunks == [20, 20, 20, 20, 13, 13]
+    assert torch.equal(chunked, hooked)  # a norm per token: chunking changes no bit
+    assert rel_err(hooked, whole) < 1e-5  # (the hidden-states path runs the blocks one by one)
+
+
 def test_time_chunked_blocks_only_where_they_apply(monkeypatch, chunked_calls):
     """Padding, hidden states of every layer or gradients keep the long sequence on the other paths."""
     model = random_ssamba(8, max_length=416)

@@ -393,6 +393,10 @@ def test_mamba2_long_sequences_run_in_time_chunks_with_carried_state(monkeypatch
         chunked_reverse = mixer(x, reverse=True)
         padded = mixer(x, attention_mask=mask)
     with_grad = mixer(x)
+    handle = mixer.out_proj.register_forward_hook(lambda *args: None)  # a hook expects one call: one pass
+    with torch.no_grad():
+        hooked = mixer(x)
+    handle.remove()
     spans = [(s, min(s + chunk, 45)) for s in range(0, 45, chunk)]
     forward = [span + ("",) for span in spans]
     if bidirectional:
@@ -400,10 +404,11 @@ def test_mamba2_long_sequences_run_in_time_chunks_with_carried_state(monkeypatch
         calls_reverse = [span + ("",) for span in spans[::-1]] + [span + ("_b",) for span in spans]
     else:
         calls, calls_reverse = forward, [span + ("",) for span in spans[::-1]]
-    assert chunk_calls == calls * 2 + calls_reverse  # never the padded batch nor the call with gradients
+    assert chunk_calls == calls * 2 + calls_reverse  # never the padded batch, the call with gradients or the hooked one
     assert rel_err(chunked, whole) < 1e-5 and rel_err(chunked_mask, whole) < 1e-5
     assert rel_err(chunked_reverse, whole_reverse) < 1e-5 and rel_err(chunked_reverse, chunked) > 1e-3
     assert torch.equal(padded, whole_padded) and rel_err(with_grad.detach(), whole) < 1e-5
+    assert torch.equal(hooked, whole)
 
 
 @pytest.mark.skipif(not _numba_available(), reason="the fused CPU kernels need numba")

@@ -483,8 +483,11 @@ class Mamba2Mixer(_SelectiveMixerBase):
 
     def _time_chunking_applies(self, hidden_states, attention_mask, reverse_lengths) -> bool:
         """Longer than `cpu_inference.INFERENCE_TIME_CHUNK` steps, unpadded (whole-sequence reversal), nothing needing
-        gradients. Every module is still called as itself (per-token: LoRA and hooks see the same rows)."""
+        gradients, no hooks on the projections or the norm (they would see one call per chunk). Every module is
+        still called as itself (per token, so LoRA-wrapped projections give the same rows)."""
         if hidden_states.shape[1] <= time_chunking()[0] or reverse_lengths is not None:
+            return False
+        if any(module._forward_hooks or module._forward_pre_hooks for module in (self.in_proj, self.out_proj, self.norm)):
             return False
         if attention_mask is not None and not bool(attention_mask.bool().all()):
             return False

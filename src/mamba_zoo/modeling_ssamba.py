@@ -499,10 +499,12 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
     def _final_norm(self, hidden_states, residual, in_place: bool = False) -> torch.Tensor:
         """The last residual add and `norm_f` (applied twice with `double_final_norm`, as the released checkpoints).
         `in_place` (inference, `residual` not needed afterwards): the add and the norms are written into `residual`,
-        `cpu_inference.TIME_CHUNK_TOKENS` tokens at a time, so a long input needs no further sequence-sized tensors."""
+        `cpu_inference.TIME_CHUNK_TOKENS` tokens at a time (all at once when `norm_f` has hooks, which expect one
+        call), so a long input needs no further sequence-sized tensors."""
         if in_place and residual is not None and residual.dtype == self.norm_f.weight.dtype:
             residual = residual.add_(self.drop_path(hidden_states))
-            step = max(1, time_chunking()[1] // max(residual.shape[0], 1))
+            hooked = bool(self.norm_f._forward_hooks or self.norm_f._forward_pre_hooks)
+            step = residual.shape[1] if hooked else max(1, time_chunking()[1] // max(residual.shape[0], 1))
             for start in range(0, residual.shape[1], step):
                 part = residual[:, start:start + step]
                 normed = self.norm_f(part)
