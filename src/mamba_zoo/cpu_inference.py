@@ -696,7 +696,10 @@ def blocks_time_chunked_forward(blocks, reverses, hidden_states, stream, stream_
     if stream is None:
         r, output = hidden_states, torch.empty_like(hidden_states)
     else:
-        r, output = stream.mul_(stream_weight).add_(hidden_states), hidden_states  # hidden_states is not read again
+        r, output = stream, hidden_states  # hidden_states is not read again once it is in the stream
+        if stream_weight != 1.0:
+            r.mul_(stream_weight)
+        r.add_(hidden_states)
     workspace = _ACTIVE_WORKSPACE.get() or InferenceWorkspace()
     length = max(chunk_tokens // batch, 4 * reach + 1)
     starts = list(range(0, seq_len, length))
