@@ -21,6 +21,7 @@ before the timed call (model, recording and warm-up already in memory), i.e. wha
 
     python benchmarks/bench_long_audio.py                          # ctc and ssamba at 1, 5, 30 minutes
     python benchmarks/bench_long_audio.py --models ssamba-tiny --minutes 1,5 --threads 2
+    python benchmarks/bench_long_audio.py --models ctc-mamba2,ast-tiny --timeout 420   # Mamba-2; the Transformer
 
 Prints a table (seconds, seconds per audio minute, peak, growth) and, per model, the growth at the longest duration
 (target < 300 MB) and the time ratio longest / shortest against the duration ratio (linear: equal).
