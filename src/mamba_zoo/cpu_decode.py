@@ -34,6 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cpu_inference import has_hooks
+from .sequence_utils import is_unpadded
+
 try:
     import numba
     from numba import njit, prange
@@ -225,7 +228,7 @@ def decode_applies(x: torch.Tensor) -> bool:
 def _plain(module: nn.Module, kind: type) -> bool:
     """`module` is exactly `kind` (not a LoRA or other wrapper), without hooks, with float32 CPU parameters that need
     no gradient here."""
-    if type(module) is not kind or module._forward_hooks or module._forward_pre_hooks:
+    if type(module) is not kind or has_hooks(module):
         return False
     grad = torch.is_grad_enabled()
     for param in module._parameters.values():
@@ -364,7 +367,7 @@ def _step_applies(mixer: nn.Module, hidden_states: torch.Tensor, attention_mask,
         or not decode_applies(hidden_states)
     ):
         return False
-    return attention_mask is None or bool(attention_mask.bool().all())
+    return is_unpadded(attention_mask)
 
 
 def _branch_states(mixer: nn.Module, cache, conv_shape: tuple, ssm_shape: tuple) -> Optional[list]:

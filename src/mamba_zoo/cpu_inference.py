@@ -43,7 +43,7 @@ from torch import nn
 from .cpu_scan_kernels import _restore_torch_threads, _set_threads
 from .cpu_scan_kernels import is_available as _numba_available
 from .kernel_backends import cpu_kernels, resolve_backend
-from .sequence_utils import mask_padding, sequence_reversal_index
+from .sequence_utils import is_unpadded, mask_padding, sequence_reversal_index
 
 
 class InferenceWorkspace:
@@ -98,14 +98,25 @@ def inference_workspace():
         _ACTIVE_WORKSPACE.reset(token)
 
 
+def has_hooks(module: nn.Module) -> bool:
+    """Whether `module` has forward (pre-)hooks: they expect one call over the whole input, so such a module is
+    never split into chunks or replaced by a fused kernel."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def needs_gradients(module: nn.Module, hidden_states: torch.Tensor) -> bool:
+    """Whether autograd would record `module(hidden_states)`: grad mode on and the input or a parameter requires
+    grad."""
+    return torch.is_grad_enabled() and (hidden_states.requires_grad or any(p.requires_grad for p in module.parameters()))
+
+
 def _linear_into(linear: nn.Module, x: torch.Tensor, workspace: Optional[InferenceWorkspace], name: str) -> torch.Tensor:
     """`linear(x)`, written into the workspace buffer `name` when there is a workspace and `linear` is a plain
     `nn.Linear` without hooks; anything else (a LoRA-wrapped layer, a hooked or quantised one) is called as is."""
     if (
         workspace is None
         or type(linear) is not nn.Linear
-        or linear._forward_hooks
-        or linear._forward_pre_hooks
+        or has_hooks(linear)
         or linear.weight.dtype != torch.float32
         or x.dtype != torch.float32
     ):
@@ -129,12 +140,9 @@ def cpu_inference_applies(mixer: nn.Module, hidden_states: torch.Tensor) -> bool
         return False
     if not cpu_kernels().inference_kernels_enabled():
         return False
-    params = list(mixer.parameters())
-    if any(p.dtype != torch.float32 for p in params):
+    if any(p.dtype != torch.float32 for p in mixer.parameters()):
         return False
-    if torch.is_grad_enabled() and (hidden_states.requires_grad or any(p.requires_grad for p in params)):
-        return False
-    return True
+    return not needs_gradients(mixer, hidden_states)
 
 
 def mamba_mixer_cpu_forward(mixer, hidden_states, attention_mask, reverse_lengths, reverse=False) -> torch.Tensor:
@@ -219,10 +227,9 @@ def _time_chunking_applies(mixer, hidden_states, attention_mask, reverse_lengths
     return (
         hidden_states.shape[1] > INFERENCE_TIME_CHUNK
         and reverse_lengths is None
-        and (attention_mask is None or bool(attention_mask.bool().all()))
+        and is_unpadded(attention_mask)
         and type(mixer.out_proj) is nn.Linear
-        and not mixer.out_proj._forward_hooks
-        and not mixer.out_proj._forward_pre_hooks
+        and not has_hooks(mixer.out_proj)
     )
 
 
@@ -476,7 +483,7 @@ if _numba_available():
 
 def _plain(module: nn.Module, kind: type) -> bool:
     """`module` is exactly `kind` (not a LoRA wrapper or subclass) and has no hooks."""
-    return type(module) is kind and not module._forward_hooks and not module._forward_pre_hooks
+    return type(module) is kind and not has_hooks(module)
 
 
 def paired_blocks_cpu_applies(blocks: Sequence[nn.Module], hidden_states: torch.Tensor) -> bool:
@@ -496,7 +503,7 @@ def blocks_time_chunked_applies(blocks: Sequence[nn.Module], hidden_states: torc
     paths are faster: chunking computes every norm and input projection twice, once per walking direction.)"""
     return (
         hidden_states.shape[1] > INFERENCE_TIME_CHUNK
-        and (attention_mask is None or bool(attention_mask.bool().all()))
+        and is_unpadded(attention_mask)
         and _fusable_blocks(blocks, hidden_states)
     )
 

@@ -25,10 +25,16 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .causal_conv1d import causal_conv1d_fn, causal_conv1d_update
 from .cpu_decode import add_rms_norm_decode, mamba2_mixer_decode_step, mamba_mixer_decode_step
-from .cpu_inference import cpu_inference_applies, mamba_mixer_cpu_forward, time_chunking
+from .cpu_inference import (
+    cpu_inference_applies,
+    has_hooks,
+    mamba_mixer_cpu_forward,
+    needs_gradients,
+    time_chunking,
+)
 from .mamba_cache import MambaZooCache, resolve_cache_kwarg
 from .selective_scan import selective_scan_fn, selective_state_update
-from .sequence_utils import mask_padding, reverse_within_lengths, sequence_reversal_index
+from .sequence_utils import is_unpadded, mask_padding, reverse_within_lengths, sequence_reversal_index
 from .ssd import mamba2_state_update, mamba_chunk_scan_combined
 
 
@@ -485,14 +491,13 @@ class Mamba2Mixer(_SelectiveMixerBase):
         """Longer than `cpu_inference.INFERENCE_TIME_CHUNK` steps, unpadded (whole-sequence reversal), nothing needing
         gradients, no hooks on the projections or the norm (they would see one call per chunk). Every module is
         still called as itself (per token, so LoRA-wrapped projections give the same rows)."""
-        if hidden_states.shape[1] <= time_chunking()[0] or reverse_lengths is not None:
-            return False
-        if any(module._forward_hooks or module._forward_pre_hooks for module in (self.in_proj, self.out_proj, self.norm)):
-            return False
-        if attention_mask is not None and not bool(attention_mask.bool().all()):
-            return False
-        return not (torch.is_grad_enabled()
-                    and (hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())))
+        return (
+            hidden_states.shape[1] > time_chunking()[0]
+            and reverse_lengths is None
+            and not any(has_hooks(module) for module in (self.in_proj, self.out_proj, self.norm))
+            and is_unpadded(attention_mask)
+            and not needs_gradients(self, hidden_states)
+        )
 
     def _forward_time_chunks(self, hidden_states: torch.Tensor, chunk: int, reverse: bool = False) -> torch.Tensor:
         """The mixer over an unpadded `(batch, L, d_model)` in time chunks of `chunk` steps, each branch carrying its

@@ -25,6 +25,7 @@ from .configuration_ssamba import SSAMBAConfig, patch_grid, patch_shape
 from .cpu_inference import (
     blocks_time_chunked_applies,
     blocks_time_chunked_forward,
+    has_hooks,
     inference_workspace,
     paired_blocks_cpu_applies,
     paired_blocks_cpu_forward,
@@ -503,8 +504,7 @@ class SSAMBAModel(SSAMBAPreTrainedModel):
         call), so a long input needs no further sequence-sized tensors."""
         if in_place and residual is not None and residual.dtype == self.norm_f.weight.dtype:
             residual = residual.add_(self.drop_path(hidden_states))
-            hooked = bool(self.norm_f._forward_hooks or self.norm_f._forward_pre_hooks)
-            step = residual.shape[1] if hooked else max(1, time_chunking()[1] // max(residual.shape[0], 1))
+            step = residual.shape[1] if has_hooks(self.norm_f) else max(1, time_chunking()[1] // max(residual.shape[0], 1))
             for start in range(0, residual.shape[1], step):
                 part = residual[:, start:start + step]
                 normed = self.norm_f(part)

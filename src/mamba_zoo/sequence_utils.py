@@ -17,6 +17,11 @@ from typing import Optional
 import torch
 
 
+def is_unpadded(attention_mask: Optional[torch.Tensor]) -> bool:
+    """No mask, or one without padded steps (every entry 1)."""
+    return attention_mask is None or bool(attention_mask.bool().all())
+
+
 def mask_padding(hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor], time_dim: int = 1) -> torch.Tensor:
     """Zero the padded time steps of `hidden_states`.
 
