@@ -222,6 +222,30 @@ if numba is not None:
         """x * sigmoid(x)."""
         return x / (_ONE + _expf(-x))
 
+    @njit(fastmath=_HELPER_MATH, error_model="numpy")
+    def _gather_chunk(src, b, c0, w, t0, n_steps, dst):
+        """dst[k, c] = src[b, c0 + c, t0 + k] for the block's w channels and n_steps steps (channel-major ->
+        (step, channel)); the padding lanes c >= w of dst read zeros. (Slices indexed by the loop counter: no
+        negative-index wraparound per element.)"""
+        for c in range(dst.shape[1]):
+            if c < w:
+                row = src[b, c0 + c, t0:t0 + n_steps]
+                for k in range(n_steps):
+                    dst[k, c] = row[k]
+            else:
+                for k in range(n_steps):
+                    dst[k, c] = _ZERO
+
+    @njit(fastmath=_HELPER_MATH, error_model="numpy")
+    def _touch_chunk(src, b, c0, w, t_next, chunk):
+        """The sum of one float per cache line (16 floats) of src[b, c0:c0 + w, t_next:t_next + chunk]: touching the
+        next chunk's inputs lets their loads from memory overlap the current chunk's work."""
+        touched = _ZERO
+        for c in range(w):
+            for k in range(0, chunk, 16):
+                touched += src[b, c0 + c, t_next + k]
+        return touched
+
     # The kernels below are compiled with reassociation and FMA contraction (and nothing else:
     # no nnan/ninf/approximate functions), which lets LLVM vectorise their length-N reductions
     # over the state. The precision-sensitive helpers above (exp, log1p, softplus) are separate
@@ -282,33 +306,15 @@ if numba is not None:
                     h_row = h[n]
                     for c in range(w):
                         checkpoints[b, ci, n, c0 + c] = h_row[c]
-                # Gather the chunk (channel-major -> (step, channel)); padding lanes read zeros. (Slices indexed by
-                # the loop counter: no negative-index wraparound per element.)
-                for c in range(W):
-                    if c < w:
-                        delta_ch = delta[b, c0 + c, t0:t0 + n_steps]
-                        u_ch = u[b, c0 + c, t0:t0 + n_steps]
-                        for k in range(n_steps):
-                            dt_t[k, c] = delta_ch[k]
-                            dtx_t[k, c] = u_ch[k]
-                        if has_z:
-                            z_ch = z[b, c0 + c, t0:t0 + n_steps]
-                            for k in range(n_steps):
-                                gate_t[k, c] = z_ch[k]
-                    else:
-                        for k in range(n_steps):
-                            dt_t[k, c] = _ZERO
-                            dtx_t[k, c] = _ZERO
-                            gate_t[k, c] = _ZERO
+                _gather_chunk(delta, b, c0, w, t0, n_steps, dt_t)  # the chunk; padding lanes read zeros
+                _gather_chunk(u, b, c0, w, t0, n_steps, dtx_t)
+                if has_z:
+                    _gather_chunk(z, b, c0, w, t0, n_steps, gate_t)
                 if ci + 2 < n_chunks:  # touch the next chunk's inputs (see the backward kernel)
-                    touched = _ZERO
                     t_next = t0 + chunk
-                    for c in range(w):
-                        for k in range(0, chunk, 16):
-                            touched += delta[b, c0 + c, t_next + k] + u[b, c0 + c, t_next + k]
-                            if has_z:
-                                touched += z[b, c0 + c, t_next + k]
-                    sink[0] += touched
+                    sink[0] += _touch_chunk(delta, b, c0, w, t_next, chunk) + _touch_chunk(u, b, c0, w, t_next, chunk)
+                    if has_z:
+                        sink[0] += _touch_chunk(z, b, c0, w, t_next, chunk)
                 for k in range(n_steps):
                     dt_row = dt_t[k]
                     for c in range(W):
@@ -431,39 +437,21 @@ if numba is not None:
                 for ci in range(n_chunks - 1, -1, -1):
                     t0 = ci * chunk
                     n_steps = min(chunk, L - t0)
-                    # Gather the chunk; padding lanes read zeros.
-                    for c in range(W):
-                        if c < w:
-                            delta_ch = delta[b, c0 + c, t0:t0 + n_steps]
-                            u_ch = u[b, c0 + c, t0:t0 + n_steps]
-                            dout_ch = dout[b, c0 + c, t0:t0 + n_steps]
-                            for k in range(n_steps):
-                                dt_t[k, c] = delta_ch[k]
-                                x_t[k, c] = u_ch[k]
-                                dy_t[k, c] = dout_ch[k]
-                            if has_z:
-                                z_ch = z[b, c0 + c, t0:t0 + n_steps]
-                                for k in range(n_steps):
-                                    z_t[k, c] = z_ch[k]
-                        else:
-                            for k in range(n_steps):
-                                dt_t[k, c] = _ZERO
-                                x_t[k, c] = _ZERO
-                                dy_t[k, c] = _ZERO
-                                z_t[k, c] = _ZERO
+                    _gather_chunk(delta, b, c0, w, t0, n_steps, dt_t)  # the chunk; padding lanes read zeros
+                    _gather_chunk(u, b, c0, w, t0, n_steps, x_t)
+                    _gather_chunk(dout, b, c0, w, t0, n_steps, dy_t)
+                    if has_z:
+                        _gather_chunk(z, b, c0, w, t0, n_steps, z_t)
                     if ci > 0:
                         # Touch one float per cache line of the next chunk's inputs, so that their loads from memory
                         # overlap this chunk's work: the sweep runs backwards in time, against the hardware
                         # prefetchers, across a row of memory per channel.
-                        touched = _ZERO
                         t_next = t0 - chunk
-                        for c in range(w):
-                            for k in range(0, chunk, 16):
-                                touched += delta[b, c0 + c, t_next + k] + u[b, c0 + c, t_next + k]
-                                touched += dout[b, c0 + c, t_next + k]
-                                if has_z:
-                                    touched += z[b, c0 + c, t_next + k]
-                        sink[0] += touched
+                        sink[0] += (_touch_chunk(delta, b, c0, w, t_next, chunk)
+                                    + _touch_chunk(u, b, c0, w, t_next, chunk)
+                                    + _touch_chunk(dout, b, c0, w, t_next, chunk))
+                        if has_z:
+                            sink[0] += _touch_chunk(z, b, c0, w, t_next, chunk)
                     for k in range(n_steps):
                         dt_row = dt_t[k]
                         for c in range(W):
