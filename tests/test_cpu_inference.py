@@ -6,6 +6,7 @@ import torch
 
 from mamba_zoo import SSAMBAConfig, SSAMBAModel, cpu_inference
 from mamba_zoo.kernel_backends import cpu_kernels
+from zoo_cases import randomize
 
 pytestmark = pytest.mark.skipif(cpu_kernels() is None, reason="the fused CPU kernels need numba")
 
@@ -17,15 +18,7 @@ def rel_err(a, b):
 def random_ssamba(seed, **kwargs):
     config = dict(hidden_size=32, num_hidden_layers=4, num_mel_bins=32, max_length=80, patch_size=16,
                   frequency_stride=16, time_stride=16, drop_path_rate=0.0)
-    model = SSAMBAModel(SSAMBAConfig(**{**config, **kwargs})).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "A_log" in name or "A_b_log" in name:
-                p.copy_(torch.rand(p.shape, generator=g) * 2 - 0.5)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (1.0 if "norm" in name and "weight" in name else 0))
-    return model
+    return randomize(SSAMBAModel(SSAMBAConfig(**{**config, **kwargs})).eval(), seed)
 
 
 @pytest.fixture

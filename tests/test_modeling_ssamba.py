@@ -17,24 +17,13 @@ from mamba_zoo import (
     SSAMBAModel,
 )
 from mamba_zoo.modeling_ssamba import cluster_mask_indices, resize_grid_embeddings
+from zoo_cases import randomize
 
 
 def tiny_config(**kwargs):
     defaults = dict(hidden_size=32, num_hidden_layers=4, num_mel_bins=32, max_length=48, patch_size=16,
                     frequency_stride=16, time_stride=16, drop_path_rate=0.0, num_labels=3, mask_patch_count=3)
     return SSAMBAConfig(**{**defaults, **kwargs})
-
-
-def randomize(model, seed=0):
-    """Fresh random values everywhere (so that no check passes on init constants such as zero biases)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "A_log" in name or "A_b_log" in name:
-                p.copy_(torch.rand(p.shape, generator=g) * 2 - 0.5)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (1.0 if "norm" in name and "weight" in name else 0))
-    return model
 
 
 # ---------------------------------------------------------------------------------------------- config

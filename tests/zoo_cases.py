@@ -1,4 +1,5 @@
-"""Tiny random instances of every model class of the zoo, shared by the conformance and Hub round-trip tests."""
+"""Tiny random instances of every model class of the zoo, shared by the conformance and Hub round-trip tests, and
+`randomize`, the random parameter values the SSAMBA tests share."""
 
 from __future__ import annotations
 
@@ -85,6 +86,19 @@ CASES = [
     Case("blackmamba", BlackMambaModel, _blackmamba_config, _tokens, is_text_model=True),
     Case("blackmamba-causal-lm", BlackMambaForCausalLM, _blackmamba_config, _tokens, is_text_model=True),
 ]
+
+
+def randomize(model, seed=0):
+    """Fresh random values everywhere (so that no check passes on init constants such as zero biases): A_log in
+    [-0.5, 1.5), norm weights around 1, everything else N(0, 0.2^2)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "A_log" in name or "A_b_log" in name:
+                p.copy_(torch.rand(p.shape, generator=g) * 2 - 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (1.0 if "norm" in name and "weight" in name else 0))
+    return model
 
 
 def build(case: Case, seed: int = 0):
