@@ -1,4 +1,4 @@
-"""Synthesis engines of the corpora: Festival and SAM beside espeak-ng, voice-disjoint splits across engines, the
+"""Synthesis engines of the corpora: Festival, SAM and Pico beside espeak-ng, voice-disjoint splits across engines, the
 held-out-engine split, and clear errors when an engine is missing."""
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ from mamba_zoo.corpora import (
     split_voices,
 )
 from mamba_zoo.corpora import festival as festival_module
+from mamba_zoo.corpora import pico as pico_module
 from mamba_zoo.corpora import sam as sam_module
 from mamba_zoo.corpora.builders import ClipSpec, _pick_voice, render_clip
 from mamba_zoo.corpora.festival import FestivalRequest, festival_available, synthesize_festival
+from mamba_zoo.corpora.pico import PicoRequest, pico_available, synthesize_pico
 from mamba_zoo.corpora.sam import SamRequest, sam_available, synthesize_sam
 
 needs_festival = pytest.mark.skipif(not festival_available(), reason="Festival is not installed (see .ci/run)")
 needs_sam = pytest.mark.skipif(not sam_available(), reason="Node.js + sam-js are not installed (see .ci/run)")
+needs_pico = pytest.mark.skipif(not pico_available(), reason="ttspico is not installed (see .ci/run)")
 
 
 def test_engine_of_names_the_engine_from_the_prefix():
@@ -190,3 +193,73 @@ def test_engine_weights_set_the_shares_and_are_validated():
     for bad in ([1], [1, 0], [1, float("nan")]):
         with pytest.raises(ValueError, match="one positive weight per engine"):
             load_keywords(num_per_class=1, engines=("espeak-ng", "festival"), engine_weights=bad)
+
+
+def test_pico_voices_are_named_and_go_to_training_only():
+    assert engine_of("pico:en-US") == "pico" and engine_voices("pico") == ["pico:en-US", "pico:en-GB"]
+    splits = corpus_voices(engines=("espeak-ng", "pico"), heldout_engines=("sam",))
+    assert sorted(v for v in splits["train"] if engine_of(v) == "pico") == ["pico:en-GB", "pico:en-US"]
+    assert all(engine_of(v) == "espeak-ng" for name in ("validation", "test") for v in splits[name])
+
+
+def test_a_missing_pico_is_a_clear_error_before_anything_renders(monkeypatch, tmp_path):
+    monkeypatch.setitem(__import__("sys").modules, "ttspico", None)  # `import ttspico` raises ImportError
+    assert "pip install ttspico" in pico_module.pico_missing_reason()
+    with pytest.raises(EngineUnavailableError, match=r"pico:en-US[\s\S]*pip install ttspico"):
+        load_keywords(num_per_class=2, engines=("espeak-ng", "pico"), cache_dir=tmp_path, progress=False,
+                      num_workers=0)
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(RuntimeError, match="pip install ttspico"):
+        synthesize_pico([PicoRequest("yes", "en-US")])
+    assert "unknown Pico voice" in pico_module.pico_missing_reason("de-DE")
+
+
+@needs_pico
+def test_pico_is_deterministic_with_exact_word_onsets_and_follows_rate_and_pitch():
+    requests = [PicoRequest("go left now.", "en-US"), PicoRequest("go left now.", "en-GB"),
+                PicoRequest("go left now.", "en-US", 120, 50), PicoRequest("aaah.", "en-US", 175, 50),
+                PicoRequest("aaah.", "en-US", 175, 100)]
+    # an engine that has spoken carries state into its next utterance: the same request twice, and in the
+    # reverse order, must still give the same samples
+    first, second = synthesize_pico(requests + requests[:1]), synthesize_pico(list(reversed(requests)))[::-1]
+    assert np.array_equal(first[0].audio, first[-1].audio)
+    for a, b in zip(first, second):
+        assert np.array_equal(a.audio, b.audio) and a.word_starts == b.word_starts
+    normal, british, slow = first[:3]
+    assert normal.sampling_rate == 16000 and normal.audio.dtype == np.int16
+    assert len(normal.word_starts) == 3 and normal.word_starts[0] == 0
+    assert np.all(np.diff(normal.word_starts) > 0.1 * normal.sampling_rate)
+    # the pause between words is the gap alone: the quiet stretch before each onset is about WORD_GAP_SECONDS
+    start = normal.word_starts[1]
+    gap = int(pico_module.WORD_GAP_SECONDS * normal.sampling_rate)
+    assert np.all(normal.audio[start - gap:start] == 0) and np.abs(normal.audio[start:start + 800]).max() > 50
+    assert not np.array_equal(normal.audio[:len(british.audio)], british.audio[:len(normal.audio)])
+    assert len(slow.audio) > 1.25 * len(normal.audio)  # 175 -> 120 words per minute
+    assert 3000 < np.abs(normal.audio).max() < 32767  # loud, and never clipped
+
+    def f0(result):  # cepstral pitch (60..400 Hz) of the loudest 64 ms
+        audio, sr, frame = result.audio.astype(np.float64), result.sampling_rate, 1024
+        energy = [np.sum(audio[i:i + frame] ** 2) for i in range(0, len(audio) - frame, 256)]
+        begin = int(np.argmax(energy)) * 256
+        spectrum = np.log(np.abs(np.fft.rfft(audio[begin:begin + frame] * np.hanning(frame), 4096)) + 1e-6)
+        cepstrum = np.fft.irfft(spectrum)
+        quefrencies = np.arange(sr // 400, sr // 60)
+        return sr / quefrencies[np.argmax(cepstrum[quefrencies])]
+
+    assert f0(first[4]) > 1.2 * f0(first[3])  # half an octave up asked for (1.41x)
+
+
+@needs_pico
+def test_render_clip_keeps_the_length_and_level_contracts_for_pico(tmp_path):
+    spec = ClipSpec(text="stop", voice="pico:en-GB", seed=3, sampling_rate=16000, length=16000, peak_dbfs=-6.0,
+                    snr_db=20.0)
+    clip = render_clip(spec)
+    assert clip.audio.shape == (16000,) and clip.audio.dtype == np.float32
+    assert 0.3 < np.abs(clip.audio).max() <= 0.99
+    assert np.array_equal(render_clip(spec).audio, clip.audio)
+    options = dict(num_per_class=2, engines=("espeak-ng", "pico"), progress=False)
+    a = load_keywords(cache_dir=tmp_path / "a", num_workers=0, **options)
+    b = load_keywords(cache_dir=tmp_path / "b", num_workers=2, **options)
+    assert "pico" in {engine_of(v) for v in a["train"]["voice"] if v}
+    for x, y in zip(a["train"].with_format("numpy")["audio"], b["train"].with_format("numpy")["audio"]):
+        assert np.array_equal(x["array"], y["array"])

@@ -1,7 +1,7 @@
-"""Embedded speech corpora that need no download: real synthesized speech from espeak-ng, Festival and SAM.
+"""Embedded speech corpora that need no download: real synthesized speech from espeak-ng, Festival, SAM and Pico.
 
-Engines (:mod:`.engines`): espeak-ng always (a PyPI wheel); Festival's three English voices (Debian packages) and
-SAM's twelve (Node.js + npm) when installed: ``python -m mamba_zoo.corpora engines`` says which speak here.
+Engines (:mod:`.engines`): espeak-ng always (a PyPI wheel); Festival's three English voices (Debian packages),
+SAM's twelve (Node.js + npm) and SVOX Pico's two (``ttspico`` from PyPI) when installed: ``python -m mamba_zoo.corpora engines`` says which speak here.
 ``engines=`` picks the training engines of a corpus, ``heldout_engines=`` adds a ``heldout_engine`` split spoken
 only by engines the model never hears in training.
 

@@ -1,11 +1,11 @@
-"""Builders that turn synthesized speech (espeak-ng, Festival, SAM) into ``datasets.DatasetDict`` objects, cached on
+"""Builders that turn synthesized speech (espeak-ng, Festival, SAM, Pico) into ``datasets.DatasetDict`` objects, cached on
 disk.
 
 Every builder works in two steps. First it draws a list of :class:`ClipSpec` (what to say, with which
 voice, rate, pitch, noise, room...) from one ``numpy`` generator seeded with ``seed``; then it renders
 the clips, in worker processes when ``num_workers > 0``. A clip is a pure function of its spec
 (:func:`render_clip`; espeak-ng is reloaded for every utterance, see :mod:`mamba_zoo.corpora.synth`; Festival and
-SAM are deterministic), so a corpus is the same bytes whatever the number of workers.
+SAM and Pico are deterministic), so a corpus is the same bytes whatever the number of workers.
 
 **Engines.** ``engines=`` picks the training engines (:mod:`.engines`); an engine with at least 6 voices is split by
 voice like espeak-ng's variants, one with fewer (Festival's 3) goes to train only. Clips draw an engine first (equal
@@ -90,9 +90,10 @@ class ClipSpec:
 
     Attributes:
         text: words to speak (lowercase, no punctuation), or None for noise only.
-        voice: espeak voice ``"accent+variant"``, or ``"festival:<voice>"`` / ``"sam:<voice>"`` (:mod:`.engines`).
+        voice: espeak voice ``"accent+variant"``, or ``"festival:<voice>"`` / ``"sam:<voice>"`` / ``"pico:<voice>"``
+            (:mod:`.engines`).
         punctuation: appended when speaking ("." / "!" / "?" change the intonation).
-        rate, pitch, pitch_range: espeak-scale parameters (words per minute, 0..100, 0..100); Festival and SAM map
+        rate, pitch, pitch_range: espeak-scale parameters (words per minute, 0..100, 0..100); Festival, SAM and Pico map
             rate and pitch onto their own controls and ignore pitch_range.
         seed: seeds espeak's noise generator and the augmentation generator.
         sampling_rate: output rate in Hz.
@@ -130,12 +131,13 @@ class RenderedClip:
 
 def _speak(specs: list[ClipSpec]) -> list[SynthResult | None]:
     """The raw speech of every spec (``None`` for noise-only clips): espeak-ng one utterance at a time, Festival and
-    SAM in one process per engine for the whole list."""
+    SAM in one process per engine for the whole list, Pico in this process."""
     from .festival import FestivalRequest, synthesize_festival
+    from .pico import PicoRequest, synthesize_pico
     from .sam import SamRequest, synthesize_sam
 
     spoken: list[SynthResult | None] = [None] * len(specs)
-    batches: dict[str, list[int]] = {"festival": [], "sam": []}
+    batches: dict[str, list[int]] = {"festival": [], "sam": [], "pico": []}
     for i, spec in enumerate(specs):
         if spec.text is None:
             continue
@@ -148,7 +150,8 @@ def _speak(specs: list[ClipSpec]) -> list[SynthResult | None]:
         else:
             batches[engine].append(i)
     for engine, request_class, run in (("festival", FestivalRequest, synthesize_festival),
-                                       ("sam", SamRequest, synthesize_sam)):
+                                       ("sam", SamRequest, synthesize_sam),
+                                       ("pico", PicoRequest, synthesize_pico)):
         indices = batches[engine]
         requests = [request_class(specs[i].text + specs[i].punctuation, engine_voice(specs[i].voice),
                                   specs[i].rate, specs[i].pitch) for i in indices]

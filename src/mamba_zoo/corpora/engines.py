@@ -8,6 +8,8 @@ engine         voices (names in corpora)                how it is installed     
                ``"festival:ked_diphone"``,              ``festvox-*`` voice packages    recordings; HTS statistical
                ``"festival:cmu_us_slt_arctic_hts"``                                     parametric (a woman)
 ``sam``        ``"sam:elf"``, ... (12 settings)         Node.js + ``sam-js`` from npm   1982 C64 formant tables
+``pico``       ``"pico:en-US"``, ``"pico:en-GB"``       ``ttspico`` from PyPI (builds   statistical parametric
+               (two women)                              C: gcc, Python headers)         (HMM), SVOX / Android
 =============  =======================================  ==============================  ===========================
 
 ``python -m mamba_zoo.corpora engines`` prints which are installed here and the commands for the rest.
@@ -30,8 +32,8 @@ __all__ = [
     "engines_status",
 ]
 
-ENGINES = ("espeak-ng", "festival", "sam")
-_PREFIXES = {"festival": "festival:", "sam": "sam:"}
+ENGINES = ("espeak-ng", "festival", "sam", "pico")
+_PREFIXES = {"festival": "festival:", "sam": "sam:", "pico": "pico:"}
 
 
 class EngineUnavailableError(RuntimeError):
@@ -40,7 +42,8 @@ class EngineUnavailableError(RuntimeError):
 
 
 def engine_of(voice: str) -> str:
-    """The engine of a voice name: ``"festival:..."`` and ``"sam:..."`` name theirs; anything else is espeak-ng."""
+    """The engine of a voice name: ``"festival:..."``, ``"sam:..."`` and ``"pico:..."`` name theirs; anything else
+    is espeak-ng."""
     for engine, prefix in _PREFIXES.items():
         if voice.startswith(prefix):
             return engine
@@ -74,6 +77,10 @@ def engine_voices(engine: str) -> list[str]:
         from .sam import SAM_VOICES
 
         return [_PREFIXES["sam"] + name for name in SAM_VOICES]
+    if engine == "pico":
+        from .pico import PICO_VOICES
+
+        return [_PREFIXES["pico"] + name for name in PICO_VOICES]
     from .synth import list_voices
 
     return [voice.name for voice in list_voices()]
@@ -91,6 +98,10 @@ def engine_missing_reason(engine: str, voice: str | None = None) -> str | None:
         from .sam import sam_missing_reason
 
         return sam_missing_reason(voice)
+    if engine == "pico":
+        from .pico import pico_missing_reason
+
+        return pico_missing_reason(voice)
     try:
         from .synth import espeak_version
 
