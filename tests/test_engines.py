@@ -190,6 +190,10 @@ def test_engine_weights_set_the_shares_and_are_validated():
     assert weights == {"espeak-ng": 0.75, "festival": 0.25}
     picks = [engine_of(_pick_voice(rng, names, weights)) for _ in range(4000)]
     assert 0.22 < picks.count("festival") / len(picks) < 0.28
+    # a split whose engines have no weight (several held-out engines) draws them in equal shares
+    heldout = engine_voices("sam") + engine_voices("festival")
+    picks = [engine_of(_pick_voice(rng, heldout, weights={"espeak-ng": 1.0})) for _ in range(2000)]
+    assert 0.45 < picks.count("sam") / len(picks) < 0.55
     for bad in ([1], [1, 0], [1, float("nan")]):
         with pytest.raises(ValueError, match="one positive weight per engine"):
             load_keywords(num_per_class=1, engines=("espeak-ng", "festival"), engine_weights=bad)

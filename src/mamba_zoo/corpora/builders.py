@@ -421,7 +421,7 @@ def _pick_voice(rng: np.random.Generator, names: list[str], weights: dict[str, f
     engines = sorted({engine_of(v) for v in names})
     if len(engines) == 1:
         return names[rng.integers(len(names))]
-    if weights is None:
+    if weights is None or not any(e in weights for e in engines):  # e.g. several held-out engines: equal shares
         engine = engines[rng.integers(len(engines))]
     else:
         shares = np.asarray([weights.get(e, 0.0) for e in engines])
