@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from finetune_audio_classification import accuracy_by_engine, engine_list, parse_engines  # noqa: E402
 
-import mamba_zoo  # noqa: E402,F401  (registers SSAMBA with the Auto* classes)
+import mamba_zoo  # noqa: E402,F401  (registers SSAMBA with the Auto* classes)  # pyflakes: ignore
 
 
 def parse_args(argv=None):
@@ -50,7 +50,7 @@ def trained_engines(checkpoint: Path) -> str | None:
 def main(argv=None) -> dict:
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
-    from mamba_zoo.corpora import HELDOUT_SPLIT, load_keywords
+    from mamba_zoo.corpora import HELDOUT_SPLIT, engine_of, load_keywords
 
     args = parse_args(argv)
     checkpoint = Path(args.checkpoint)
@@ -78,14 +78,23 @@ def main(argv=None) -> dict:
         with torch.no_grad():
             predictions.append(model(**inputs).logits.argmax(-1).numpy())
     labels = to_model[np.asarray(clips["label"])]
-    result = accuracy_by_engine(np.concatenate(predictions), labels, list(clips["voice"]))
+    predictions = np.concatenate(predictions)
+    voices = list(clips["voice"])
+    result = accuracy_by_engine(predictions, labels, voices)
+    engines = np.asarray([engine_of(v) if v else "" for v in voices])
+    result["accuracy_by_class"] = {
+        engine: {model.config.id2label[int(c)]: round(float((predictions[mask & (labels == c)] == c).mean()), 3)
+                 for c in np.unique(labels[mask])}
+        for engine in sorted(set(engines) - {""}) for mask in [engines == engine]}
     result.update(checkpoint=str(checkpoint), training_engines=training, clips=len(clips),
                   seconds=round(time.perf_counter() - start, 1))
     print("| engine | accuracy |\n|---|---|")
     for key, value in result.items():
-        if key.startswith("accuracy_"):
+        if key.startswith("accuracy_") and key != "accuracy_by_class":
             print(f"| {key[len('accuracy_'):]} | {value:.4f} |")
     print(f"| all {len(clips)} clips | {result['accuracy']:.4f} |")
+    for engine, by_class in result["accuracy_by_class"].items():
+        print(f"{engine} by class: " + ", ".join(f"{name} {value:.2f}" for name, value in by_class.items()))
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2))
     return result
