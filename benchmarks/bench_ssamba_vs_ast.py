@@ -17,6 +17,11 @@ and the call: the larger of VmHWM before the reset and after the call), what a u
     python benchmarks/bench_ssamba_vs_ast.py                 # 512, 1024, 2048, 4096, 8192 tokens
     python benchmarks/bench_ssamba_vs_ast.py --long          # + 22k tokens (the SSAMBA paper's efficiency point)
     python benchmarks/bench_ssamba_vs_ast.py --plot bench.png
+    python benchmarks/bench_ssamba_vs_ast.py --autocast bf16 # both models under torch.autocast(bfloat16)
+
+``--autocast bf16`` runs both models' forward under ``torch.autocast(device, dtype=torch.bfloat16)``: their linear
+layers (and AST's attention) in bfloat16 through oneDNN, where the CPU has bfloat16 instructions (AVX512-BF16, AMX);
+SSAMBA's scan and convolution kernels stay float32.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ def build(name, tokens, ssamba_layers, device, ast_attn="sdpa"):
     return model.eval().to(device), torch.randn(2, frames, 128, device=device)
 
 
-def worker(tokens, mode, ssamba_layers, threads, repeats, device, ast_attn):
+def worker(tokens, mode, ssamba_layers, threads, repeats, device, ast_attn, autocast="none"):
     """mode "time": both models, timed round-robin; mode "mem:<name>": one model alone in this process, so that no
     memory freed by the other model is reused (which would hide its allocations from the resident-set growth)."""
     import torch
@@ -94,7 +99,8 @@ def worker(tokens, mode, ssamba_layers, threads, repeats, device, ast_attn):
         models[name], x = build(name, tokens, ssamba_layers, device, ast_attn)
 
     def call(name):
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16,
+                                                    enabled=autocast == "bf16"):
             models[name](x)
         if device == "cuda":
             torch.cuda.synchronize()
@@ -128,7 +134,7 @@ def worker(tokens, mode, ssamba_layers, threads, repeats, device, ast_attn):
 def run_worker(n, mode, args):
     command = [sys.executable, os.path.abspath(__file__), "--_worker", str(n), "--_mode", mode, "--ssamba-layers",
                str(args.ssamba_layers), "--threads", str(args.threads), "--repeats", str(args.repeats),
-               "--device", args.device, "--ast-attn", args.ast_attn]
+               "--device", args.device, "--ast-attn", args.ast_attn, "--autocast", args.autocast]
     proc = subprocess.run(command, capture_output=True, text=True)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
@@ -146,18 +152,21 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--ast-attn", default="sdpa", choices=["sdpa", "eager"],
                         help="AST's attention: sdpa (fused, memory-light) or eager (plain softmax(QK^T)V, as SSAST)")
+    parser.add_argument("--autocast", default="none", choices=["none", "bf16"],
+                        help="run both forwards under torch.autocast(bfloat16) (the scan kernels stay float32)")
     parser.add_argument("--plot", default="benchmarks/ssamba_vs_ast.png", help="PNG path ('' to skip)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--_worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_mode", default="time", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._worker is not None:
-        worker(args._worker, args._mode, args.ssamba_layers, args.threads, args.repeats, args.device, args.ast_attn)
+        worker(args._worker, args._mode, args.ssamba_layers, args.threads, args.repeats, args.device, args.ast_attn,
+               args.autocast)
         return
 
     tokens = args.tokens or DEFAULT_TOKENS + (LONG_TOKENS if args.long else [])
     print(f"SSAMBA-tiny ({args.ssamba_layers} layers, D 192) vs AST (12 layers, D 192, 3 heads, {args.ast_attn}), "
-          f"batch 2, "
+          f"batch 2, {'bfloat16 autocast' if args.autocast == 'bf16' else 'fp32'}, "
           f"{args.device}, {args.threads} threads, best of {args.repeats}")
     header = (f"{'tokens':>7} {'frames':>7} | {'SSAMBA s':>9} {'AST s':>9} {'AST/SSAMBA':>10} | "
               f"{'SSAMBA MiB':>10} {'AST MiB':>9} {'AST/SSAMBA':>10} | {'SSAMBA RSS MiB':>14} {'AST RSS MiB':>11}")
