@@ -267,3 +267,23 @@ def test_render_clip_keeps_the_length_and_level_contracts_for_pico(tmp_path):
     assert "pico" in {engine_of(v) for v in a["train"]["voice"] if v}
     for x, y in zip(a["train"].with_format("numpy")["audio"], b["train"].with_format("numpy")["audio"]):
         assert np.array_equal(x["array"], y["array"])
+
+
+@needs_sam
+def test_a_larger_heldout_split_keeps_the_other_splits_and_is_validated(tmp_path):
+    options = dict(num_per_class=2, num_eval_per_class=1, heldout_engines=("sam",), progress=False, num_workers=0)
+    base = load_keywords(cache_dir=tmp_path / "a", **options)
+    large = load_keywords(cache_dir=tmp_path / "b", num_heldout_per_class=3, **options)
+    assert len(base[HELDOUT_SPLIT]) == 12 and len(large[HELDOUT_SPLIT]) == 36
+    for split in ("train", "validation", "test"):
+        assert base[split]["id"] == large[split]["id"] and base[split]["voice"] == large[split]["voice"]
+        for x, y in zip(base[split].with_format("numpy")["audio"], large[split].with_format("numpy")["audio"]):
+            assert np.array_equal(x["array"], y["array"])
+    # the same size as the default is the same corpus (and cache entry)
+    same = load_keywords(cache_dir=tmp_path / "a", num_heldout_per_class=1, **options)
+    assert same[HELDOUT_SPLIT]["voice"] == base[HELDOUT_SPLIT]["voice"]
+    assert len(list((tmp_path / "a").iterdir())) == 1
+    with pytest.raises(ValueError, match="pass heldout_engines"):
+        load_keywords(num_per_class=2, num_heldout_per_class=3, cache_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match="num_heldout_per_class"):
+        load_keywords(num_per_class=2, num_heldout_per_class=0, heldout_engines=("sam",), cache_dir=tmp_path / "c")

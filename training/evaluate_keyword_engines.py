@@ -34,9 +34,9 @@ def parse_args(argv=None):
                         help="the corpus' training engines (default: the checkpoint's results.json, else "
                              "espeak-ng:3,festival:1); they only shape which clips the other splits get")
     parser.add_argument("--num_per_class", type=int, default=200, help="as in training: sets the held-out split's size")
-    parser.add_argument("--num_eval_per_class", type=int, default=None,
-                        help="clips per class of each evaluation split, the held-out one included (default: the "
-                             "corpus' own, num_per_class // 4); more clips, less sampling noise")
+    parser.add_argument("--num_heldout_per_class", type=int, default=200,
+                        help="clips per class of the scored engines (default 200: 2400 clips; the recipes' own "
+                             "held-out split has num_per_class // 4); more clips, less sampling noise")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--output", default=None, help="write the accuracies here as JSON")
@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
     if heard:
         raise SystemExit(f"{checkpoint} was trained on {heard} ({training}); score only engines it never heard.")
     engines, weights = parse_engines(training)
-    corpus = load_keywords(num_per_class=args.num_per_class, num_eval_per_class=args.num_eval_per_class,
+    corpus = load_keywords(num_per_class=args.num_per_class, num_heldout_per_class=args.num_heldout_per_class,
                            seed=args.seed, engines=engines,
                            engine_weights=weights, heldout_engines=scored)
     clips = corpus[HELDOUT_SPLIT]

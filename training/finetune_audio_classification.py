@@ -110,6 +110,8 @@ class DataArguments(AudioDatasetArguments):
     heldout_split_name: str = field(default="heldout_engine", metadata={
         "help": "split evaluated at the end beside test when present (accuracy overall and per engine)"})
     num_per_class: int = field(default=200, metadata={"help": "embedded corpus: training clips per class"})
+    num_heldout_per_class: Optional[int] = field(default=None, metadata={
+        "help": "embedded corpus: clips per class of the heldout_engine split (default: as test, num_per_class // 4)"})
     engines: str = field(default="espeak-ng", metadata={
         "help": "embedded corpus: training engines, comma-separated (espeak-ng, festival, sam), optionally with "
                 "shares: espeak-ng:3,festival:1"})
@@ -144,8 +146,9 @@ def load_embedded_keywords(data_args: DataArguments):
     from mamba_zoo.corpora import load_keywords
 
     engines, weights = parse_engines(data_args.engines)
+    heldout = engine_list(data_args.heldout_engines)
     return load_keywords(num_per_class=data_args.num_per_class, engines=engines, engine_weights=weights,
-                         heldout_engines=engine_list(data_args.heldout_engines))
+                         heldout_engines=heldout, num_heldout_per_class=data_args.num_heldout_per_class if heldout else None)
 
 
 def engine_list(text: str) -> tuple[str, ...]:

@@ -43,6 +43,9 @@ def parse_args(argv=None):
                              "(python -m mamba_zoo.corpora engines lists them)")
     parser.add_argument("--heldout_engines", default="sam",
                         help="engines never heard in training, evaluated apart ('' for none)")
+    parser.add_argument("--num_heldout_per_class", type=int, default=200,
+                        help="clips per class of the held-out engines (2400 clips: the number that says whether the "
+                             "model generalises gets less sampling noise than test's 50 per class)")
     parser.add_argument("--waveform_augment_copies", type=int, default=2,
                         help="seeded voice + channel augmented copies of every fine-tuning clip (0: none)")
     parser.add_argument("--waveform_augment_resynthesis", type=float, default=0.0,
@@ -93,8 +96,10 @@ def main(argv=None):
     t0 = time.time()
     print("[1/5] keyword corpus (built once, then cached)")
     engines, engine_weights = finetune.parse_engines(args.engines)
+    heldout_engines = finetune.engine_list(args.heldout_engines)
     corpus = load_keywords(num_per_class=args.num_per_class, seed=args.seed, engines=engines,
-                           engine_weights=engine_weights, heldout_engines=finetune.engine_list(args.heldout_engines))
+                           engine_weights=engine_weights, heldout_engines=heldout_engines,
+                           num_heldout_per_class=args.num_heldout_per_class if heldout_engines else None)
     names = corpus["train"].features["label"].names
     corpus_minutes = (time.time() - t0) / 60
     print(f"      {len(corpus['train'])} train / {len(corpus['validation'])} validation / {len(corpus['test'])} test "

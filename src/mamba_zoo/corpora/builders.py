@@ -516,6 +516,7 @@ def load_keywords(
     split: str | None = None,
     num_per_class: int = 200,
     num_eval_per_class: int | None = None,
+    num_heldout_per_class: int | None = None,
     include_digits: bool = False,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
@@ -553,8 +554,9 @@ def load_keywords(
         peak_dbfs, silence_dbfs: speech peak level and noise-only RMS level ranges.
         voices: voices of any engine (default: every voice of ``engines``).
         engines: training engines (default espeak-ng's 8 English accents x 81 variants; see :mod:`.engines`).
-        heldout_engines: engines whose voices make the extra ``heldout_engine`` split only (``num_eval_per_class``
-            clips per class, like test).
+        heldout_engines: engines whose voices make the extra ``heldout_engine`` split only (``num_heldout_per_class``
+            clips per class, default ``num_eval_per_class`` like test; more clips, less sampling noise on the number
+            that says whether a model generalises; the other splits stay the same bytes).
         engine_weights: share of each engine of ``engines`` (same order) where a split has several (default equal).
         commands, unknown_words: replace the word lists.
         cache_dir: where built corpora are kept (default :func:`default_cache_dir`).
@@ -568,6 +570,10 @@ def load_keywords(
     _check_count("num_per_class", num_per_class)
     num_eval_per_class = max(1, num_per_class // 4) if num_eval_per_class is None else num_eval_per_class
     _check_count("num_eval_per_class", num_eval_per_class)
+    if num_heldout_per_class is not None:
+        _check_count("num_heldout_per_class", num_heldout_per_class)
+        if not heldout_engines:
+            raise ValueError("num_heldout_per_class sizes the heldout_engine split: pass heldout_engines too.")
     commands = list(COMMANDS) + (list(DIGITS) if include_digits else []) if commands is None else commands
     commands = _check_words("commands", commands)
     if unknown_words is None:
@@ -590,6 +596,8 @@ def load_keywords(
         "commands": commands, "unknown_words": unknown_words,
         "sampling_rate": int(sampling_rate), "clip_seconds": float(clip_seconds),
     }
+    if num_heldout_per_class is not None and num_heldout_per_class != num_eval_per_class:
+        config["num_heldout_per_class"] = num_heldout_per_class  # absent otherwise: cached corpora stay valid
     labels = commands + [SILENCE_LABEL, UNKNOWN_LABEL]
 
     def build():
@@ -600,7 +608,8 @@ def load_keywords(
         length = int(round(config["clip_seconds"] * sampling_rate))
         splits = {}
         for split_name in config["voices"]:
-            count = num_per_class if split_name == "train" else num_eval_per_class
+            count = {"train": num_per_class, HELDOUT_SPLIT: config.get("num_heldout_per_class", num_eval_per_class)}.get(
+                split_name, num_eval_per_class)
             split_voice_names = config["voices"][split_name]
             rows = []
             for label_index, label in enumerate(labels):
