@@ -287,3 +287,15 @@ def test_a_larger_heldout_split_keeps_the_other_splits_and_is_validated(tmp_path
         load_keywords(num_per_class=2, num_heldout_per_class=3, cache_dir=tmp_path / "c")
     with pytest.raises(ValueError, match="num_heldout_per_class"):
         load_keywords(num_per_class=2, num_heldout_per_class=0, heldout_engines=("sam",), cache_dir=tmp_path / "c")
+
+
+@needs_sam
+def test_a_larger_heldout_split_of_transcribed_speech_keeps_the_other_splits(tmp_path):
+    options = dict(num_train=2, num_eval=1, heldout_engines=("sam",), progress=False, num_workers=0)
+    base = load_transcribed(cache_dir=tmp_path / "a", **options)
+    large = load_transcribed(cache_dir=tmp_path / "b", num_heldout=3, **options)
+    assert len(base[HELDOUT_SPLIT]) == 1 and len(large[HELDOUT_SPLIT]) == 3
+    for split in ("train", "validation", "test"):
+        assert base[split]["text"] == large[split]["text"] and base[split]["voice"] == large[split]["voice"]
+    with pytest.raises(ValueError, match="pass heldout_engines"):
+        load_transcribed(num_train=2, num_heldout=3, cache_dir=tmp_path / "c")

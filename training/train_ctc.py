@@ -425,6 +425,8 @@ class DataArguments(TranscribedAudioDatasetArguments):
     kind: str = field(default="digits", metadata={"choices": ["digits", "sentences"],
                                                   "help": "embedded corpus (used when no data flag is given)"})
     num_train: int = field(default=2000, metadata={"help": "training utterances of the embedded corpus"})
+    num_heldout: int = field(default=600, metadata={
+        "help": "utterances of the heldout_engine split (engines never heard in training; default: 600, three times test, so the number that says whether the model generalises has less sampling noise)"})
     num_eval: int = field(default=200, metadata={
         "help": "validation and test utterances (each) of the embedded corpus"})
     concat_probability: float = field(default=0.3, metadata={
@@ -572,7 +574,8 @@ def load_data(data_args: DataArguments, seed: int):
         from mamba_zoo.corpora import load_transcribed
 
         return load_transcribed(data_args.kind, num_train=data_args.num_train, num_eval=data_args.num_eval, seed=seed,
-                                engines=engines, engine_weights=engine_weights, heldout_engines=heldout_engines)
+                                engines=engines, engine_weights=engine_weights, heldout_engines=heldout_engines,
+                                num_heldout=data_args.num_heldout if heldout_engines else None)
 
     splits = data_loading.load_splits(data_args, embedded=embedded)
     names = {"train": data_args.train_split_name, "validation": data_args.eval_split_name,

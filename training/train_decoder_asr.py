@@ -370,6 +370,8 @@ class DataArguments(TranscribedAudioDatasetArguments):
                                                   "help": "embedded corpus (used when no data flag is given): digit "
                                                           "strings or grammar sentences"})
     num_train: int = field(default=2000, metadata={"help": "training utterances of the embedded corpus"})
+    num_heldout: Optional[int] = field(default=None, metadata={
+        "help": "utterances of the heldout_engine split (engines never heard in training; default: as num_eval)"})
     num_eval: int = field(default=200, metadata={
         "help": "validation and test utterances (each) of the embedded corpus"})
     engines: str = field(default="espeak-ng:3,festival:1", metadata={
@@ -555,7 +557,8 @@ def load_data(data_args: DataArguments, seed: int):
 
         return load_transcribed(kind=data_args.kind, num_train=data_args.num_train, num_eval=data_args.num_eval,
                                 seed=seed, engines=tuple(engines), engine_weights=engine_weights,
-                                heldout_engines=tuple(heldout_engines), progress=False)
+                                heldout_engines=tuple(heldout_engines), progress=False,
+                                num_heldout=data_args.num_heldout if heldout_engines else None)
 
     splits = data_loading.load_splits(data_args, embedded=embedded)
     names = {"train": data_args.train_split_name, "validation": data_args.eval_split_name,

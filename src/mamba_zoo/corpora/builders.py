@@ -812,6 +812,7 @@ def load_transcribed(
     engines: Sequence[str] = ("espeak-ng",),
     heldout_engines: Sequence[str] = (),
     engine_weights: Sequence[float] | None = None,
+    num_heldout: int | None = None,
     words: Sequence[str] | None = None,
     min_digits: int = 1,
     max_digits: int = 7,
@@ -832,7 +833,8 @@ def load_transcribed(
     replaces its noun list. Transcripts are lowercase words without punctuation (the speech has the
     intonation of a statement or a question). ``num_train`` utterances in train, ``num_eval`` in
     validation and in test, whose voices are never heard in training. ``voices``, ``engines`` and
-    ``heldout_engines`` as in :func:`load_keywords` (the ``heldout_engine`` split has ``num_eval`` utterances).
+    ``heldout_engines`` as in :func:`load_keywords` (the ``heldout_engine`` split has ``num_heldout`` utterances,
+    default ``num_eval``; the other splits are the same bytes whatever its size).
 
     Returns:
         columns ``audio``, ``text``, ``voice``, ``id`` and ``word_starts`` (onset of each word in seconds,
@@ -843,6 +845,10 @@ def load_transcribed(
     _check_common(sampling_rate, seed, split)
     _check_count("num_train", num_train)
     _check_count("num_eval", num_eval)
+    if num_heldout is not None:
+        _check_count("num_heldout", num_heldout)
+        if not heldout_engines:
+            raise ValueError("num_heldout sizes the heldout_engine split: pass heldout_engines too.")
     if words is not None:
         words = _check_words("words", words)
         if kind != "sentences":
@@ -861,6 +867,8 @@ def load_transcribed(
         **_corpus_voice_config(voices, engines, heldout_engines, seed, engine_weights),
         "sampling_rate": int(sampling_rate),
     }
+    if num_heldout is not None and num_heldout != num_eval:
+        config["num_heldout"] = num_heldout  # absent otherwise: cached corpora stay valid
 
     def build():
         from datasets import DatasetDict, List, Value
@@ -871,7 +879,8 @@ def load_transcribed(
         for split_name in config["voices"]:
             split_voice_names = config["voices"][split_name]
             specs = []
-            for _ in range(num_train if split_name == "train" else num_eval):
+            count = {"train": num_train, HELDOUT_SPLIT: config.get("num_heldout", num_eval)}.get(split_name, num_eval)
+            for _ in range(count):
                 if kind == "digits":
                     text, punctuation = digit_string(rng, min_digits, max_digits), "."
                 else:
