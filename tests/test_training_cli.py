@@ -123,8 +123,10 @@ def test_keywords_main_defaults_are_the_documented_run():
     # model_cards/ssamba.md, main job: 178 pretraining + 1759 fine-tuning steps of batch 32, lr 3e-3
     assert (args.pretrain_steps, args.finetune_steps, args.batch_size, args.learning_rate) == (178, 1759, 32, 3e-3)
     assert args.max_train_minutes is None
-    # the generalisation row of the card: espeak-ng + Festival at 3:1, two augmented copies, SAM held out
-    assert (args.engines, args.heldout_engines, args.waveform_augment_copies) == ("espeak-ng:3,festival:1", "sam", 2)
+    # the generalisation row of the card: espeak-ng + Festival at 3:1, two augmented copies, SAM and Pico held out
+    # with 200 clips per class
+    assert (args.engines, args.heldout_engines, args.waveform_augment_copies) == ("espeak-ng:3,festival:1", "sam,pico", 2)
+    assert args.num_heldout_per_class == 200
 
 
 def test_keywords_main_passes_its_lengths_and_budget_to_both_phases(tmp_path, monkeypatch):

@@ -7,8 +7,10 @@
 A fixed-length recipe: 178 pretraining and 1759 fine-tuning steps of batch 32, the documented run of
 model_cards/ssamba.md (18.4 min in all on an idle 2-core machine; longer on a busy one, but the same model).
 Data: espeak-ng and Festival voices (shares 3:1; `--engines`), 2 seeded voice/channel-augmented copies of every
-fine-tuning clip (`--waveform_augment_copies`), and SAM held out (`--heldout_engines`): an engine never heard in
-training, scored apart (`heldout_engine_accuracy`). Festival and SAM: `bash scripts/install_engines.sh`.
+fine-tuning clip (`--waveform_augment_copies`), and two engines held out (`--heldout_engines`): SAM (1982 formant
+tables) and Pico (a statistical parametric voice trained on recordings), never heard in training, scored apart on 200
+clips per class (`heldout_engine_accuracy`, and one per engine: `heldout_engine_accuracy_sam`, `..._pico`). Festival,
+SAM and Pico: `bash scripts/install_engines.sh`.
 `--max_train_minutes` (opt-in) caps the training time of both phases together and records in `results.json` whether
 it cut them.
 
@@ -41,7 +43,7 @@ def parse_args(argv=None):
     parser.add_argument("--engines", default="espeak-ng:3,festival:1",
                         help="training engines, comma-separated, optionally with their shares of the clips "
                              "(python -m mamba_zoo.corpora engines lists them)")
-    parser.add_argument("--heldout_engines", default="sam",
+    parser.add_argument("--heldout_engines", default="sam,pico",
                         help="engines never heard in training, evaluated apart ('' for none)")
     parser.add_argument("--num_heldout_per_class", type=int, default=200,
                         help="clips per class of the held-out engines (2400 clips: the number that says whether the "
@@ -156,8 +158,11 @@ def main(argv=None):
     print(f"[4/5] test accuracy on voices never heard in training: {results['test_accuracy']:.4f} "
           f"({results['test_clips']} clips); saved to {os.path.abspath(args.output_dir)}")
     if "heldout_engine_accuracy" in results:
+        by_engine = ", ".join(f"{key.rsplit('_', 1)[1]} {value:.4f}" for key, value in results.items()
+                              if key.startswith("heldout_engine_accuracy_"))
         print(f"      accuracy on engines never heard in training ({args.heldout_engines}): "
-              f"{results['heldout_engine_accuracy']:.4f} ({results['heldout_engine_clips']} clips)")
+              f"{results['heldout_engine_accuracy']:.4f} ({results['heldout_engine_clips']} clips"
+              + (f"; {by_engine})" if by_engine else ")"))
 
     # 5. pipeline on held-out clips ----------------------------------------------------------------------------------
     print("[5/5] pipeline('audio-classification') on held-out clips")
@@ -183,6 +188,7 @@ def main(argv=None):
         "test_accuracy": round(results["test_accuracy"], 4),
         "heldout_engine_accuracy": round(results["heldout_engine_accuracy"], 4)
                                    if "heldout_engine_accuracy" in results else None,
+        **{key: round(value, 4) for key, value in results.items() if key.startswith("heldout_engine_accuracy_")},
         "training_engines": args.engines,
         "heldout_engines": args.heldout_engines,
         "waveform_augment_copies": args.waveform_augment_copies,
