@@ -29,6 +29,17 @@ needs_sam = pytest.mark.skipif(not sam_available(), reason="Node.js + sam-js are
 needs_pico = pytest.mark.skipif(not pico_available(), reason="ttspico is not installed (see .ci/run)")
 
 
+def f0(result) -> float:
+    """Cepstral pitch (60..400 Hz) of the loudest 64 ms of a SynthResult."""
+    audio, sr, frame = result.audio.astype(np.float64), result.sampling_rate, 1024
+    energy = [np.sum(audio[i:i + frame] ** 2) for i in range(0, len(audio) - frame, 256)]
+    start = int(np.argmax(energy)) * 256
+    spectrum = np.log(np.abs(np.fft.rfft(audio[start:start + frame] * np.hanning(frame), 4096)) + 1e-6)
+    cepstrum = np.fft.irfft(spectrum)
+    quefrencies = np.arange(sr // 400, sr // 60)
+    return sr / quefrencies[np.argmax(cepstrum[quefrencies])]
+
+
 def test_engine_of_names_the_engine_from_the_prefix():
     assert engine_of("en-us+f3") == "espeak-ng"
     assert engine_of("festival:kal_diphone") == "festival"
@@ -125,15 +136,6 @@ def test_festival_is_deterministic_and_follows_rate_and_pitch():
 def test_festival_pitch_moves_the_fundamental():
     normal, high = synthesize_festival([FestivalRequest("aaah.", "kal_diphone", 175, 50),
                                         FestivalRequest("aaah.", "kal_diphone", 175, 100)])
-
-    def f0(result):  # cepstral pitch (60..400 Hz) of the loudest 64 ms
-        audio, sr, frame = result.audio.astype(np.float64), result.sampling_rate, 1024
-        energy = [np.sum(audio[i:i + frame] ** 2) for i in range(0, len(audio) - frame, 256)]
-        start = int(np.argmax(energy)) * 256
-        spectrum = np.log(np.abs(np.fft.rfft(audio[start:start + frame] * np.hanning(frame), 4096)) + 1e-6)
-        cepstrum = np.fft.irfft(spectrum)
-        quefrencies = np.arange(sr // 400, sr // 60)
-        return sr / quefrencies[np.argmax(cepstrum[quefrencies])]
 
     assert f0(high) > 1.2 * f0(normal)  # half an octave up asked for (1.41x)
 
@@ -240,15 +242,6 @@ def test_pico_is_deterministic_with_exact_word_onsets_and_follows_rate_and_pitch
     assert not np.array_equal(normal.audio[:len(british.audio)], british.audio[:len(normal.audio)])
     assert len(slow.audio) > 1.25 * len(normal.audio)  # 175 -> 120 words per minute
     assert 3000 < np.abs(normal.audio).max() < 32767  # loud, and never clipped
-
-    def f0(result):  # cepstral pitch (60..400 Hz) of the loudest 64 ms
-        audio, sr, frame = result.audio.astype(np.float64), result.sampling_rate, 1024
-        energy = [np.sum(audio[i:i + frame] ** 2) for i in range(0, len(audio) - frame, 256)]
-        begin = int(np.argmax(energy)) * 256
-        spectrum = np.log(np.abs(np.fft.rfft(audio[begin:begin + frame] * np.hanning(frame), 4096)) + 1e-6)
-        cepstrum = np.fft.irfft(spectrum)
-        quefrencies = np.arange(sr // 400, sr // 60)
-        return sr / quefrencies[np.argmax(cepstrum[quefrencies])]
 
     assert f0(first[4]) > 1.2 * f0(first[3])  # half an octave up asked for (1.41x)
 
