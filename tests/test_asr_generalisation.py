@@ -18,7 +18,7 @@ import common  # noqa: E402
 import train_ctc as ctc  # noqa: E402
 import train_decoder_asr as decoder_asr  # noqa: E402
 
-VOICE_OF = {"espeak-ng": "en-us+m1", "festival": "festival:kal_diphone", "sam": "sam:elf"}
+VOICE_OF = {"espeak-ng": "en-us+m1", "festival": "festival:kal_diphone", "sam": "sam:elf", "pico": "pico:en-US"}
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -85,10 +85,11 @@ TIMING = ("train_seconds", "train_cpu_seconds", "total_seconds", "total_cpu_seco
 # ---------------------------------------------------------------------------------------------- flags
 
 
-def test_engine_flags_default_to_espeak_and_festival_with_sam_held_out():
+def test_engine_flags_default_to_espeak_festival_and_pico_with_sam_held_out():
     _, data_args, _, _ = ctc.parse_args([])
     assert (data_args.engines, data_args.heldout_engines, data_args.waveform_augment_copies) == (
-        "espeak-ng:3,festival:1", "sam", 0)
+        "espeak-ng:3,festival:1,pico:1", "sam", 0)
+    assert data_args.num_heldout == 600
     _, data_args, _, _ = decoder_asr.parse_args([])
     assert (data_args.engines, data_args.heldout_engines) == ("espeak-ng:3,festival:1", "sam")
     for parse in (ctc.parse_args, decoder_asr.parse_args):
@@ -127,16 +128,16 @@ def test_ctc_reports_each_heldout_engine(tmp_path, fake_corpus, capsys):
 def test_ctc_without_heldout_engines_has_no_heldout_split(tmp_path, fake_corpus):
     out = tmp_path / "ctc"
     results = ctc.main(TINY_CTC + ["--heldout_engines", "", "--num_train", "8", "--output_dir", str(out)])
-    assert fake_corpus[0]["engines"] == ("espeak-ng", "festival") and fake_corpus[0]["heldout_engines"] == ()
+    assert fake_corpus[0]["engines"] == ("espeak-ng", "festival", "pico") and fake_corpus[0]["heldout_engines"] == ()
     written = json.loads((out / "eval_results.json").read_text())
-    assert written["training_engines"] == ["espeak-ng", "festival"] and written["heldout_engines"] == []
+    assert written["training_engines"] == ["espeak-ng", "festival", "pico"] and written["heldout_engines"] == []
     assert not any(key.startswith("heldout_engine_") for key in written) and "heldout_engine_wer" not in results
     card = (out / "README.md").read_text()
-    assert "Training engines: espeak-ng, festival." in card and "Held-out engines" not in card
+    assert "Training engines: espeak-ng, festival, pico." in card and "Held-out engines" not in card
     # --eval_only on another corpus keeps the engines the checkpoint trained on, and says when "held out" is not
     results = ctc.main(TINY_CTC + ["--num_train", "8", "--engines", "espeak-ng", "--heldout_engines", "festival,sam",
                                    "--eval_only", "--output_dir", str(out)])
-    assert results["training_engines"] == ["espeak-ng", "festival"] and "heldout_engine_wer_sam" in results
+    assert results["training_engines"] == ["espeak-ng", "festival", "pico"] and "heldout_engine_wer_sam" in results
     card = (out / "README.md").read_text()
     assert "include engines heard in training (festival)" in card and "never heard in training)" not in card
 
