@@ -263,32 +263,25 @@ def test_render_clip_keeps_the_length_and_level_contracts_for_pico(tmp_path):
 
 
 @needs_sam
-def test_a_larger_heldout_split_keeps_the_other_splits_and_is_validated(tmp_path):
-    options = dict(num_per_class=2, num_eval_per_class=1, heldout_engines=("sam",), progress=False, num_workers=0)
-    base = load_keywords(cache_dir=tmp_path / "a", **options)
-    large = load_keywords(cache_dir=tmp_path / "b", num_heldout_per_class=3, **options)
-    assert len(base[HELDOUT_SPLIT]) == 12 and len(large[HELDOUT_SPLIT]) == 36
+@pytest.mark.parametrize("load, sizes, size_arg, base_len, large_len", [
+    (load_keywords, dict(num_per_class=2, num_eval_per_class=1), "num_heldout_per_class", 12, 36),
+    (load_transcribed, dict(num_train=2, num_eval=1), "num_heldout", 1, 3),
+])
+def test_a_larger_heldout_split_keeps_the_other_splits_and_is_validated(tmp_path, load, sizes, size_arg, base_len,
+                                                                       large_len):
+    options = dict(heldout_engines=("sam",), progress=False, num_workers=0, **sizes)
+    base = load(cache_dir=tmp_path / "a", **options)
+    large = load(cache_dir=tmp_path / "b", **{size_arg: 3}, **options)
+    assert len(base[HELDOUT_SPLIT]) == base_len and len(large[HELDOUT_SPLIT]) == large_len
     for split in ("train", "validation", "test"):
         assert base[split]["id"] == large[split]["id"] and base[split]["voice"] == large[split]["voice"]
         for x, y in zip(base[split].with_format("numpy")["audio"], large[split].with_format("numpy")["audio"]):
             assert np.array_equal(x["array"], y["array"])
     # the same size as the default is the same corpus (and cache entry)
-    same = load_keywords(cache_dir=tmp_path / "a", num_heldout_per_class=1, **options)
+    same = load(cache_dir=tmp_path / "a", **{size_arg: 1}, **options)
     assert same[HELDOUT_SPLIT]["voice"] == base[HELDOUT_SPLIT]["voice"]
     assert len(list((tmp_path / "a").iterdir())) == 1
     with pytest.raises(ValueError, match="pass heldout_engines"):
-        load_keywords(num_per_class=2, num_heldout_per_class=3, cache_dir=tmp_path / "c")
-    with pytest.raises(ValueError, match="num_heldout_per_class"):
-        load_keywords(num_per_class=2, num_heldout_per_class=0, heldout_engines=("sam",), cache_dir=tmp_path / "c")
-
-
-@needs_sam
-def test_a_larger_heldout_split_of_transcribed_speech_keeps_the_other_splits(tmp_path):
-    options = dict(num_train=2, num_eval=1, heldout_engines=("sam",), progress=False, num_workers=0)
-    base = load_transcribed(cache_dir=tmp_path / "a", **options)
-    large = load_transcribed(cache_dir=tmp_path / "b", num_heldout=3, **options)
-    assert len(base[HELDOUT_SPLIT]) == 1 and len(large[HELDOUT_SPLIT]) == 3
-    for split in ("train", "validation", "test"):
-        assert base[split]["text"] == large[split]["text"] and base[split]["voice"] == large[split]["voice"]
-    with pytest.raises(ValueError, match="pass heldout_engines"):
-        load_transcribed(num_train=2, num_heldout=3, cache_dir=tmp_path / "c")
+        load(**{size_arg: 3}, cache_dir=tmp_path / "c", **sizes)
+    with pytest.raises(ValueError, match=size_arg):
+        load(**{size_arg: 0}, heldout_engines=("sam",), cache_dir=tmp_path / "c", **sizes)
