@@ -687,3 +687,19 @@ def test_keyword_search_tuning_picks_the_best_f1_on_validation_scenes():
     assert (best["threshold"], best["min_duration"], best["f1"]) == (0.6, 0.1, 1.0)
     assert len(best["grid"]) == len(keyword_search.TUNING_THRESHOLDS) * len(keyword_search.TUNING_MIN_DURATIONS)
     assert keyword_search.tune_detection(outputs, labels, threshold=0.5)["f1"] < 1.0
+
+
+# ---------------------------------------------------------------------------------------------- evaluate_keyword_engines
+
+
+def test_evaluate_keyword_engines_refuses_engines_the_checkpoint_heard(tmp_path):
+    import evaluate_keyword_engines
+
+    with pytest.raises(SystemExit, match="not a saved model"):
+        evaluate_keyword_engines.main(["--checkpoint", str(tmp_path), "--engines", "sam"])
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "results.json").write_text(json.dumps({"training_engines": "espeak-ng:3,festival:1,pico:1"}))
+    # the recorded engines count even when --training_engines (which only shapes the corpus) says otherwise
+    for extra in ([], ["--training_engines", "espeak-ng:3,festival:1"]):
+        with pytest.raises(SystemExit, match=r"trained on \['pico'\]"):
+            evaluate_keyword_engines.main(["--checkpoint", str(tmp_path), "--engines", "sam,pico", *extra])

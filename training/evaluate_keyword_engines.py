@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from finetune_audio_classification import accuracy_by_engine, engine_list, parse_engines  # noqa: E402
 
-import mamba_zoo  # noqa: E402,F401  (registers SSAMBA with the Auto* classes)  # pyflakes: ignore
+import mamba_zoo  # noqa: E402,F401  (registers SSAMBA with the Auto* classes)
 
 
 def parse_args(argv=None):
@@ -32,7 +32,8 @@ def parse_args(argv=None):
     parser.add_argument("--engines", default="sam", help="engines to score, comma-separated (never heard in training)")
     parser.add_argument("--training_engines", default=None,
                         help="the corpus' training engines (default: the checkpoint's results.json, else "
-                             "espeak-ng:3,festival:1); they only shape which clips the other splits get")
+                             "espeak-ng:3,festival:1); they only shape which clips the other splits get, so passing "
+                             "the same value for several checkpoints scores them all on the same clips")
     parser.add_argument("--num_per_class", type=int, default=200, help="as in training: sets the held-out split's size")
     parser.add_argument("--num_heldout_per_class", type=int, default=200,
                         help="clips per class of the scored engines (default 200: 2400 clips; the recipes' own "
@@ -59,11 +60,13 @@ def main(argv=None) -> dict:
     checkpoint = Path(args.checkpoint)
     if not (checkpoint / "config.json").is_file():
         raise SystemExit(f"{checkpoint} is not a saved model (no config.json); pass --checkpoint DIR.")
-    training = args.training_engines or trained_engines(checkpoint) or "espeak-ng:3,festival:1"
+    recorded = trained_engines(checkpoint)
+    training = args.training_engines or recorded or "espeak-ng:3,festival:1"
     scored = engine_list(args.engines)
-    heard = sorted(set(scored) & set(engine_list(training)))
+    heard = sorted(set(scored) & (set(engine_list(training)) | set(engine_list(recorded or ""))))
     if heard:
-        raise SystemExit(f"{checkpoint} was trained on {heard} ({training}); score only engines it never heard.")
+        raise SystemExit(f"{checkpoint} was trained on {heard} ({recorded or training}); score only engines it never "
+                         "heard.")
     engines, weights = parse_engines(training)
     corpus = load_keywords(num_per_class=args.num_per_class, num_heldout_per_class=args.num_heldout_per_class,
                            seed=args.seed, engines=engines,
