@@ -5,7 +5,7 @@
     python training/ssamba_keywords_main.py            # -> outputs/ssamba-keywords/
 
 A fixed-length recipe: 178 pretraining and 1759 fine-tuning steps of batch 32, the documented run of
-model_cards/ssamba.md (18.4 min in all on an idle 2-core machine; longer on a busy one, but the same model).
+model_cards/ssamba.md (18.4 min in all on an idle 2-core machine in session 10, about 19 with the larger held-out split; longer on a busy one, but the same model).
 Data: espeak-ng and Festival voices (shares 3:1; `--engines`), 2 seeded voice/channel-augmented copies of every
 fine-tuning clip (`--waveform_augment_copies`), and two engines held out (`--heldout_engines`): SAM (1982 formant
 tables) and Pico (a statistical parametric voice trained on recordings), never heard in training, scored apart on 200
