@@ -91,7 +91,7 @@ def test_engine_flags_default_to_espeak_festival_and_pico_with_sam_held_out():
         "espeak-ng:3,festival:1,pico:1", "sam", 0)
     assert data_args.num_heldout == 600
     _, data_args, _, _ = decoder_asr.parse_args([])
-    assert (data_args.engines, data_args.heldout_engines) == ("espeak-ng:3,festival:1", "sam")
+    assert (data_args.engines, data_args.heldout_engines) == ("espeak-ng:3,festival:1,pico:1", "sam")
     for parse in (ctc.parse_args, decoder_asr.parse_args):
         _, data_args, _, _ = parse(["--engines", "espeak-ng:3,festival:1", "--heldout_engines", ""])
         assert (data_args.engines, data_args.heldout_engines) == ("espeak-ng:3,festival:1", "")

@@ -2,9 +2,9 @@
 # Copyright 2026 The mamba-zoo authors. Apache-2.0.
 """Train MambaDecoderOnlyASR (MADEON) with `Trainer` and save a pipeline-ready checkpoint with its measured WER/CER.
 
-Defaults: the embedded digit-string corpus (`mamba_zoo.corpora.load_transcribed("digits")`, espeak-ng and Festival
-voices, split by voice so validation/test voices are never heard in training, plus a `heldout_engine` split spoken by
-SAM, an engine never heard in training), log-mel frames through an 8x conv subsampler, a small
+Defaults: the embedded digit-string corpus (`mamba_zoo.corpora.load_transcribed("digits")`, espeak-ng, Festival and
+Pico voices (3:1:1), split by voice so validation/test voices are never heard in training, plus a `heldout_engine`
+split spoken by SAM, an engine never heard in training), log-mel frames through an 8x conv subsampler, a small
 Mamba stack with parallel speech prefixing, greedy decoding; saves to `outputs/mamba-asr-digits/`:
 
     python training/train_decoder_asr.py
@@ -374,9 +374,10 @@ class DataArguments(TranscribedAudioDatasetArguments):
         "help": "utterances of the heldout_engine split (engines never heard in training; default: as num_eval)"})
     num_eval: int = field(default=200, metadata={
         "help": "validation and test utterances (each) of the embedded corpus"})
-    engines: str = field(default="espeak-ng:3,festival:1", metadata={
-        "help": "training engines, comma-separated (espeak-ng, festival, sam), optionally with shares: "
-                "espeak-ng:3,festival:1 (python -m mamba_zoo.corpora engines lists them)"})
+    engines: str = field(default="espeak-ng:3,festival:1,pico:1", metadata={
+        "help": "training engines, comma-separated (espeak-ng, festival, sam, pico), optionally with shares: "
+                "espeak-ng:3,festival:1,pico:1 (python -m mamba_zoo.corpora engines lists them; Pico in the default "
+                "cut held-out SAM's WER from 72.6% to 53.0%, one seed)"})
     heldout_engines: str = field(default="sam", metadata={
         "help": "engines never heard in training, decoded after training as the heldout_engine split ('' for none)"})
 
