@@ -197,15 +197,15 @@ def test_decoder_asr_decodes_the_heldout_engine_like_test(tmp_path, fake_corpus,
     monkeypatch.setattr(decoder_asr, "transcribe", spy)
     out = tmp_path / "asr"
     result = decoder_asr.main(TINY_ASR + ["--output_dir", str(out)])
-    assert fake_corpus[0]["engines"] == ("espeak-ng", "festival") and fake_corpus[0]["heldout_engines"] == ("sam",)
+    assert fake_corpus[0]["engines"] == ("espeak-ng", "festival", "pico") and fake_corpus[0]["heldout_engines"] == ("sam",)
     assert decoded == [(4, {"num_beams": 4}), (4, {"num_beams": 4})]  # test, then heldout_engine: the same settings
     written = json.loads((out / "results.json").read_text())
     assert written["steps"] == 2 and written == json.loads(json.dumps(result))
-    assert (written["training_engines"], written["heldout_engines"]) == (["espeak-ng", "festival"], ["sam"])
+    assert (written["training_engines"], written["heldout_engines"]) == (["espeak-ng", "festival", "pico"], ["sam"])
     assert 0 <= written["heldout_engine_wer"] and 0 <= written["heldout_engine_cer"]
     assert not any(key.startswith("heldout_engine_wer_") for key in written)  # one held-out engine: no breakdown
     card = (out / "README.md").read_text()
-    assert "Training engines: espeak-ng, festival. Held-out engines: sam, never heard in training" in card
+    assert "Training engines: espeak-ng, festival, pico. Held-out engines: sam, never heard in training" in card
     assert f"| heldout_engine (sam: never heard in training) | {written['heldout_engine_wer']:.2f}% |" in card
     assert "heldout_engine (sam, never heard in training): WER" in capsys.readouterr().out
 
