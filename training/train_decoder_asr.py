@@ -377,7 +377,7 @@ class DataArguments(TranscribedAudioDatasetArguments):
     engines: str = field(default="espeak-ng:3,festival:1,pico:1", metadata={
         "help": "training engines, comma-separated (espeak-ng, festival, sam, pico), optionally with shares: "
                 "espeak-ng:3,festival:1,pico:1 (python -m mamba_zoo.corpora engines lists them; Pico in the default "
-                "cut held-out SAM's WER from 72.6% to 53.0%, one seed)"})
+                "cut held-out SAM WER from 72.6 to 53.0 percent, one seed)"})
     heldout_engines: str = field(default="sam", metadata={
         "help": "engines never heard in training, decoded after training as the heldout_engine split ('' for none)"})
 
