@@ -11,6 +11,7 @@ from mamba_zoo.mamba_cache import MambaZooCache
 from mamba_zoo.mamba_layers import DropPath, Mamba2Mixer, MambaBlock, MambaMixer, RMSNormGated
 from mamba_zoo.moe_layers import SwitchMoE, load_balancing_loss
 from mamba_zoo.sequence_utils import reversal_index
+from zoo_cases import randomize
 
 
 def rel_err(a, b):
@@ -18,14 +19,9 @@ def rel_err(a, b):
 
 
 def _randomize(module, seed=0):
-    """Give every parameter fresh random values so that no parity check passes by accident on init constants."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if "A_log" in name or "A_b_log" in name:
-                p.copy_(torch.rand(p.shape, generator=g) * 2 - 0.5)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    """Give every parameter fresh random values so that no parity check passes by accident on init constants:
+    N(0, 0.3^2), norm weights included (A_log in [-0.5, 1.5))."""
+    randomize(module, seed, std=0.3, norm_weights_around_one=False)
 
 
 # ---------------------------------------------------------------------------------------------- transformers parity

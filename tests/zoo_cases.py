@@ -88,16 +88,17 @@ CASES = [
 ]
 
 
-def randomize(model, seed=0):
+def randomize(model, seed=0, std=0.2, norm_weights_around_one=True):
     """Fresh random values everywhere (so that no check passes on init constants such as zero biases): A_log in
-    [-0.5, 1.5), norm weights around 1, everything else N(0, 0.2^2)."""
+    [-0.5, 1.5), norm weights around 1 (unless ``norm_weights_around_one=False``), everything else N(0, std^2)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "A_log" in name or "A_b_log" in name:
                 p.copy_(torch.rand(p.shape, generator=g) * 2 - 0.5)
             else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2 + (1.0 if "norm" in name and "weight" in name else 0))
+                centre = 1.0 if norm_weights_around_one and "norm" in name and "weight" in name else 0
+                p.copy_(torch.randn(p.shape, generator=g) * std + centre)
     return model
 
 
