@@ -390,6 +390,29 @@ def corpus_voices(
     return result
 
 
+def _check_heldout_size(name: str, value: int | None, heldout_engines) -> None:
+    """``value`` (None: as the evaluation splits) sizes the ``heldout_engine`` split, so it needs held-out engines."""
+    if value is not None:
+        _check_count(name, value)
+        if not heldout_engines:
+            raise ValueError(f"{name} sizes the heldout_engine split: pass heldout_engines too.")
+
+
+def _record_heldout_size(config: dict, name: str, value: int | None, eval_size: int) -> None:
+    """Put a held-out size into the cache key only when it differs from the evaluation splits' size, so that corpora
+    cached before held-out sizes existed (and calls that pass the default size) stay the same cache entry."""
+    if value is not None and value != eval_size:
+        config[name] = value
+
+
+def _split_size(split_name: str, config: dict, train_size: int, eval_size: int, heldout_name: str) -> int:
+    """Items of ``split_name``: train's, the held-out split's recorded size (else the evaluation size), or the
+    evaluation size for validation and test."""
+    if split_name == "train":
+        return train_size
+    return config.get(heldout_name, eval_size) if split_name == HELDOUT_SPLIT else eval_size
+
+
 def _check_engine_weights(engine_weights, engines) -> dict[str, float] | None:
     """``engine_weights`` aligned with ``engines`` -> ``{engine: share}`` summing to 1 (``None``: equal shares)."""
     if engine_weights is None:
@@ -570,10 +593,7 @@ def load_keywords(
     _check_count("num_per_class", num_per_class)
     num_eval_per_class = max(1, num_per_class // 4) if num_eval_per_class is None else num_eval_per_class
     _check_count("num_eval_per_class", num_eval_per_class)
-    if num_heldout_per_class is not None:
-        _check_count("num_heldout_per_class", num_heldout_per_class)
-        if not heldout_engines:
-            raise ValueError("num_heldout_per_class sizes the heldout_engine split: pass heldout_engines too.")
+    _check_heldout_size("num_heldout_per_class", num_heldout_per_class, heldout_engines)
     commands = list(COMMANDS) + (list(DIGITS) if include_digits else []) if commands is None else commands
     commands = _check_words("commands", commands)
     if unknown_words is None:
@@ -596,8 +616,7 @@ def load_keywords(
         "commands": commands, "unknown_words": unknown_words,
         "sampling_rate": int(sampling_rate), "clip_seconds": float(clip_seconds),
     }
-    if num_heldout_per_class is not None and num_heldout_per_class != num_eval_per_class:
-        config["num_heldout_per_class"] = num_heldout_per_class  # absent otherwise: cached corpora stay valid
+    _record_heldout_size(config, "num_heldout_per_class", num_heldout_per_class, num_eval_per_class)
     labels = commands + [SILENCE_LABEL, UNKNOWN_LABEL]
 
     def build():
@@ -608,8 +627,7 @@ def load_keywords(
         length = int(round(config["clip_seconds"] * sampling_rate))
         splits = {}
         for split_name in config["voices"]:
-            count = {"train": num_per_class, HELDOUT_SPLIT: config.get("num_heldout_per_class", num_eval_per_class)}.get(
-                split_name, num_eval_per_class)
+            count = _split_size(split_name, config, num_per_class, num_eval_per_class, "num_heldout_per_class")
             split_voice_names = config["voices"][split_name]
             rows = []
             for label_index, label in enumerate(labels):
@@ -845,10 +863,7 @@ def load_transcribed(
     _check_common(sampling_rate, seed, split)
     _check_count("num_train", num_train)
     _check_count("num_eval", num_eval)
-    if num_heldout is not None:
-        _check_count("num_heldout", num_heldout)
-        if not heldout_engines:
-            raise ValueError("num_heldout sizes the heldout_engine split: pass heldout_engines too.")
+    _check_heldout_size("num_heldout", num_heldout, heldout_engines)
     if words is not None:
         words = _check_words("words", words)
         if kind != "sentences":
@@ -867,8 +882,7 @@ def load_transcribed(
         **_corpus_voice_config(voices, engines, heldout_engines, seed, engine_weights),
         "sampling_rate": int(sampling_rate),
     }
-    if num_heldout is not None and num_heldout != num_eval:
-        config["num_heldout"] = num_heldout  # absent otherwise: cached corpora stay valid
+    _record_heldout_size(config, "num_heldout", num_heldout, num_eval)
 
     def build():
         from datasets import DatasetDict, List, Value
@@ -879,8 +893,7 @@ def load_transcribed(
         for split_name in config["voices"]:
             split_voice_names = config["voices"][split_name]
             specs = []
-            count = {"train": num_train, HELDOUT_SPLIT: config.get("num_heldout", num_eval)}.get(split_name, num_eval)
-            for _ in range(count):
+            for _ in range(_split_size(split_name, config, num_train, num_eval, "num_heldout")):
                 if kind == "digits":
                     text, punctuation = digit_string(rng, min_digits, max_digits), "."
                 else:
