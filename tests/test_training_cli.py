@@ -703,3 +703,15 @@ def test_evaluate_keyword_engines_refuses_engines_the_checkpoint_heard(tmp_path)
     for extra in ([], ["--training_engines", "espeak-ng:3,festival:1"]):
         with pytest.raises(SystemExit, match=r"trained on \['pico'\]"):
             evaluate_keyword_engines.main(["--checkpoint", str(tmp_path), "--engines", "sam,pico", *extra])
+
+
+def test_evaluate_keyword_engines_scores_each_engine_and_class():
+    import evaluate_keyword_engines
+
+    voices = ["sam:elf", "sam:deep", "sam:elf", "pico:en-US", "pico:en-GB", "", "pico:en-US"]
+    labels = np.array([0, 0, 1, 0, 1, 2, 1])
+    predictions = np.array([0, 1, 1, 0, 0, 2, 1])
+    result = evaluate_keyword_engines.accuracy_by_engine_and_class(predictions, labels, voices,
+                                                                   {0: "yes", 1: "no", 2: "_silence_"})
+    # counted by hand: sam yes 1/2, sam no 1/1; pico yes 1/1, pico no 1/2; the noise clip belongs to no engine
+    assert result == {"pico": {"yes": 1.0, "no": 0.5}, "sam": {"yes": 0.5, "no": 1.0}}

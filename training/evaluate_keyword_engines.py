@@ -51,10 +51,25 @@ def trained_engines(checkpoint: Path) -> str | None:
     return None
 
 
+def accuracy_by_engine_and_class(predictions: np.ndarray, labels: np.ndarray, voices, id2label) -> dict:
+    """``{engine: {class name: accuracy over that engine's clips of that class}}`` (noise-only clips, whose voice
+    is empty, belong to no engine)."""
+    from mamba_zoo.corpora import engine_of
+
+    engines = np.asarray([engine_of(v) if v else "" for v in voices])
+    by_class = {}
+    for engine in sorted(set(engines) - {""}):
+        spoken = engines == engine
+        by_class[engine] = {
+            id2label[int(c)]: round(float((predictions[spoken & (labels == c)] == c).mean()), 3)
+            for c in np.unique(labels[spoken])}
+    return by_class
+
+
 def main(argv=None) -> dict:
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
-    from mamba_zoo.corpora import HELDOUT_SPLIT, engine_of, load_keywords
+    from mamba_zoo.corpora import HELDOUT_SPLIT, load_keywords
 
     args = parse_args(argv)
     checkpoint = Path(args.checkpoint)
@@ -88,11 +103,7 @@ def main(argv=None) -> dict:
     predictions = np.concatenate(predictions)
     voices = list(clips["voice"])
     result = accuracy_by_engine(predictions, labels, voices)
-    engines = np.asarray([engine_of(v) if v else "" for v in voices])
-    result["accuracy_by_class"] = {
-        engine: {model.config.id2label[int(c)]: round(float((predictions[mask & (labels == c)] == c).mean()), 3)
-                 for c in np.unique(labels[mask])}
-        for engine in sorted(set(engines) - {""}) for mask in [engines == engine]}
+    result["accuracy_by_class"] = accuracy_by_engine_and_class(predictions, labels, voices, model.config.id2label)
     result.update(checkpoint=str(checkpoint), training_engines=training, clips=len(clips),
                   seconds=round(time.perf_counter() - start, 1))
     print("| engine | accuracy |\n|---|---|")

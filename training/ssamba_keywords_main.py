@@ -157,9 +157,9 @@ def main(argv=None):
     results = finetune.run(model_args, data_args, training_args, dataset=corpus)
     print(f"[4/5] test accuracy on voices never heard in training: {results['test_accuracy']:.4f} "
           f"({results['test_clips']} clips); saved to {os.path.abspath(args.output_dir)}")
+    per_engine = {key: value for key, value in results.items() if key.startswith("heldout_engine_accuracy_")}
     if "heldout_engine_accuracy" in results:
-        by_engine = ", ".join(f"{key.rsplit('_', 1)[1]} {value:.4f}" for key, value in results.items()
-                              if key.startswith("heldout_engine_accuracy_"))
+        by_engine = ", ".join(f"{key.rsplit('_', 1)[1]} {value:.4f}" for key, value in per_engine.items())
         print(f"      accuracy on engines never heard in training ({args.heldout_engines}): "
               f"{results['heldout_engine_accuracy']:.4f} ({results['heldout_engine_clips']} clips"
               + (f"; {by_engine})" if by_engine else ")"))
@@ -188,7 +188,7 @@ def main(argv=None):
         "test_accuracy": round(results["test_accuracy"], 4),
         "heldout_engine_accuracy": round(results["heldout_engine_accuracy"], 4)
                                    if "heldout_engine_accuracy" in results else None,
-        **{key: round(value, 4) for key, value in results.items() if key.startswith("heldout_engine_accuracy_")},
+        **{key: round(value, 4) for key, value in per_engine.items()},
         "training_engines": args.engines,
         "heldout_engines": args.heldout_engines,
         "waveform_augment_copies": args.waveform_augment_copies,
